@@ -1,0 +1,10 @@
+"""Label and annotation keys the operator puts on its children (shared by every layer)."""
+
+MANAGER = "magistral-operator"
+ENDPOINT_LABEL = "magistral.dev/endpoint"
+POOL_LABEL = "magistral.dev/pool"
+REVISION_LABEL = "magistral.dev/revision"
+TP_ANNOTATION = "magistral.dev/tensor-parallel-size"
+ARGS_ANNOTATION = "magistral.dev/vllm-args"
+APPLIED_HASH_ANNOTATION = "magistral.dev/applied-hash"
+MANAGED_BY_SELECTOR = f"app.kubernetes.io/managed-by={MANAGER}"

@@ -1,0 +1,86 @@
+"""The MagistralEndpoint status: what the operator observed and decided."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import ApiModel
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+READY = "Ready"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+CONDITION_TYPES = (READY, PROGRESSING, DEGRADED)
+
+
+class Condition(ApiModel):
+    """A condition in the Kubernetes API conventions' shape."""
+
+    type: str = Field(description="Condition type: Ready, Progressing or Degraded.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="CamelCase reason for the last transition.",
+    )
+    message: str = Field(default="", description="Human-readable details.")
+    last_transition_time: str = Field(
+        description="When status last changed (RFC 3339); unchanged when only the message does."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation this condition was computed from."
+    )
+
+
+class PoolStatus(ApiModel):
+    """What the operator decided and observed for one GPU pool of the endpoint."""
+
+    name: str = Field(description="Pool name from the operator config.")
+    tier: str = Field(description="Capacity tier: reserved, on-demand or spot.")
+    gpu_product: str = Field(description="GPU product of the pool's nodes.")
+    fits: bool = Field(description="Whether the model fits this pool's GPUs.")
+    tensor_parallel_size: int | None = Field(default=None, description="GPUs per replica here.")
+    kv_cache_tokens: int | None = Field(
+        default=None, description="Estimated KV-cache capacity per replica, in tokens."
+    )
+    max_full_length_sequences: float | None = Field(
+        default=None,
+        description="Estimated concurrent maxModelLen-long sequences one replica's KV holds.",
+    )
+    replicas: int = Field(default=0, description="Desired replicas on this pool.")
+    ready_replicas: int = Field(default=0, description="Ready replicas on this pool.")
+    message: str = Field(default="", description="Sizing explanation, with the numbers.")
+
+
+class MagistralEndpointStatus(ApiModel):
+    """Observed state of a MagistralEndpoint."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation last reconciled."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Progressing and Degraded."
+    )
+    tensor_parallel_size: int | None = Field(
+        default=None, description="GPUs per replica on the preferred usable pool."
+    )
+    gpus_per_replica: int | None = Field(
+        default=None, description="nvidia.com/gpu requested by each replica."
+    )
+    gpu_product: str | None = Field(default=None, description="GPU of the preferred usable pool.")
+    replicas: int = Field(default=0, description="Desired replicas across pools.")
+    ready_replicas: int = Field(default=0, description="Ready replicas across pools.")
+    url: str | None = Field(default=None, description="In-cluster base URL of the OpenAI API.")
+    served_model_name: str | None = Field(default=None, description="Model name clients send.")
+    current_revision: str | None = Field(
+        default=None, description="Hash of the pod template the operator applies now."
+    )
+    startup_budget_seconds: int | None = Field(
+        default=None, description="Start-up probe budget of a replica, and how it was derived."
+    )
+    startup_budget: str | None = Field(
+        default=None, description="How the start-up budget was derived."
+    )
+    pools: list[PoolStatus] = Field(default_factory=list, description="Per-pool decisions.")

@@ -1,0 +1,147 @@
+"""A small JSON client over the kubernetes package's transport (auth, TLS, kubeconfig).
+
+Objects travel as plain dicts, exactly as the API serves them, so the pure layers never see
+client model classes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+
+
+class KubeError(Exception):
+    """A non-2xx answer from the API server."""
+
+    def __init__(self, *, status: int, method: str, path: str, body: str) -> None:
+        self.status = status
+        self.body = body
+        try:
+            message = json.loads(body).get("message", body)
+        except (ValueError, AttributeError):
+            message = body
+        super().__init__(f"{method} {path}: {status}: {message}")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where a kind lives in the API."""
+
+    api_version: str
+    plural: str
+
+    def path(self, *, namespace: str, name: str | None = None) -> str:
+        """Collection or object path in `namespace`."""
+        prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        base = f"{prefix}/namespaces/{namespace}/{self.plural}"
+        return f"{base}/{name}" if name else base
+
+
+RESOURCES: dict[str, Resource] = {
+    "ConfigMap": Resource("v1", "configmaps"),
+    "Service": Resource("v1", "services"),
+    "Pod": Resource("v1", "pods"),
+    "Event": Resource("v1", "events"),
+    "Deployment": Resource("apps/v1", "deployments"),
+    "PodDisruptionBudget": Resource("policy/v1", "poddisruptionbudgets"),
+    "NetworkPolicy": Resource("networking.k8s.io/v1", "networkpolicies"),
+    "MagistralEndpoint": Resource("magistral.dev/v1alpha1", "magistralendpoints"),
+}
+
+
+def load_api_client() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the current kubeconfig."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+class Kube:
+    """JSON requests to the API server."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api = api_client
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        """Send one request; raise KubeError unless it succeeds."""
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        params = self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params=headers,
+            body=json.dumps(body) if body is not None else None,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*params)
+        data = response.read()  # type: ignore[no-untyped-call]
+        text = data.decode() if isinstance(data, bytes) else str(data or "")
+        if not 200 <= response.status < 300:
+            raise KubeError(status=response.status, method=method, path=path, body=text)
+        parsed: dict[str, Any] = json.loads(text) if text else {}
+        return parsed
+
+    def get(self, kind: str, *, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        try:
+            return self.request("GET", RESOURCES[kind].path(namespace=namespace, name=name))
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, kind: str, *, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """Objects of `kind` in `namespace` matching a label selector."""
+        answer = self.request(
+            "GET",
+            RESOURCES[kind].path(namespace=namespace),
+            query=[("labelSelector", selector)],
+        )
+        items: list[dict[str, Any]] = answer.get("items", [])
+        return items
+
+    def apply(self, obj: dict[str, Any], *, field_manager: str) -> dict[str, Any]:
+        """Server-side apply `obj` as `field_manager`, taking over conflicting fields."""
+        meta = obj["metadata"]
+        path = RESOURCES[obj["kind"]].path(namespace=meta["namespace"], name=meta["name"])
+        return self.request(
+            "PATCH",
+            path,
+            query=[("fieldManager", field_manager), ("force", "true")],
+            body=obj,
+            content_type="application/apply-patch+yaml",
+        )
+
+    def delete(self, kind: str, *, namespace: str, name: str) -> None:
+        """Delete an object (background propagation); a missing one is fine."""
+        try:
+            self.request(
+                "DELETE",
+                RESOURCES[kind].path(namespace=namespace, name=name),
+                body={"propagationPolicy": "Background"},
+            )
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+
+    def patch_status(
+        self, kind: str, *, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch the status subresource."""
+        path = RESOURCES[kind].path(namespace=namespace, name=name) + "/status"
+        return self.request(
+            "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
+        )

@@ -1,0 +1,114 @@
+"""The endpoint plan (pure): per-pool sizing, usable pools and desired replicas.
+
+Everything the render layer and the status need, derived from the spec and operator config
+alone; nothing here talks to a cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .api.config import GPUPool, OperatorConfig
+from .api.endpoint import Endpoint, check_against_config, endpoint_pools
+from .sizing.profiles import ModelProfile, UnknownModelError, resolve_profile
+from .sizing.tensor_parallel import SizingRequest, SizingResult, choose_tp
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """One GPU pool of the endpoint: its sizing and the replicas placed on it."""
+
+    pool: GPUPool
+    sizing: SizingResult
+    replicas: int
+
+    @property
+    def tp(self) -> int | None:
+        """GPUs per replica on this pool, if the model fits."""
+        return self.sizing.tp
+
+
+@dataclass(frozen=True)
+class EndpointPlan:
+    """What the operator intends for an endpoint, or the problems that prevent it."""
+
+    profile: ModelProfile | None
+    pools: tuple[PoolPlan, ...]
+    desired_replicas: int
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when the endpoint can be served on at least one pool."""
+        return not self.problems
+
+    @property
+    def usable_pools(self) -> tuple[PoolPlan, ...]:
+        """Pools where the model fits, in order of preference."""
+        return tuple(p for p in self.pools if p.sizing.fits)
+
+    @property
+    def primary(self) -> PoolPlan | None:
+        """The preferred usable pool."""
+        usable = self.usable_pools
+        return usable[0] if usable else None
+
+
+def sizing_request(
+    *, endpoint: Endpoint, profile: ModelProfile, pool: GPUPool, config: OperatorConfig
+) -> SizingRequest:
+    """The sizing inputs for `endpoint` on `pool`."""
+    spec = endpoint.spec
+    requested = spec.gpu.tensor_parallel_size
+    return SizingRequest(
+        profile=profile,
+        gpu_product=pool.gpu_product,
+        gpu_memory_gib=pool.gpu_memory_gib,
+        gpus_per_node=pool.gpus_per_node,
+        max_model_len=spec.runtime.max_model_len,
+        kv_cache_dtype=str(spec.runtime.kv_cache_dtype),
+        gpu_memory_utilization=spec.runtime.gpu_memory_utilization,
+        min_full_length_sequences=spec.gpu.min_full_length_sequences,
+        per_gpu_overhead_gib=config.sizing.per_gpu_overhead_gib,
+        requested_tp=None if requested == "auto" else int(requested),
+    )
+
+
+def plan_endpoint(
+    endpoint: Endpoint, config: OperatorConfig, *, desired_replicas: int | None = None
+) -> EndpointPlan:
+    """Size the endpoint on each of its pools and place the desired replicas.
+
+    `desired_replicas` is the autoscaler's wish; it is clamped to the spec's bounds and defaults
+    to minReplicas. Replicas go to the most preferred pool where the model fits.
+    """
+    problems = check_against_config(endpoint, config)
+    if problems:
+        return EndpointPlan(profile=None, pools=(), desired_replicas=0, problems=tuple(problems))
+    try:
+        profile = resolve_profile(endpoint.spec.model)
+    except UnknownModelError as exc:
+        return EndpointPlan(profile=None, pools=(), desired_replicas=0, problems=(str(exc),))
+    scaling = endpoint.spec.scaling
+    wanted = scaling.min_replicas if desired_replicas is None else desired_replicas
+    desired = max(scaling.min_replicas, min(scaling.max_replicas, wanted))
+    sized = []
+    for name in endpoint_pools(endpoint, config):
+        pool = config.pool(name)
+        assert pool is not None  # checked above
+        request = sizing_request(endpoint=endpoint, profile=profile, pool=pool, config=config)
+        sized.append((pool, choose_tp(request)))
+    primary = next((pool.name for pool, result in sized if result.fits), None)
+    pools = tuple(
+        PoolPlan(pool=pool, sizing=result, replicas=desired if pool.name == primary else 0)
+        for pool, result in sized
+    )
+    if primary is None:
+        reasons = "; ".join(f"pool {p.pool.name}: {p.sizing.message}" for p in pools)
+        return EndpointPlan(
+            profile=profile,
+            pools=pools,
+            desired_replicas=0,
+            problems=(f"the model fits on none of the endpoint's GPU pools: {reasons}",),
+        )
+    return EndpointPlan(profile=profile, pools=pools, desired_replicas=desired, problems=())

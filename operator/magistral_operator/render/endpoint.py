@@ -1,0 +1,114 @@
+"""Render every child of an endpoint (pure): ConfigMap, Deployments, Service, PDB, NetworkPolicy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from magistral_runtime.config import RuntimeConfig, dump_runtime_config
+
+from ..api.config import OperatorConfig
+from ..api.endpoint import Endpoint
+from ..api.spec import SystemPromptMode
+from ..plan import EndpointPlan, plan_endpoint
+from .hashing import content_hash
+from .metadata import config_map_name, object_meta
+from .network import render_network_policy, render_pdb, render_service, service_url
+from .runtime_config import PROMPT_FILE, runtime_config
+from .startup import StartupBudget, startup_budget
+from .workload import render_deployment, runtime_config_key
+
+
+@dataclass(frozen=True)
+class RenderedEndpoint:
+    """The desired children plus the decisions behind them (for status and review)."""
+
+    plan: EndpointPlan
+    objects: list[dict[str, Any]] = field(default_factory=list)
+    revision: str | None = None
+    budget: StartupBudget | None = None
+    url: str | None = None
+    image: str | None = None
+    runtime_configs: dict[str, RuntimeConfig] = field(default_factory=dict)
+
+
+def render_config_map(endpoint: Endpoint, configs: dict[str, RuntimeConfig]) -> dict[str, Any]:
+    """One key per pool with that pool's runtime config, plus a custom prompt text if any."""
+    data = {runtime_config_key(pool): dump_runtime_config(cfg) for pool, cfg in configs.items()}
+    prompt = endpoint.spec.inference.system_prompt
+    if prompt.mode == SystemPromptMode.CUSTOM and prompt.text is not None:
+        data[PROMPT_FILE] = prompt.text
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(endpoint, name=config_map_name(endpoint)),
+        "data": data,
+    }
+
+
+def render_endpoint(
+    endpoint: Endpoint,
+    config: OperatorConfig,
+    *,
+    desired_replicas: int | None = None,
+    cache_warm: bool = False,
+) -> RenderedEndpoint:
+    """Everything the operator applies for `endpoint`; no objects when the plan has problems."""
+    plan = plan_endpoint(endpoint, config, desired_replicas=desired_replicas)
+    if not plan.ok or plan.profile is None:
+        return RenderedEndpoint(plan=plan)
+    profile = plan.profile
+    image = endpoint.spec.runtime.image or config.default_image
+    configs = {
+        p.pool.name: runtime_config(endpoint=endpoint, profile=profile, tp=p.sizing.tp)
+        for p in plan.usable_pools
+        if p.sizing.tp is not None
+    }
+    budget = startup_budget(
+        model=endpoint.spec.model,
+        weight_bytes=profile.weight_bytes,
+        startup=config.startup,
+        cache_warm=cache_warm,
+    )
+    config_map = render_config_map(endpoint, configs)
+    # The revision covers everything a pod is started from; replicas and budgets are excluded
+    # so scaling and a warming cache never restart pods.
+    revision = content_hash(
+        {
+            "image": image,
+            "configMap": config_map["data"],
+            "spec": endpoint.spec.model_dump(
+                mode="json", include={"model", "runtime", "inference", "auth"}
+            ),
+            "pools": {p.pool.name: p.pool.to_wire() for p in plan.usable_pools},
+        }
+    )
+    deployments = [
+        render_deployment(
+            endpoint=endpoint,
+            pool=p.pool,
+            runtime=configs[p.pool.name],
+            replicas=p.replicas,
+            image=image,
+            revision=revision,
+            budget=budget,
+            config_map=config_map["metadata"]["name"],
+        )
+        for p in plan.usable_pools
+    ]
+    objects = [
+        config_map,
+        *deployments,
+        render_service(endpoint),
+        render_pdb(endpoint),
+        render_network_policy(endpoint),
+    ]
+    return RenderedEndpoint(
+        plan=plan,
+        objects=objects,
+        revision=revision,
+        budget=budget,
+        url=service_url(endpoint, cluster_domain=config.cluster_domain),
+        image=image,
+        runtime_configs=configs,
+    )

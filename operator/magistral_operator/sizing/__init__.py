@@ -1,0 +1,1 @@
+"""GPU sizing (pure): model profiles and the choice of tensor-parallel size."""

@@ -1,0 +1,1 @@
+"""Status (pure): observations of children, conditions and the status the operator writes."""

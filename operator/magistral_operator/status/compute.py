@@ -1,0 +1,171 @@
+"""The endpoint status from the plan, the render and the observations (pure)."""
+
+from __future__ import annotations
+
+from ..api.status import (
+    DEGRADED,
+    PROGRESSING,
+    READY,
+    Condition,
+    MagistralEndpointStatus,
+    PoolStatus,
+)
+from ..plan import EndpointPlan
+from .conditions import ConditionUpdate, Transition, merge_conditions
+from .observe import PoolObservation
+
+
+def _reason_for_problem(problem: str) -> str:
+    if "unknown pool" in problem:
+        return "UnknownPool"
+    if "fits on none" in problem:
+        return "InsufficientGPUMemory"
+    if "spec.model.profile" in problem:
+        return "UnknownModel"
+    return "InvalidSpec"
+
+
+def invalid_spec_updates(message: str, *, reason: str = "InvalidSpec") -> list[ConditionUpdate]:
+    """Conditions for a spec the operator cannot serve: the user must change it."""
+    return [
+        ConditionUpdate(READY, "False", reason, message),
+        ConditionUpdate(PROGRESSING, "False", "Blocked", "waiting for a valid spec"),
+        ConditionUpdate(DEGRADED, "True", reason, message),
+    ]
+
+
+def serving_updates(
+    *, plan: EndpointPlan, observed: dict[str, PoolObservation]
+) -> list[ConditionUpdate]:
+    """Ready / Progressing / Degraded for a plan that can be served."""
+    desired = plan.desired_replicas
+    ready = sum(o.ready_replicas for o in observed.values())
+    current_ready = sum(o.current_revision_ready for o in observed.values())
+    pods = sum(o.pods for o in observed.values())
+    unschedulable = next((o.unschedulable for o in observed.values() if o.unschedulable), None)
+    failing = next((o.failing for o in observed.values() if o.failing), None)
+
+    if desired == 0:
+        ready_update = ConditionUpdate(READY, "False", "ScaledToZero", "minReplicas is 0")
+    elif ready > 0:
+        ready_update = ConditionUpdate(
+            READY, "True", "ReplicasReady", f"{ready}/{desired} replicas ready"
+        )
+    else:
+        why = unschedulable or failing or "replicas are starting (loading weights)"
+        ready_update = ConditionUpdate(
+            READY, "False", "NoReplicasReady", f"0/{desired} replicas ready: {why}"
+        )
+
+    if current_ready < desired:
+        reason = "RollingOut" if ready > current_ready else "WaitingForReplicas"
+        progressing = ConditionUpdate(
+            PROGRESSING,
+            "True",
+            reason,
+            f"{current_ready}/{desired} replicas of the current revision ready",
+        )
+    elif pods > desired:
+        progressing = ConditionUpdate(
+            PROGRESSING, "True", "ScalingDown", f"{pods} pods, {desired} desired"
+        )
+    else:
+        progressing = ConditionUpdate(
+            PROGRESSING, "False", "Stable", f"{desired} replicas of the current revision ready"
+        )
+
+    if unschedulable:
+        degraded = ConditionUpdate(
+            DEGRADED,
+            "True",
+            "Unschedulable",
+            f"replicas cannot be scheduled: {unschedulable}. Free or add GPU nodes in the "
+            "endpoint's pools, or lower spec.gpu.tensorParallelSize.",
+        )
+    elif failing:
+        degraded = ConditionUpdate(DEGRADED, "True", "ReplicasFailing", failing)
+    else:
+        degraded = ConditionUpdate(DEGRADED, "False", "AsExpected", "no problems observed")
+    return [ready_update, progressing, degraded]
+
+
+def pool_statuses(plan: EndpointPlan, observed: dict[str, PoolObservation]) -> list[PoolStatus]:
+    """Per-pool sizing decisions with their numbers, and observed readiness."""
+    out = []
+    for p in plan.pools:
+        chosen = p.sizing.chosen
+        obs = observed.get(p.pool.name)
+        out.append(
+            PoolStatus(
+                name=p.pool.name,
+                tier=str(p.pool.tier),
+                gpu_product=p.pool.gpu_product,
+                fits=p.sizing.fits,
+                tensor_parallel_size=p.sizing.tp,
+                kv_cache_tokens=chosen.kv_cache_tokens if chosen else None,
+                max_full_length_sequences=(
+                    round(chosen.full_length_sequences, 2) if chosen else None
+                ),
+                replicas=p.replicas,
+                ready_replicas=obs.ready_replicas if obs else 0,
+                message=p.sizing.message,
+            )
+        )
+    return out
+
+
+def build_status(
+    *,
+    previous: MagistralEndpointStatus,
+    generation: int,
+    now: str,
+    updates: list[ConditionUpdate],
+    plan: EndpointPlan | None,
+    observed: dict[str, PoolObservation],
+    revision: str | None,
+    url: str | None,
+    served_model_name: str | None,
+    startup_budget_seconds: int | None,
+    startup_budget: str | None,
+) -> tuple[MagistralEndpointStatus, list[Transition]]:
+    """The full status, with conditions merged against the previous status."""
+    conditions, transitions = merge_conditions(
+        previous.conditions, updates, now=now, generation=generation
+    )
+    primary = plan.primary if plan else None
+    status = MagistralEndpointStatus(
+        observed_generation=generation,
+        conditions=conditions,
+        tensor_parallel_size=primary.tp if primary else None,
+        gpus_per_replica=primary.tp if primary else None,
+        gpu_product=primary.pool.gpu_product if primary else None,
+        replicas=plan.desired_replicas if plan else 0,
+        ready_replicas=sum(o.ready_replicas for o in observed.values()),
+        url=url,
+        served_model_name=served_model_name,
+        current_revision=revision,
+        startup_budget_seconds=startup_budget_seconds,
+        startup_budget=startup_budget,
+        pools=pool_statuses(plan, observed) if plan else [],
+    )
+    return status, transitions
+
+
+def status_changed(old: MagistralEndpointStatus, new: MagistralEndpointStatus) -> bool:
+    """Whether writing `new` would change anything (so unchanged status is never patched)."""
+    return old.to_wire() != new.to_wire()
+
+
+def problem_reason(plan: EndpointPlan) -> str:
+    """CamelCase reason for the first problem of a plan that cannot be served."""
+    return _reason_for_problem(plan.problems[0]) if plan.problems else "AsExpected"
+
+
+__all__ = [
+    "Condition",
+    "build_status",
+    "invalid_spec_updates",
+    "problem_reason",
+    "serving_updates",
+    "status_changed",
+]

@@ -1,0 +1,88 @@
+"""Summaries of observed children (plain dicts as the API returns them), per pool (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..api.labels import POOL_LABEL, REVISION_LABEL
+
+FAILING_WAIT_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "InvalidImageName",
+    }
+)
+
+
+@dataclass(frozen=True)
+class PoolObservation:
+    """What the cluster shows for one pool's Deployment and pods."""
+
+    pool: str
+    replicas: int = 0
+    ready_replicas: int = 0
+    current_revision_ready: int = 0
+    pods: int = 0
+    unschedulable: str | None = None
+    failing: str | None = None
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _unschedulable(pod: dict[str, Any]) -> str | None:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            return str(cond.get("message") or "unschedulable")
+    return None
+
+
+def _failing(pod: dict[str, Any]) -> str | None:
+    status = pod.get("status") or {}
+    if status.get("phase") == "Failed":
+        return f"pod {pod['metadata']['name']} failed: {status.get('reason') or 'Error'}"
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in FAILING_WAIT_REASONS:
+            detail = waiting.get("message") or ""
+            return f"pod {pod['metadata']['name']}: {waiting['reason']} {detail}".strip()
+    return None
+
+
+def observe_pool(
+    *, pool: str, deployment: dict[str, Any] | None, pods: list[dict[str, Any]], revision: str
+) -> PoolObservation:
+    """Summarise one pool; `pods` may include other pools' pods (they are filtered)."""
+    mine = [
+        p
+        for p in pods
+        if (p.get("metadata", {}).get("labels") or {}).get(POOL_LABEL) == pool
+        and not p.get("metadata", {}).get("deletionTimestamp")
+    ]
+    ready = [p for p in mine if _pod_ready(p)]
+    current_ready = [
+        p for p in ready if (p["metadata"].get("labels") or {}).get(REVISION_LABEL) == revision
+    ]
+    unschedulable = next((m for m in map(_unschedulable, mine) if m), None)
+    failing = next((m for m in map(_failing, mine) if m), None)
+    replicas = int(((deployment or {}).get("spec") or {}).get("replicas") or 0)
+    return PoolObservation(
+        pool=pool,
+        replicas=replicas,
+        ready_replicas=len(ready),
+        current_revision_ready=len(current_ready),
+        pods=len(mine),
+        unschedulable=unschedulable,
+        failing=failing,
+    )
