@@ -365,11 +365,12 @@ class SamplingSpec(ApiModel):
 
     temperature: float = Field(default=0.7, ge=0, le=2, description="Default temperature.")
     top_p: float = Field(default=0.95, gt=0, le=1, description="Default top_p.")
-    max_tokens: int = Field(
-        default=40960,
+    max_tokens: int | None = Field(
+        default=None,
         ge=1,
         le=MAX_MODEL_LEN_LIMIT,
-        description="Default max_tokens, capped to what the context leaves for each request.",
+        description="Default max_tokens; when unset, whatever the context leaves (the model "
+        "card's 40960 with the default maxModelLen). Always capped to what the context leaves.",
     )
 
 
@@ -430,11 +431,16 @@ class GPUSpec(ApiModel):
         "below 1.",
     )
 
-    @field_validator("tensor_parallel_size")
+    @field_validator("tensor_parallel_size", mode="before")
     @classmethod
-    def _valid_tp(cls, value: str | int) -> str | int:
-        if isinstance(value, int) and value not in VALID_TENSOR_PARALLEL_SIZES:
-            raise ValueError(f"must be 'auto' or one of 1, 2, 4, 8, not {value}")
+    def _valid_tp(cls, value: object) -> object:
+        ok = value == "auto" or (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and value in VALID_TENSOR_PARALLEL_SIZES
+        )
+        if not ok:
+            raise ValueError(f"must be 'auto' or one of 1, 2, 4, 8, not {value!r}")
         return value
 
     @field_validator("pools")
@@ -550,6 +556,20 @@ class ExposureSpec(ApiModel):
 class MagistralEndpointSpec(ApiModel):
     """A dedicated, single-tenant Magistral Small inference endpoint served by vLLM."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.inference) || !has(self.inference.sampling) || "
+                    "!has(self.inference.sampling.maxTokens) || "
+                    "self.inference.sampling.maxTokens <= (has(self.runtime) && "
+                    "has(self.runtime.maxModelLen) ? self.runtime.maxModelLen : 40960)",
+                    "message": "inference.sampling.maxTokens must not exceed runtime.maxModelLen",
+                }
+            ]
+        }
+    )
+
     model: ModelSpec = Field(default_factory=ModelSpec, description="The served checkpoint.")
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="vLLM settings.")
     inference: InferenceSpec = Field(
@@ -563,20 +583,10 @@ class MagistralEndpointSpec(ApiModel):
 
     @model_validator(mode="after")
     def _sampling_fits_context(self) -> MagistralEndpointSpec:
-        if self.inference.sampling.max_tokens > self.runtime.max_model_len:
+        max_tokens = self.inference.sampling.max_tokens
+        if max_tokens is not None and max_tokens > self.runtime.max_model_len:
             raise ValueError(
                 f"inference.sampling.maxTokens ({self.inference.sampling.max_tokens}) must not "
                 f"exceed runtime.maxModelLen ({self.runtime.max_model_len})"
             )
         return self
-
-
-SPEC_CEL_RULES = [
-    {
-        "rule": "!has(self.inference) || !has(self.inference.sampling) || "
-        "!has(self.inference.sampling.maxTokens) || "
-        "self.inference.sampling.maxTokens <= (has(self.runtime) && "
-        "has(self.runtime.maxModelLen) ? self.runtime.maxModelLen : 40960)",
-        "message": "inference.sampling.maxTokens must not exceed runtime.maxModelLen",
-    }
-]

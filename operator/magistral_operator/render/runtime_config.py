@@ -45,7 +45,7 @@ def runtime_config(*, endpoint: Endpoint, profile: ModelProfile, tp: int) -> Run
         sampling=Sampling(
             temperature=spec.inference.sampling.temperature,
             top_p=spec.inference.sampling.top_p,
-            max_tokens=spec.inference.sampling.max_tokens,
+            max_tokens=spec.inference.sampling.max_tokens or spec.runtime.max_model_len,
         ),
         system_prompt=SystemPrompt(mode=str(prompt.mode), path=prompt_path),
         reasoning_history=str(spec.inference.reasoning_history),
