@@ -88,6 +88,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load_config(args.config)
     namespaces = args.namespace or []
+    if args.metrics_port:
+        from .handlers.metrics import serve_metrics
+
+        serve_metrics(args.metrics_port)
     memo = kopf.Memo(config=config, kube=Kube(load_api_client()))
     kopf.run(
         standalone=args.peering is None,
@@ -126,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--peering", help="kopf peering name for several replicas; standalone when omitted"
     )
     run.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here")
     run.set_defaults(func=cmd_run)
 
     render = sub.add_parser("render", help="print the manifests for an endpoint, without a cluster")

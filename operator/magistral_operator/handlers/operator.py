@@ -11,6 +11,7 @@ import kopf
 
 from ..api import GROUP, PLURAL, VERSION
 from ..api.labels import ENDPOINT_LABEL, MANAGER
+from .metrics import CHILD_WRITES, RECONCILE_SECONDS, RECONCILES
 from .reconcile import Outcome, reconcile
 
 RESYNC_SECONDS = 30
@@ -42,8 +43,17 @@ def plain(value: Any) -> Any:
 
 def _run(memo: kopf.Memo, body: Mapping[str, Any], *, force_apply: bool = False) -> Outcome:
     meta = body["metadata"]
-    with _lock_for(meta["namespace"], meta["name"]):
-        return reconcile(memo.kube, memo.config, plain(body), force_apply=force_apply)
+    with _lock_for(meta["namespace"], meta["name"]), RECONCILE_SECONDS.time():
+        try:
+            outcome = reconcile(memo.kube, memo.config, plain(body), force_apply=force_apply)
+        except Exception:
+            RECONCILES.labels(result="error").inc()
+            raise
+    RECONCILES.labels(result="invalid" if outcome.problem else "ok").inc()
+    for action, names in (("apply", outcome.applied), ("delete", outcome.deleted)):
+        for name in names:
+            CHILD_WRITES.labels(kind=name.split("/", 1)[0], action=action).inc()
+    return outcome
 
 
 @kopf.on.startup()

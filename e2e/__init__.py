@@ -1,0 +1,1 @@
+"""End-to-end harness: a local control plane, simulated GPU nodes, scenarios."""

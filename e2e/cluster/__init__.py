@@ -1,0 +1,1 @@
+"""Local Kubernetes control plane for tests: binaries, lifecycle, simulated GPU node pools."""

@@ -1,0 +1,218 @@
+"""What each control-plane component is given: identities, certificates and flags.
+
+Pure configuration for ``cluster.py``: it writes files (PKI, kubeconfigs) into the state
+directory and returns command-line flags; it starts nothing. The flag sets follow
+envtest's and kwokctl's, tightened for a loopback-only, multi-identity control plane.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from e2e.cluster.kubeconfig import write_kubeconfig
+from e2e.cluster.pki import CertificateAuthority, CertPair, service_account_keys
+
+SERVICE_CIDR = "127.96.0.0/16"
+"""Service ClusterIPs (loopback: nothing routes them, and nothing may leave the host)."""
+POD_CIDR = "127.64.0.0/12"
+"""kwok's default pod CIDR; nodes from nodepools.py carry their own /24 inside it."""
+DEFAULT_NODE_IP = "127.32.0.1"
+"""InternalIP kwok reports for a managed node that has none of its own."""
+KWOK_NODE_SELECTOR = "kwok.x-k8s.io/node=fake"
+"""Annotation that marks a Node as simulated by our kwok."""
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+PORT_NAMES = ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok")
+
+IDENTITIES: dict[str, str] = {
+    "admin": "magistral-e2e-admin",
+    "controller-manager": "system:kube-controller-manager",
+    "scheduler": "system:kube-scheduler",
+    "kwok": "system:kwok-controller",
+}
+"""Client certificate name -> user name (CN). The admin is also in group system:masters."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one cluster keeps its state, and the ports it listens on (all 127.0.0.1)."""
+
+    state_dir: Path
+    ports: dict[str, int]
+    verbosity: int = 0
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def kubeconfig_dir(self) -> Path:
+        return self.state_dir / "kubeconfigs"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+
+def make_pki(pki_dir: Path) -> dict[str, CertPair]:
+    """CA, serving and client certificates for every component, front proxy, SA keys."""
+    ca = CertificateAuthority(pki_dir)
+    pairs: dict[str, CertPair] = {"ca": ca.pair}
+    kubernetes_service_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
+    pairs["apiserver"] = ca.issue(
+        "apiserver",
+        common_name="kube-apiserver",
+        server=True,
+        dns_names=(
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ),
+        ip_addresses=("127.0.0.1", kubernetes_service_ip),
+    )
+    pairs["admin"] = ca.issue(
+        "admin",
+        common_name=IDENTITIES["admin"],
+        organizations=("system:masters",),
+        client=True,
+    )
+    for name in ("controller-manager", "scheduler"):
+        # Client identity towards the apiserver, and serving cert for its own /healthz.
+        pairs[name] = ca.issue(
+            name,
+            common_name=IDENTITIES[name],
+            client=True,
+            server=True,
+            dns_names=("localhost",),
+            ip_addresses=("127.0.0.1",),
+        )
+    pairs["kwok"] = ca.issue("kwok", common_name=IDENTITIES["kwok"], client=True)
+    # Front proxy: lets the apiserver proxy to aggregated APIs (e.g. a metrics adapter)
+    # and lets delegating components trust its request headers.
+    front_proxy = CertificateAuthority(pki_dir / "front-proxy", common_name="front-proxy-ca")
+    pairs["front-proxy-ca"] = front_proxy.pair
+    pairs["front-proxy-client"] = front_proxy.issue(
+        "front-proxy-client", common_name="front-proxy-client", client=True
+    )
+    pairs["sa"] = service_account_keys(pki_dir)
+    return pairs
+
+
+def write_component_kubeconfigs(layout: Layout, pki: dict[str, CertPair]) -> dict[str, Path]:
+    """One kubeconfig per client identity, named ``<identity>.kubeconfig``."""
+    return {
+        name: write_kubeconfig(
+            layout.kubeconfig_dir / f"{name}.kubeconfig",
+            server=layout.server,
+            ca_file=pki["ca"].cert,
+            user=user,
+            cert_file=pki[name].cert,
+            key_file=pki[name].key,
+        )
+        for name, user in IDENTITIES.items()
+    }
+
+
+def etcd_args(layout: Layout) -> list[str]:
+    client = f"http://127.0.0.1:{layout.ports['etcd']}"
+    peer = f"http://127.0.0.1:{layout.ports['etcd-peer']}"
+    return [
+        "--name=magistral-e2e",
+        f"--data-dir={layout.state_dir / 'etcd'}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=magistral-e2e={peer}",
+        "--initial-cluster-state=new",
+        "--auto-compaction-retention=1",
+        "--quota-backend-bytes=4294967296",
+        "--unsafe-no-fsync=true",  # throw-away data: skip fsync, much faster on shared disks
+        "--log-level=warn",
+    ]
+
+
+def apiserver_args(layout: Layout, pki: dict[str, CertPair]) -> list[str]:
+    return [
+        f"--etcd-servers=http://127.0.0.1:{layout.ports['etcd']}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={layout.ports['apiserver']}",
+        f"--cert-dir={layout.pki_dir}",
+        f"--tls-cert-file={pki['apiserver'].cert}",
+        f"--tls-private-key-file={pki['apiserver'].key}",
+        f"--client-ca-file={pki['ca'].cert}",
+        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+        f"--service-account-key-file={pki['sa'].cert}",
+        f"--service-account-signing-key-file={pki['sa'].key}",
+        f"--requestheader-client-ca-file={pki['front-proxy-ca'].cert}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki['front-proxy-client'].cert}",
+        f"--proxy-client-key-file={pki['front-proxy-client'].key}",
+        "--authorization-mode=Node,RBAC",
+        "--endpoint-reconciler-type=none",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--allow-privileged=true",
+        "--profiling=false",
+        f"--v={layout.verbosity}",
+    ]
+
+
+def _delegating_component_args(
+    layout: Layout, name: str, pair: CertPair, kubeconfig: Path
+) -> list[str]:
+    """Flags shared by controller-manager and scheduler (own identity, own /healthz TLS)."""
+    return [
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={layout.ports[name]}",
+        f"--tls-cert-file={pair.cert}",
+        f"--tls-private-key-file={pair.key}",
+        "--leader-elect=false",
+        "--profiling=false",
+        "--kube-api-qps=100",
+        "--kube-api-burst=200",
+        f"--v={layout.verbosity}",
+    ]
+
+
+def controller_manager_args(
+    layout: Layout, pki: dict[str, CertPair], kubeconfig: Path
+) -> list[str]:
+    return [
+        *_delegating_component_args(
+            layout, "controller-manager", pki["controller-manager"], kubeconfig
+        ),
+        "--use-service-account-credentials=true",
+        f"--service-account-private-key-file={pki['sa'].key}",
+        f"--root-ca-file={pki['ca'].cert}",
+        f"--cluster-signing-cert-file={pki['ca'].cert}",
+        f"--cluster-signing-key-file={pki['ca'].key}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+    ]
+
+
+def scheduler_args(layout: Layout, pki: dict[str, CertPair], kubeconfig: Path) -> list[str]:
+    return _delegating_component_args(layout, "scheduler", pki["scheduler"], kubeconfig)
+
+
+def kwok_args(layout: Layout, kubeconfig: Path, config: Path) -> list[str]:
+    return [
+        f"--kubeconfig={kubeconfig}",
+        f"--config={config}",
+        "--manage-all-nodes=false",
+        f"--manage-nodes-with-annotation-selector={KWOK_NODE_SELECTOR}",
+        f"--cidr={POD_CIDR}",
+        f"--node-ip={DEFAULT_NODE_IP}",
+        f"--server-address=127.0.0.1:{layout.ports['kwok']}",
+        f"--node-port={layout.ports['kwok']}",
+        "--node-lease-duration-seconds=40",
+    ]

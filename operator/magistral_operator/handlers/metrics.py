@@ -1,0 +1,26 @@
+"""The operator's own Prometheus metrics (scraped through the chart's metrics Service)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+RECONCILES = Counter(
+    "magistral_operator_reconciles_total",
+    "Endpoint reconciles by result (ok, invalid, error).",
+    ["result"],
+)
+RECONCILE_SECONDS = Histogram(
+    "magistral_operator_reconcile_duration_seconds",
+    "Time one endpoint reconcile takes.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CHILD_WRITES = Counter(
+    "magistral_operator_child_writes_total",
+    "Child objects applied or deleted, by kind and action.",
+    ["kind", "action"],
+)
+
+
+def serve_metrics(port: int) -> None:
+    """Expose /metrics on all interfaces of the operator pod."""
+    start_http_server(port)
