@@ -39,6 +39,7 @@ from e2e.cluster.components import (
     kwok_args,
     make_pki,
     scheduler_args,
+    write_audit_policy,
     write_component_kubeconfigs,
 )
 from e2e.cluster.kubeapi import ApiError, KubeApi
@@ -161,6 +162,11 @@ class LocalCluster:
     def server(self) -> str:
         return self._require_state().server
 
+    @property
+    def audit_log(self) -> Path:
+        """JSON lines, one per write request (see components.AUDIT_POLICY)."""
+        return self.logs_dir / "audit.log"
+
     def _require_state(self) -> ClusterState:
         if self.state is None:
             raise RuntimeError("the cluster is not started (call start() or LocalCluster.attach())")
@@ -255,6 +261,7 @@ class LocalCluster:
         ports = layout.ports
         pki = make_pki(layout.pki_dir)
         kubeconfigs = write_component_kubeconfigs(layout, pki)
+        write_audit_policy(layout)
         state = self.state = ClusterState(
             state_dir=str(self.state_dir),
             server=layout.server,

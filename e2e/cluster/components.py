@@ -135,8 +135,38 @@ def etcd_args(layout: Layout) -> list[str]:
     ]
 
 
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  # Every write, with who made it: tests count the operator's writes from this log.
+  - level: Metadata
+    verbs: [create, update, patch, delete, deletecollection]
+  - level: None
+"""
+
+
+def audit_policy_path(layout: Layout) -> Path:
+    return layout.state_dir / "audit-policy.yaml"
+
+
+def audit_log_path(layout: Layout) -> Path:
+    return layout.state_dir / "logs" / "audit.log"
+
+
+def write_audit_policy(layout: Layout) -> Path:
+    """The audit policy: metadata of every write request, nothing else."""
+    path = audit_policy_path(layout)
+    path.write_text(AUDIT_POLICY)
+    return path
+
+
 def apiserver_args(layout: Layout, pki: dict[str, CertPair]) -> list[str]:
     return [
+        f"--audit-policy-file={audit_policy_path(layout)}",
+        f"--audit-log-path={audit_log_path(layout)}",
+        "--audit-log-format=json",
+        "--audit-log-maxsize=200",
         f"--etcd-servers=http://127.0.0.1:{layout.ports['etcd']}",
         "--bind-address=127.0.0.1",
         "--advertise-address=127.0.0.1",

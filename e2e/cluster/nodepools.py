@@ -69,15 +69,15 @@ class NodePool:
 
 
 DEFAULT_LAYOUT: tuple[NodePool, ...] = (
-    NodePool(name="h100-reserved", capacity_type="reserved", gpu=H100, nodes=2, zones=("zone-a",)),
+    NodePool(name="reserved-h100", capacity_type="reserved", gpu=H100, nodes=2, zones=("zone-a",)),
     NodePool(
-        name="h100-on-demand",
+        name="ondemand-h100",
         capacity_type="on-demand",
         gpu=H100,
         nodes=4,
         zones=("zone-a", "zone-b"),
     ),
-    NodePool(name="l40s-spot", capacity_type="spot", gpu=L40S, nodes=2, zones=("zone-b",)),
+    NodePool(name="spot-l40s", capacity_type="spot", gpu=L40S, nodes=2, zones=("zone-b",)),
 )
 """2 reserved H100 nodes, 4 on-demand H100 nodes, 2 spot L40S nodes (8 GPUs each)."""
 

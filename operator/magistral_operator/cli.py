@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .handlers.metrics import serve_metrics
 
         serve_metrics(args.metrics_port)
-    memo = kopf.Memo(config=config, kube=Kube(load_api_client()))
+    memo = kopf.Memo(config=config, kube=Kube(load_api_client()), namespaces=namespaces)
     kopf.run(
         standalone=args.peering is None,
         peering_name=args.peering,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -14,9 +15,12 @@ from ..api.labels import ENDPOINT_LABEL, MANAGER
 from .metrics import CHILD_WRITES, RECONCILE_SECONDS, RECONCILES
 from .reconcile import Outcome, reconcile
 
-RESYNC_SECONDS = 30
-FORCE_APPLY_EVERY = 20  # timer ticks: a full re-apply (drift repair) every 10 minutes
+# Periodic level-triggered pass; tests shorten it through the environment.
+RESYNC_SECONDS = float(os.environ.get("MAGISTRAL_RESYNC_SECONDS", "30"))
+FORCE_APPLY_EVERY = 20  # timer ticks: a full re-apply (drift repair) every 20 resyncs
 MAX_BACKOFF_SECONDS = 300
+
+log = logging.getLogger(__name__)
 
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -82,13 +86,46 @@ def on_spec(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
         raise kopf.TemporaryError(outcome.problem, delay=backoff_seconds(retry))
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-def resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Periodic level-triggered pass: status refresh and drift repair."""
-    ticks = memo.setdefault("ticks", {})
-    key = (body["metadata"]["namespace"], body["metadata"]["name"])
-    ticks[key] = ticks.get(key, 0) + 1
-    _run(memo, body, force_apply=ticks[key] % FORCE_APPLY_EVERY == 0)
+@kopf.on.startup()
+def start_resync(memo: kopf.Memo, **_: Any) -> None:
+    """Start the periodic level-triggered pass (status refresh and drift repair).
+
+    A plain thread rather than kopf timers: kopf puts a finalizer on objects with timers,
+    which would block deleting an endpoint while the operator is down.
+    """
+    stop = threading.Event()
+    memo.resync_stop = stop
+    thread = threading.Thread(target=_resync_loop, args=(memo, stop), daemon=True)
+    thread.start()
+
+
+@kopf.on.cleanup()
+def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    """Stop the periodic pass on shutdown."""
+    stop = memo.get("resync_stop")
+    if stop is not None:
+        stop.set()
+
+
+def _resync_loop(memo: kopf.Memo, stop: threading.Event) -> None:
+    tick = 0
+    while not stop.wait(RESYNC_SECONDS):
+        tick += 1
+        namespaces = memo.get("namespaces") or [None]
+        for namespace in namespaces:
+            try:
+                endpoints = memo.kube.list("MagistralEndpoint", namespace=namespace)
+            except Exception:
+                log.exception("resync: cannot list endpoints in %s", namespace or "all namespaces")
+                continue
+            for body in endpoints:
+                if body["metadata"].get("deletionTimestamp"):
+                    continue
+                try:
+                    _run(memo, body, force_apply=tick % FORCE_APPLY_EVERY == 0)
+                except Exception:
+                    meta = body["metadata"]
+                    log.exception("resync of %s/%s failed", meta["namespace"], meta["name"])
 
 
 def _parent_changed(body: kopf.Body, memo: kopf.Memo) -> None:

@@ -83,7 +83,8 @@ class Kube:
             resource_path=path,
             query_params=query or [],
             header_params=headers,
-            body=json.dumps(body) if body is not None else None,
+            # JSON content types are encoded by the transport; others (apply YAML) go as text.
+            body=body if body is None or "json" in content_type else json.dumps(body),
             auth_settings=["BearerToken"],
         )
         response = self.api.call_api(*params)
@@ -103,13 +104,15 @@ class Kube:
                 return None
             raise
 
-    def list(self, kind: str, *, namespace: str, selector: str) -> list[dict[str, Any]]:
-        """Objects of `kind` in `namespace` matching a label selector."""
-        answer = self.request(
-            "GET",
-            RESOURCES[kind].path(namespace=namespace),
-            query=[("labelSelector", selector)],
-        )
+    def list(self, kind: str, *, namespace: str | None, selector: str = "") -> list[dict[str, Any]]:
+        """Objects of `kind` in `namespace` (all namespaces when None) matching a selector."""
+        resource = RESOURCES[kind]
+        if namespace is None:
+            prefix = "/api/v1" if resource.api_version == "v1" else f"/apis/{resource.api_version}"
+            path = f"{prefix}/{resource.plural}"
+        else:
+            path = resource.path(namespace=namespace)
+        answer = self.request("GET", path, query=[("labelSelector", selector)] if selector else [])
         items: list[dict[str, Any]] = answer.get("items", [])
         return items
 

@@ -1,0 +1,112 @@
+"""The operator as a local process under a ServiceAccount kubeconfig (tests, the demo)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "examples" / "operator-config.yaml"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class OperatorProcess:
+    """`magistral-operator run` in a subprocess; start, stop, kill, restart."""
+
+    def __init__(
+        self,
+        *,
+        kubeconfig: Path,
+        log_file: Path,
+        config: Path = DEFAULT_CONFIG,
+        resync_seconds: float = 3.0,
+        namespaces: tuple[str, ...] = (),
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_file = log_file
+        self.config = config
+        self.resync_seconds = resync_seconds
+        self.namespaces = namespaces
+        self.process: subprocess.Popen[bytes] | None = None
+        self.health_port = 0
+
+    def start(self, *, timeout: float = 60.0) -> None:
+        """Start and wait for kopf's liveness endpoint to answer."""
+        self.health_port = free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "magistral_operator.cli",
+            "run",
+            "--config",
+            str(self.config),
+            "--liveness",
+            f"http://127.0.0.1:{self.health_port}/healthz",
+        ]
+        for ns in self.namespaces:
+            argv += ["--namespace", ns]
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "MAGISTRAL_RESYNC_SECONDS": str(self.resync_seconds),
+            "PYTHONUNBUFFERED": "1",
+        }
+        log = self.log_file.open("ab")
+        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"operator exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                url = f"http://127.0.0.1:{self.health_port}/healthz"
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"operator not healthy after {timeout}s:\n{self.log_tail()}")
+
+    def stop(self, *, grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to clean up."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> None:
+        """Stop (if running) and start again."""
+        self.stop()
+        self.start()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the operator's log."""
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"

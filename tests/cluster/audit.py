@@ -1,0 +1,54 @@
+"""Reading the API server's audit log (every write request, see e2e/cluster/components.py)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from e2e.install import OPERATOR_NAMESPACE, SERVICE_ACCOUNT
+
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{SERVICE_ACCOUNT}"
+
+
+@dataclass(frozen=True)
+class Write:
+    verb: str
+    resource: str
+    subresource: str
+    name: str
+    code: int
+
+    def __str__(self) -> str:
+        sub = f"/{self.subresource}" if self.subresource else ""
+        return f"{self.verb} {self.resource}{sub}/{self.name} -> {self.code}"
+
+
+def writes(audit_log: Path, *, user: str, namespace: str, offset: int = 0) -> list[Write]:
+    """Completed write requests by `user` in `namespace`, from byte `offset` of the log."""
+    out = []
+    with audit_log.open("rb") as handle:
+        handle.seek(offset)
+        for line in handle:
+            event = json.loads(line)
+            ref = event.get("objectRef") or {}
+            if (
+                event.get("stage") != "ResponseComplete"
+                or event.get("user", {}).get("username") != user
+                or ref.get("namespace") != namespace
+            ):
+                continue
+            out.append(
+                Write(
+                    verb=event["verb"],
+                    resource=ref.get("resource", ""),
+                    subresource=ref.get("subresource", ""),
+                    name=ref.get("name", ""),
+                    code=int(event.get("responseStatus", {}).get("code", 0)),
+                )
+            )
+    return out
+
+
+def log_size(audit_log: Path) -> int:
+    return audit_log.stat().st_size if audit_log.exists() else 0

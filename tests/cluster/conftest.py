@@ -1,0 +1,138 @@
+"""Fixtures for tests against the real local control plane (e2e/cluster).
+
+The session starts one cluster (building the binaries on a cold cache), installs the CRDs and
+the chart's RBAC, and runs the operator as a local process under the chart's ServiceAccount.
+Set MAGISTRAL_E2E_STATE to a state dir of a cluster started with `python -m e2e.cluster up` to
+reuse it instead. These tests never skip: a cluster that cannot start fails them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, config
+
+from e2e.cluster.cluster import LocalCluster
+from e2e.cluster.nodepools import create_pools
+from e2e.install import (
+    OPERATOR_NAMESPACE,
+    SERVICE_ACCOUNT,
+    install_crds,
+    install_operator_rbac,
+    kubectl,
+)
+from e2e.operator_process import OperatorProcess
+
+GROUP, VERSION, PLURAL = "magistral.dev", "v1alpha1", "magistralendpoints"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    reuse = os.environ.get("MAGISTRAL_E2E_STATE")
+    if reuse:
+        yield LocalCluster.attach(Path(reuse))
+        return
+    local = LocalCluster(die_with_parent=True)
+    local.start()
+    try:
+        create_pools(local.api())
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="session")
+def admin_kubeconfig(cluster: LocalCluster) -> Path:
+    install_crds(cluster.kubeconfig)
+    install_operator_rbac(cluster.kubeconfig)
+    return cluster.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def api(admin_kubeconfig: Path) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(admin_kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: LocalCluster, admin_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    sa_kubeconfig = cluster.kubeconfig_for_service_account(OPERATOR_NAMESPACE, SERVICE_ACCOUNT)
+    proc = OperatorProcess(
+        kubeconfig=sa_kubeconfig,
+        log_file=tmp_path_factory.mktemp("operator") / "operator.log",
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def namespace(
+    request: pytest.FixtureRequest, api: client.ApiClient, admin_kubeconfig: Path
+) -> Iterator[str]:
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]
+    name = f"t-{digest}"
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": name}})
+    core.create_namespaced_secret(
+        name, {"metadata": {"name": "magistral-small-api-key"}, "stringData": {"api-key": "k"}}
+    )
+    yield name
+    core.delete_namespace(name)
+
+
+def wait_for(
+    what: str, check: Callable[[], Any], *, timeout: float = 60.0, interval: float = 0.5
+) -> Any:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def endpoint_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    """The example endpoint, renamed, with spec overrides merged at the top level."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "magistral-small.yaml"
+    body: dict[str, Any] = yaml.safe_load(example.read_text())
+    body["metadata"] = {"name": name, "namespace": namespace}
+    body["spec"].update(spec)
+    return body
+
+
+def get_endpoint(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+    return obj
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond["type"] == type_:
+            return dict(cond)
+    return None
+
+
+def apply_manifest(kubeconfig: Path, manifest: dict[str, Any]) -> str:
+    """`kubectl apply --server-side` as a user would (field manager kubectl)."""
+    return kubectl(kubeconfig, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump(manifest))
