@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lint typecheck unit test crds crds-check render demo clean
+.PHONY: help venv lint typecheck unit cluster-test test crds render binaries cluster-up cluster-down demo demo-down clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,12 +27,31 @@ typecheck: $(STAMP) ## mypy --strict on our packages
 	$(BIN)/mypy
 
 unit: $(STAMP) ## unit tests only (no cluster)
-	$(BIN)/pytest tests/unit -q
+	$(BIN)/pytest -q -m "not cluster"
 
-test: $(STAMP) ## lint, types and every test
+cluster-test: $(STAMP) binaries ## tests against the real local control plane only
+	$(BIN)/pytest -q -m cluster
+
+test: $(STAMP) ## lint, types and every test (builds the cluster binaries on a cold cache)
 	$(MAKE) lint
 	$(MAKE) typecheck
+	$(MAKE) binaries
 	$(BIN)/pytest -q
+
+binaries: $(STAMP) ## build or reuse kube-apiserver, etcd, kwok, helm ... (cached outside the repo)
+	$(BIN)/python -m e2e.cluster.binaries
+
+cluster-up: binaries ## start a local control plane with simulated GPU pools, in the background
+	$(BIN)/python -m e2e.cluster up
+
+cluster-down: ## stop it
+	$(BIN)/python -m e2e.cluster down
+
+demo: binaries ## the local demo: cluster, chart, operator, an endpoint (stop: make demo-down)
+	$(BIN)/python -m e2e.demo up
+
+demo-down: ## stop the demo
+	$(BIN)/python -m e2e.demo down
 
 crds: $(STAMP) ## regenerate crds/ from the pydantic API models
 	$(BIN)/python -m magistral_operator.api.crd

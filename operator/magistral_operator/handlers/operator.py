@@ -36,20 +36,17 @@ def backoff_seconds(retry: int) -> float:
     return float(min(MAX_BACKOFF_SECONDS, 10 * 2 ** min(retry, 10)))
 
 
-def plain(value: Any) -> Any:
-    """kopf's mapping views as plain dicts and lists (what the pure layers expect)."""
-    if isinstance(value, Mapping):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
-
-
 def _run(memo: kopf.Memo, body: Mapping[str, Any], *, force_apply: bool = False) -> Outcome:
     meta = body["metadata"]
-    with _lock_for(meta["namespace"], meta["name"]), RECONCILE_SECONDS.time():
+    namespace, name = meta["namespace"], meta["name"]
+    with _lock_for(namespace, name), RECONCILE_SECONDS.time():
+        # Re-read under the lock: the event's copy may predate the previous pass's status write,
+        # and deriving from it would write (and announce) the same transition twice.
+        fresh = memo.kube.get("MagistralEndpoint", namespace=namespace, name=name)
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return Outcome()
         try:
-            outcome = reconcile(memo.kube, memo.config, plain(body), force_apply=force_apply)
+            outcome = reconcile(memo.kube, memo.config, fresh, force_apply=force_apply)
         except Exception:
             RECONCILES.labels(result="error").inc()
             raise
