@@ -9,6 +9,7 @@ the example endpoint and shows where it landed. Everything keeps running until `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -188,17 +189,13 @@ def down(state: Path) -> int:
     pids_file = _pids_file(state)
     if pids_file.exists():
         for name, pid in json.loads(pids_file.read_text()).items():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
                 say(f"stopped {name} (pid {pid})")
-            except ProcessLookupError:
-                pass
         time.sleep(1)
         for pid in json.loads(pids_file.read_text()).values():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         pids_file.unlink()
     cluster_dir = state / "cluster"
     if (cluster_dir / "state.json").exists():

@@ -11,11 +11,12 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_PORT = 8000
 API_KEY_ENV = "VLLM_API_KEY"
 CONFIG_PATH = "/etc/magistral/runtime.json"
+CONFIG_ENV = "MAGISTRAL_RUNTIME_CONFIG"
 
 
 class RuntimeConfigError(ValueError):
@@ -41,6 +42,35 @@ class SystemPrompt(BaseModel):
     # For mode custom: a file mounted from the ConfigMap that holds the prompt.
     path: str | None = None
 
+    @model_validator(mode="after")
+    def _custom_needs_a_path(self) -> SystemPrompt:
+        if self.mode == "custom" and not self.path:
+            raise ValueError("mode custom needs a path to the prompt file")
+        return self
+
+
+class Limits(BaseModel):
+    """Request limits the middleware enforces before vLLM sees a chat request."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # A 40,960-token prompt is about 160 KB of text; tools and JSON escaping add to it.
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_n: int = Field(default=1, ge=1, le=16)
+
+
+class Health(BaseModel):
+    """Deep readiness and liveness (the middleware's /magistral/ready and /magistral/live)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # How long one-token generation may take before readiness fails.
+    generation_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    # A generation result (or real traffic producing output) counts for this long.
+    cache_seconds: float = Field(default=5.0, ge=0, le=60)
+    # Liveness fails once no generation has succeeded for this long.
+    liveness_budget_seconds: float = Field(default=120.0, ge=10, le=3600)
+
 
 class RuntimeConfig(BaseModel):
     """Everything one serving container needs to start vLLM and serve Magistral."""
@@ -65,6 +95,14 @@ class RuntimeConfig(BaseModel):
     shutdown_timeout_seconds: int = Field(default=60, ge=0, le=3600)
     download_dir: str | None = None
     extra_args: tuple[str, ...] = ()
+    limits: Limits = Field(default_factory=Limits)
+    health: Health = Field(default_factory=Health)
+
+
+# Fields added after the first config version: written only when they differ from their
+# defaults, so the canonical JSON (and the pod-template hash built from it) of configs that
+# do not use them stays byte-for-byte the same.
+_WRITTEN_WHEN_SET = ("limits", "health")
 
 
 def parse_runtime_config(text: str, *, source: str) -> RuntimeConfig:
@@ -94,4 +132,10 @@ def load_runtime_config(path: Path) -> RuntimeConfig:
 
 def dump_runtime_config(config: RuntimeConfig) -> str:
     """The canonical JSON form the operator writes (stable key order, so hashes are stable)."""
-    return json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    data = config.model_dump(mode="json")
+    for name in _WRITTEN_WHEN_SET:
+        if getattr(config, name) == RuntimeConfig.model_fields[name].get_default(
+            call_default_factory=True
+        ):
+            del data[name]
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"

@@ -23,6 +23,8 @@ MODEL_CARD_FLAGS = (
 )
 TOOL_FLAGS = ("--tool-call-parser", "mistral", "--enable-auto-tool-choice")
 QUIET_ENDPOINTS = "/health,/metrics,/ping"
+# The project's ASGI middleware, loaded into vLLM's own app (no extra network hop).
+MIDDLEWARE = "magistral_runtime.middleware.MagistralMiddleware"
 
 
 def build_vllm_args(config: RuntimeConfig) -> list[str]:
@@ -53,3 +55,8 @@ def build_vllm_args(config: RuntimeConfig) -> list[str]:
     args += ["--shutdown-timeout", str(config.shutdown_timeout_seconds)]
     args += list(config.extra_args)
     return args
+
+
+def build_serve_argv(config: RuntimeConfig) -> list[str]:
+    """What `magistral-runtime serve` execs: the vLLM argv plus the project's middleware."""
+    return [*build_vllm_args(config), "--middleware", MIDDLEWARE]
