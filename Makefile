@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lint typecheck unit cluster-test test crds render binaries cluster-up cluster-down demo demo-down clean
+.PHONY: help venv lint typecheck unit cluster-test test crds render binaries cluster-up cluster-down demo demo-down image bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -58,6 +58,13 @@ crds: $(STAMP) ## regenerate crds/ from the pydantic API models
 
 render: $(STAMP) ## render the example endpoint's manifests
 	$(BIN)/magistral-operator render -f examples/magistral-small.yaml --config examples/operator-config.yaml
+
+IMAGE ?= magistral-runtime:0.1.0
+image: ## build the serving image (needs a Docker engine)
+	docker build -f runtime/Dockerfile -t $(IMAGE) .
+
+bench: $(STAMP) ## benchmarks (printed; results recorded in docs/)
+	$(BIN)/python bench/middleware_overhead.py
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -36,6 +36,8 @@ def _obj(properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
 def values_schema() -> dict[str, Any]:
     """The whole values schema."""
     string = {"type": "string"}
+    quantity = {"anyOf": [{"type": "string"}, {"type": "number"}]}
+    quantities = {"type": "object", "additionalProperties": quantity}
     return {
         "$schema": "https://json-schema.org/draft-07/schema#",
         **_obj(
@@ -64,16 +66,24 @@ def values_schema() -> dict[str, Any]:
                         "annotations": {"type": "object", "additionalProperties": string},
                     }
                 ),
-                "resources": {"type": "object"},
+                "resources": _obj(
+                    {"requests": quantities, "limits": quantities},
+                    required=["requests", "limits"],
+                ),
                 "nodeSelector": {"type": "object", "additionalProperties": string},
                 "tolerations": {"type": "array", "items": {"type": "object"}},
                 "affinity": {"type": "object"},
                 "podAnnotations": {"type": "object", "additionalProperties": string},
+                "priorityClassName": string,
                 "metrics": _obj(
                     {
                         "port": {"type": "integer", "minimum": 1, "maximum": 65535},
                         "serviceMonitor": _obj(
-                            {"enabled": {"type": "boolean"}, "interval": string}
+                            {
+                                "enabled": {"type": "boolean"},
+                                "interval": string,
+                                "labels": {"type": "object", "additionalProperties": string},
+                            }
                         ),
                     }
                 ),
@@ -82,6 +92,13 @@ def values_schema() -> dict[str, Any]:
             },
             required=["image", "config"],
         ),
+        # Two standalone operators would both reconcile every endpoint: more than one replica
+        # needs kopf peering (one active peer).
+        "if": {"properties": {"replicas": {"minimum": 2}}, "required": ["replicas"]},
+        "then": {
+            "properties": {"peering": {"minLength": 1}},
+            "required": ["peering"],
+        },
     }
 
 

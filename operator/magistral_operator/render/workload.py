@@ -34,7 +34,9 @@ RUN_AS_USER = 1000
 PRESTOP_SLEEP_SECONDS = 10
 GRACE_MARGIN_SECONDS = 10
 SHM_SIZE = "16Gi"
-HEALTH_PATH = "/health"
+HEALTH_PATH = "/health"  # vLLM's own: 200 once the engine is up (start-up probe)
+READY_PATH = "/magistral/ready"  # a real one-token generation, cached (magistral_runtime.health)
+LIVE_PATH = "/magistral/live"  # fails only after generation has been stuck past a budget
 
 
 def pod_template_annotations(config: RuntimeConfig) -> dict[str, str]:
@@ -170,7 +172,7 @@ def render_deployment(
     pool_labels = {POOL_LABEL: pool.name}
     selector = {**selector_labels(endpoint), **pool_labels}
     pod_labels = {**standard_labels(endpoint), **pool_labels, REVISION_LABEL: revision}
-    http_get = {"path": HEALTH_PATH, "port": "http"}
+    http_get = {"path": HEALTH_PATH, "port": "http"}  # start-up only
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
@@ -193,17 +195,20 @@ def render_deployment(
             "timeoutSeconds": 5,
             "failureThreshold": budget.failure_threshold,
         },
+        # Readiness generates one token through the engine (vLLM's /health answers 200 while
+        # a wedged engine produces nothing); its timeout exceeds the runtime's 5 s generation
+        # timeout. Readiness fails first when draining.
         "readinessProbe": {
-            "httpGet": http_get,
+            "httpGet": {"path": READY_PATH, "port": "http"},
             "periodSeconds": 5,
-            "timeoutSeconds": 5,
-            "failureThreshold": 3,
+            "timeoutSeconds": 8,
+            "failureThreshold": 2,
         },
         "livenessProbe": {
-            "httpGet": http_get,
+            "httpGet": {"path": LIVE_PATH, "port": "http"},
             "periodSeconds": 15,
-            "timeoutSeconds": 10,
-            "failureThreshold": 4,
+            "timeoutSeconds": 5,
+            "failureThreshold": 2,
         },
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         "securityContext": {

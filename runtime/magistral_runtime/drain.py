@@ -1,0 +1,93 @@
+"""Graceful draining: on SIGTERM readiness fails first, new requests are refused, and
+requests already running are left to finish.
+
+vLLM 0.33.0 handles SIGTERM itself (vllm/entrypoints/launchers/launcher.py: an asyncio
+signal handler that shuts the engine down in "drain" mode for `--shutdown-timeout` seconds,
+then stops the HTTP server). The middleware adds the HTTP side: its own Python-level
+SIGTERM handler, installed over the event loop's no-op one. Both run: the loop learns of
+the signal through the wake-up fd, which a Python handler does not replace, so vLLM's
+shutdown goes on as before and the previous handler is called too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+log = logging.getLogger("magistral_runtime.drain")
+
+SignalHandler = Callable[[int, FrameType | None], object]
+
+
+class DrainController:
+    """Whether the server drains, and how many requests are still in flight."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._draining_since: float | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining_since is not None
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def begin(self) -> None:
+        """Start draining (idempotent)."""
+        if self._draining_since is None:
+            self._draining_since = self._clock()
+            log.info("draining: %d request(s) in flight", self._in_flight)
+
+    def enter(self) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self, *, timeout: float) -> bool:
+        """Wait until no request is in flight; False when `timeout` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+def install_sigterm_handler(on_term: Callable[[], None]) -> Callable[[], None] | None:
+    """Call `on_term` on SIGTERM, then the handler that was there before.
+
+    Returns a function that restores the previous handler, or None when handlers cannot be
+    installed here (not the main thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        on_term()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            # Nobody else handles SIGTERM (not under vLLM's loop): terminate as before.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, handler)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
