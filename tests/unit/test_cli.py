@@ -91,3 +91,12 @@ def test_console_script_runs() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "kind: Deployment" in done.stdout
+
+
+def test_run_with_bad_config_stops_before_touching_a_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("defaultImage: x\npools: []\n")
+    assert main(["run", "--config", str(cfg)]) == 2
+    assert "pools: List should have at least 1 item" in capsys.readouterr().err
