@@ -241,3 +241,17 @@ def test_observe_pool_counts_and_reasons() -> None:
     assert seen.unschedulable is not None
     assert "Insufficient nvidia.com/gpu" in seen.unschedulable
     assert seen.failing == "pod e: CrashLoopBackOff"
+
+
+def test_spec_warnings() -> None:
+    from magistral_operator.status.compute import spec_warnings
+
+    unpinned = endpoint_from_spec({"auth": {"disabled": True}, "runtime": {"maxModelLen": 65536}})
+    text = " ".join(spec_warnings(unpinned))
+    assert "spec.model.revision is not set" in text
+    assert "spec.auth.disabled" in text
+    assert "maxModelLen 65536" in text
+    pinned = endpoint_from_spec(
+        {"model": {"revision": "abc"}, "auth": {"apiKeySecretRef": {"name": "s", "key": "k"}}}
+    )
+    assert spec_warnings(pinned) == []

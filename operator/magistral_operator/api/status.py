@@ -84,3 +84,7 @@ class MagistralEndpointStatus(ApiModel):
         default=None, description="How the start-up budget was derived."
     )
     pools: list[PoolStatus] = Field(default_factory=list, description="Per-pool decisions.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Risky but valid choices in the spec (e.g. an unpinned model revision).",
+    )

@@ -28,6 +28,7 @@ from ..status.compute import (
     invalid_spec_updates,
     problem_reason,
     serving_updates,
+    spec_warnings,
     status_changed,
 )
 from ..status.conditions import ConditionUpdate, Transition
@@ -141,6 +142,7 @@ def reconcile(
         served_model_name=endpoint.served_model_name,
         budget_seconds=rendered.budget.seconds if rendered.budget else None,
         budget=rendered.budget.explanation if rendered.budget else None,
+        warnings=spec_warnings(endpoint),
     )
     return outcome
 
@@ -159,6 +161,7 @@ def _write_status(
     served_model_name: str | None = None,
     budget_seconds: int | None = None,
     budget: str | None = None,
+    warnings: list[str] | None = None,
 ) -> bool:
     now = utc_now()
     status, transitions = build_status(
@@ -173,6 +176,7 @@ def _write_status(
         served_model_name=served_model_name,
         startup_budget_seconds=budget_seconds,
         startup_budget=budget,
+        warnings=warnings,
     )
     if not status_changed(previous, status):
         return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..api.endpoint import Endpoint
 from ..api.status import (
     DEGRADED,
     PROGRESSING,
@@ -114,6 +115,25 @@ def pool_statuses(plan: EndpointPlan, observed: dict[str, PoolObservation]) -> l
     return out
 
 
+def spec_warnings(endpoint: Endpoint) -> list[str]:
+    """Valid but risky choices, reported in status.warnings."""
+    spec = endpoint.spec
+    warnings = []
+    if spec.model.source.hub is not None and not spec.model.revision:
+        warnings.append(
+            "spec.model.revision is not set: replicas started at different times may load "
+            "different weights if the repository changes; pin a commit sha"
+        )
+    if spec.auth.disabled:
+        warnings.append("spec.auth.disabled: anyone who can reach the Service can use it")
+    if spec.runtime.max_model_len > 40960:
+        warnings.append(
+            f"spec.runtime.maxModelLen {spec.runtime.max_model_len} exceeds 40960: the model "
+            "card says quality may degrade beyond it"
+        )
+    return warnings
+
+
 def build_status(
     *,
     previous: MagistralEndpointStatus,
@@ -127,6 +147,7 @@ def build_status(
     served_model_name: str | None,
     startup_budget_seconds: int | None,
     startup_budget: str | None,
+    warnings: list[str] | None = None,
 ) -> tuple[MagistralEndpointStatus, list[Transition]]:
     """The full status, with conditions merged against the previous status."""
     conditions, transitions = merge_conditions(
@@ -147,6 +168,7 @@ def build_status(
         startup_budget_seconds=startup_budget_seconds,
         startup_budget=startup_budget,
         pools=pool_statuses(plan, observed) if plan else [],
+        warnings=warnings or [],
     )
     return status, transitions
 
