@@ -36,45 +36,54 @@ class ModelProfile:
         return 2 * self.layers * self.kv_heads * self.head_dim * kv_dtype_bytes
 
 
-_SMALL = {"parameters_billions": 23.57, "layers": 40, "attention_heads": 32, "kv_heads": 8}
 BF16_WEIGHTS = 47.1 * GB
 FP8_WEIGHTS = 24.9 * GB
+
+
+def _magistral_small(
+    repo: str, *, weight_bytes: float, precision: Precision, reasoning_tags: str
+) -> ModelProfile:
+    """The Mistral-Small-3.1 text stack every Magistral Small checkpoint shares."""
+    return ModelProfile(
+        repo=repo,
+        parameters_billions=23.57,
+        layers=40,
+        attention_heads=32,
+        kv_heads=8,
+        head_dim=128,
+        weight_bytes=weight_bytes,
+        precision=precision,
+        reasoning_tags=reasoning_tags,
+    )
+
 
 BUILTIN_PROFILES: dict[str, ModelProfile] = {
     p.repo: p
     for p in (
-        ModelProfile(
-            repo="mistralai/Magistral-Small-2506",
-            head_dim=128,
+        _magistral_small(
+            "mistralai/Magistral-Small-2506",
             weight_bytes=BF16_WEIGHTS,
             precision=Precision.BF16,
             reasoning_tags="think-text",
-            **_SMALL,  # type: ignore[arg-type]
         ),
-        ModelProfile(
-            repo="mistralai/Magistral-Small-2507",
-            head_dim=128,
+        _magistral_small(
+            "mistralai/Magistral-Small-2507",
             weight_bytes=BF16_WEIGHTS,
             precision=Precision.BF16,
             reasoning_tags="think-tokens",
-            **_SMALL,  # type: ignore[arg-type]
         ),
-        ModelProfile(
-            repo="mistralai/Magistral-Small-2509",
-            head_dim=128,
-            # 2509 adds a vision encoder (about 0.4 B parameters, bf16) to the same text stack.
+        # 2509 adds a vision encoder (about 0.4 B parameters, bf16) to the same text stack.
+        _magistral_small(
+            "mistralai/Magistral-Small-2509",
             weight_bytes=BF16_WEIGHTS + 0.8 * GB,
             precision=Precision.BF16,
             reasoning_tags="think-tokens",
-            **_SMALL,  # type: ignore[arg-type]
         ),
-        ModelProfile(
-            repo="RedHatAI/Magistral-Small-2506-FP8",
-            head_dim=128,
+        _magistral_small(
+            "RedHatAI/Magistral-Small-2506-FP8",
             weight_bytes=FP8_WEIGHTS,
             precision=Precision.FP8,
             reasoning_tags="think-text",
-            **_SMALL,  # type: ignore[arg-type]
         ),
     )
 }
