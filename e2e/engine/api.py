@@ -1,0 +1,499 @@
+"""vLLM's OpenAI-compatible HTTP API, on the simulated engine.
+
+Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions`` (both
+streamed as server-sent events or not), ``GET /health``, ``GET|POST /ping``, ``GET /version``
+and ``GET /metrics``. With an API key, ``/v1`` (and ``/v2``, ``/inference``) need
+``Authorization: Bearer <key>`` and answer 401 ``{"error": "Unauthorized"}`` otherwise, as
+vLLM's AuthenticationMiddleware does; health, metrics, ping and version stay open. Response
+bodies follow vLLM's shapes (``chat.completion``, ``chat.completion.chunk``,
+``text_completion``, ``{"error": {...}}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from e2e.engine.config import SimConfig
+from e2e.engine.engine import Engine, EngineClosedError, Sequence, Sink
+from e2e.engine.http import Request, Response
+from e2e.engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from e2e.engine.textgen import (
+    Kind,
+    Token,
+    chat_prompt_tokens,
+    completion_prompt_tokens,
+    magistral_tokens,
+)
+
+SSE = "text/event-stream; charset=utf-8"
+GUARDED_PREFIXES = ("/v1", "/v2", "/inference")
+VERSION = "0.0.0+magistral-sim"
+DONE = b"data: [DONE]\n\n"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, kind: str, param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.param = param
+
+    def body(self) -> bytes:
+        return _dumps(
+            {
+                "error": {
+                    "message": str(self),
+                    "type": self.kind,
+                    "param": self.param,
+                    "code": self.status,
+                }
+            }
+        )
+
+
+def _bad(message: str, *, param: str | None = None) -> ApiError:
+    return ApiError(400, message, kind="BadRequestError", param=param)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _text(text: str) -> bytes:
+    return json.dumps(text, ensure_ascii=False).encode()
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the simulated model will write for one request."""
+
+    prompt_tokens: int
+    output_tokens: int
+    finish_reason: str
+    max_tokens: int | None
+    tokens: Iterator[Token]
+
+
+class _Collect:
+    """Non-streamed: gathers the text. ``special_tags``: the think tags are special tokens
+    (dropped from the text); ``split``: reasoning goes to its own field."""
+
+    def __init__(self, tokens: Iterator[Token], *, special_tags: bool, split: bool) -> None:
+        self._tokens = tokens
+        self._special_tags = special_tags
+        self._split = split
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+
+    def on_token(self, index: int, *, last: bool) -> None:
+        token = next(self._tokens, Token(Kind.CONTENT, ""))
+        if token.kind is Kind.TAG and self._special_tags:
+            return
+        if token.kind is Kind.REASONING and self._split:
+            self.reasoning.append(token.text)
+        else:
+            self.content.append(token.text)
+
+
+class _ChatStream:
+    """Streamed chat: one ``chat.completion.chunk`` per token, written during the step."""
+
+    def __init__(
+        self,
+        resp: Response,
+        tokens: Iterator[Token],
+        *,
+        head: bytes,
+        finish_reason: str,
+        split_reasoning: bool,
+    ) -> None:
+        self._resp = resp
+        self._tokens = tokens
+        self._head = head
+        self._split = split_reasoning
+        self._tail = b',"logprobs":null,"finish_reason":null}]}\n\n'
+        self._last_tail = (
+            b',"logprobs":null,"finish_reason":"%b","stop_reason":null}]}\n\n'
+            % finish_reason.encode()
+        )
+
+    def on_token(self, index: int, *, last: bool) -> None:
+        token = next(self._tokens, Token(Kind.CONTENT, ""))
+        out = b""
+        if index == 0:
+            out = self._head + b'{"role":"assistant","content":""}' + self._tail
+        if self._split and token.kind is Kind.TAG:
+            delta = b"{}" if last else b""
+        elif self._split and token.kind is Kind.REASONING:
+            delta = b'{"reasoning":' + _text(token.text) + b"}"
+        else:
+            delta = b'{"content":' + _text(token.text) + b"}"
+        if delta:
+            out += self._head + delta + (self._last_tail if last else self._tail)
+        self._resp.write(out)
+
+
+class _CompletionStream:
+    def __init__(
+        self,
+        resp: Response,
+        tokens: Iterator[Token],
+        *,
+        head: bytes,
+        finish_reason: str,
+        skip_tags: bool,
+    ) -> None:
+        self._resp = resp
+        self._tokens = tokens
+        self._head = head
+        self._skip_tags = skip_tags
+        self._tail = b',"logprobs":null,"finish_reason":null,"stop_reason":null}]}\n\n'
+        self._last_tail = (
+            b',"logprobs":null,"finish_reason":"%b","stop_reason":null}]}\n\n'
+            % finish_reason.encode()
+        )
+
+    def on_token(self, index: int, *, last: bool) -> None:
+        token = next(self._tokens, Token(Kind.CONTENT, ""))
+        text = "" if self._skip_tags and token.kind is Kind.TAG else token.text
+        if not text and not last:
+            return
+        self._resp.write(self._head + _text(text) + (self._last_tail if last else self._tail))
+
+
+class OpenAIApp:
+    """The request handler of one simulated replica."""
+
+    def __init__(self, *, config: SimConfig, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self.healthy = config.start_healthy
+        self.draining = False
+        self._rng = random.Random(config.seed)
+        self._keys = [f"Bearer {key}".encode() for key in config.api_keys]
+        self._created = int(time.time())
+        self._routes = {
+            "/health": {"GET": self._health},
+            "/ping": {"GET": self._health, "POST": self._health},
+            "/version": {"GET": self._version},
+            "/metrics": {"GET": self._metrics},
+            "/v1/models": {"GET": self._models},
+            "/v1/chat/completions": {"POST": self._chat},
+            "/v1/completions": {"POST": self._completions},
+        }
+
+    async def __call__(self, req: Request, resp: Response) -> None:
+        if self._keys and req.method != "OPTIONS" and req.path.startswith(GUARDED_PREFIXES):
+            given = req.headers.get("authorization", "").encode()
+            if not any(hmac.compare_digest(given, key) for key in self._keys):
+                resp.send(401, b'{"error":"Unauthorized"}')
+                return
+        methods = self._routes.get(req.path)
+        if methods is None:
+            resp.send(404, b'{"detail":"Not Found"}')
+            return
+        handler = methods.get(req.method) or (methods.get("GET") if req.method == "HEAD" else None)
+        if handler is None:
+            resp.send(405, b'{"detail":"Method Not Allowed"}')
+            return
+        try:
+            await handler(req, resp)
+        except ApiError as err:
+            if not resp.started:
+                resp.send(err.status, err.body())
+            else:
+                resp.abort()
+
+    # ------------------------------------------------------------ plain routes
+    async def _health(self, req: Request, resp: Response) -> None:
+        resp.send(200 if self.healthy and not self.draining else 503, content_type="text/plain")
+
+    async def _version(self, req: Request, resp: Response) -> None:
+        resp.send(200, _dumps({"version": VERSION}))
+
+    async def _metrics(self, req: Request, resp: Response) -> None:
+        resp.send(200, self.engine.metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
+
+    async def _models(self, req: Request, resp: Response) -> None:
+        cfg = self.config
+        data: list[dict[str, Any]] = [
+            {
+                "id": name,
+                "object": "model",
+                "created": self._created,
+                "owned_by": "vllm",
+                "root": cfg.model,
+                "parent": None,
+                "max_model_len": cfg.max_model_len,
+                "permission": [],
+            }
+            for name in cfg.model_names
+        ]
+        resp.send(200, _dumps({"object": "list", "data": data}))
+
+    # ---------------------------------------------------------- request checks
+    def _body(self, req: Request) -> dict[str, Any]:
+        if self.draining:
+            raise ApiError(503, "The server is shutting down.", kind="ServiceUnavailableError")
+        try:
+            body = json.loads(req.body)
+        except (ValueError, UnicodeDecodeError):
+            raise _bad("The request body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise _bad("The request body must be a JSON object.")
+        model = body.get("model")
+        if model is not None and model not in self.config.model_names:
+            raise ApiError(
+                404, f"The model `{model}` does not exist.", kind="NotFoundError", param="model"
+            )
+        n = body.get("n", 1)
+        if n not in (None, 1):
+            raise _bad("The simulator supports n=1 only.", param="n")
+        return body
+
+    def _plan(self, body: dict[str, Any], *, prompt_tokens: int, chat: bool) -> Plan:
+        """Validate the length fields as vLLM does and decide what gets generated.
+
+        As in vLLM (renderers/params.py, serve/utils/api_utils.py get_max_tokens): a
+        ``max_tokens`` above ``max_model_len`` is a 400, a prompt that fills the context is a
+        400, and a ``max_tokens`` that only overflows the room the prompt leaves is clamped.
+        """
+        cfg = self.config
+        limit_len = cfg.max_model_len
+        raw = body.get("max_completion_tokens") if chat else None
+        name = "max_completion_tokens" if raw is not None else "max_tokens"
+        if raw is None:
+            raw = body.get("max_tokens")
+        if raw is not None and (not isinstance(raw, int) or isinstance(raw, bool) or raw < 1):
+            raise _bad(f"{name} must be at least 1, got {raw}.", param=name)
+        if raw is not None and raw > limit_len:
+            raise _bad(
+                f"{name}={raw} cannot be greater than max_model_len={limit_len}. "
+                "Please request fewer output tokens.",
+                param=name,
+            )
+        if prompt_tokens >= limit_len:
+            raise _bad(
+                f"You passed {prompt_tokens} input tokens and requested {raw or 0} output "
+                f"tokens. However, the model's context length is only {limit_len} tokens, "
+                f"resulting in a maximum input length of {limit_len - (raw or 0)} tokens. "
+                "Please reduce the length of the input prompt.",
+                param="input_tokens",
+            )
+        room = limit_len - prompt_tokens
+        limit = min(raw, room) if raw is not None else room
+        seed = body.get("seed")
+        rng = random.Random(seed if isinstance(seed, int) else self._rng.getrandbits(64))
+        natural = rng.randint(cfg.output_tokens_min, cfg.output_tokens_max)
+        min_tokens = body.get("min_tokens")
+        if isinstance(min_tokens, int) and min_tokens > natural:
+            natural = min_tokens
+        if body.get("ignore_eos") is True:
+            natural = limit
+        output = min(natural, limit)
+        finish = "length" if (natural > limit or body.get("ignore_eos") is True) else "stop"
+        return Plan(
+            prompt_tokens=prompt_tokens,
+            output_tokens=output,
+            finish_reason=finish,
+            max_tokens=raw,
+            tokens=magistral_tokens(
+                length=natural, rng=rng, reasoning_fraction=cfg.reasoning_fraction
+            ),
+        )
+
+    @staticmethod
+    def _sequence(plan: Plan, *, request_id: str, sink: Sink) -> Sequence:
+        return Sequence(
+            request_id=request_id,
+            prompt_tokens=plan.prompt_tokens,
+            output_tokens=plan.output_tokens,
+            finish_reason=plan.finish_reason,
+            sink=sink,
+            done=asyncio.get_running_loop().create_future(),
+            max_tokens_param=plan.max_tokens,
+        )
+
+    async def _run(self, seq: Sequence, resp: Response) -> str:
+        """Submit, abort on disconnect, wait for the finish reason."""
+        try:
+            self.engine.submit(seq)
+        except EngineClosedError:
+            raise ApiError(
+                503, "The server is shutting down.", kind="ServiceUnavailableError"
+            ) from None
+        resp.on_disconnect(lambda: self.engine.abort(seq))
+        return await seq.done
+
+    @staticmethod
+    def _usage(*, prompt: int, completion: int) -> dict[str, Any]:
+        return {
+            "prompt_tokens": prompt,
+            "total_tokens": prompt + completion,
+            "completion_tokens": completion,
+            "prompt_tokens_details": None,
+        }
+
+    # -------------------------------------------------------- chat completions
+    async def _chat(self, req: Request, resp: Response) -> None:
+        body = self._body(req)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _bad("messages must be a non-empty list.", param="messages")
+        if not all(isinstance(m, dict) and "role" in m for m in messages):
+            raise _bad("every message needs a role.", param="messages")
+        plan = self._plan(body, prompt_tokens=chat_prompt_tokens(messages), chat=True)
+        split = self.config.reasoning_parser is not None
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        model = str(body.get("model") or self.config.served_model_name)
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            head = (
+                b'data: {"id":"%b","object":"chat.completion.chunk","created":%d,"model":%b,'
+                b'"choices":[{"index":0,"delta":' % (request_id.encode(), created, _text(model))
+            )
+            stream = _ChatStream(
+                resp,
+                plan.tokens,
+                head=head,
+                finish_reason=plan.finish_reason,
+                split_reasoning=split,
+            )
+            seq = self._sequence(plan, request_id=request_id, sink=stream)
+            resp.start_stream(200, content_type=SSE)
+            reason = await self._run(seq, resp)
+            if reason == "abort":
+                resp.abort()
+                return
+            tail = b""
+            if include_usage:
+                usage = {
+                    "id": request_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": self._usage(prompt=plan.prompt_tokens, completion=seq.generated),
+                }
+                tail = b"data: " + _dumps(usage) + b"\n\n"
+            resp.end(tail + DONE)
+            return
+        collect = _Collect(plan.tokens, special_tags=split, split=split)
+        seq = self._sequence(plan, request_id=request_id, sink=collect)
+        reason = await self._run(seq, resp)
+        if reason == "abort":
+            resp.abort()
+            return
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": "".join(collect.content),
+            "refusal": None,
+            "annotations": None,
+            "audio": None,
+            "function_call": None,
+            "tool_calls": [],
+            "reasoning": "".join(collect.reasoning) if split else None,
+        }
+        out = {
+            "id": request_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": reason,
+                    "stop_reason": None,
+                }
+            ],
+            "service_tier": None,
+            "system_fingerprint": None,
+            "usage": self._usage(prompt=plan.prompt_tokens, completion=seq.generated),
+            "prompt_logprobs": None,
+            "kv_transfer_params": None,
+        }
+        resp.send(200, _dumps(out))
+
+    # ------------------------------------------------------------- completions
+    async def _completions(self, req: Request, resp: Response) -> None:
+        body = self._body(req)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            count = completion_prompt_tokens(prompt)
+        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            count = len(prompt)
+        else:
+            raise _bad(
+                "prompt must be a string or a list of token ids (one prompt).", param="prompt"
+            )
+        plan = self._plan(body, prompt_tokens=count, chat=False)
+        skip_tags = self.config.reasoning_parser is not None
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        model = str(body.get("model") or self.config.served_model_name)
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            head = (
+                b'data: {"id":"%b","object":"text_completion","created":%d,"model":%b,'
+                b'"choices":[{"index":0,"text":' % (request_id.encode(), created, _text(model))
+            )
+            stream = _CompletionStream(
+                resp, plan.tokens, head=head, finish_reason=plan.finish_reason, skip_tags=skip_tags
+            )
+            seq = self._sequence(plan, request_id=request_id, sink=stream)
+            resp.start_stream(200, content_type=SSE)
+            reason = await self._run(seq, resp)
+            if reason == "abort":
+                resp.abort()
+                return
+            tail = b""
+            if include_usage:
+                usage = {
+                    "id": request_id,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": self._usage(prompt=plan.prompt_tokens, completion=seq.generated),
+                }
+                tail = b"data: " + _dumps(usage) + b"\n\n"
+            resp.end(tail + DONE)
+            return
+        collect = _Collect(plan.tokens, special_tags=skip_tags, split=False)
+        seq = self._sequence(plan, request_id=request_id, sink=collect)
+        reason = await self._run(seq, resp)
+        if reason == "abort":
+            resp.abort()
+            return
+        out = {
+            "id": request_id,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": "".join(collect.content),
+                    "logprobs": None,
+                    "finish_reason": reason,
+                    "stop_reason": None,
+                    "prompt_logprobs": None,
+                }
+            ],
+            "usage": self._usage(prompt=plan.prompt_tokens, completion=seq.generated),
+            "kv_transfer_params": None,
+        }
+        resp.send(200, _dumps(out))

@@ -1,0 +1,244 @@
+"""What a pod asks of its simulator: address, ``vllm serve`` flags, API key, lifecycle (pure).
+
+Works on pod JSON as the API server returns it. A simulator runs for a pod that is Running,
+not being deleted, has a loopback pod IP, a container with a port named ``http`` and (when
+kwok reports container states) that container running. The kwok simulation knobs of
+``e2e/cluster/stages.py`` map onto the engine: ``magistral.dev/sim-startup`` delays the port
+opening (model loading) until about when kwok turns the pod Ready, and
+``magistral.dev/sim-unready=true`` makes ``/health`` answer 503 (the failing readiness probe).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from e2e.cluster.stages import SIM_STARTUP_ANNOTATION, SIM_UNREADY_LABEL
+from e2e.engine.config import API_KEY_ENV, simulator_args_from_vllm
+
+JSON = dict[str, Any]
+
+MANAGED_BY_SELECTOR = "app.kubernetes.io/managed-by=magistral-operator"
+"""Same value as ``magistral_operator.api.labels.MANAGED_BY_SELECTOR`` (a test checks it)."""
+ARGS_ANNOTATION = "magistral.dev/vllm-args"
+"""Same value as ``magistral_operator.api.labels.ARGS_ANNOTATION`` (a test checks it)."""
+HTTP_PORT_NAME = "http"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+DEFAULT_GRACE_SECONDS = 30.0
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds in a Go duration such as ``45s``, ``1m30s`` or ``1.5h``; ValueError otherwise."""
+    text = text.strip()
+    if text in ("0", ""):
+        return 0.0
+    pos, total = 0, 0.0
+    for match in _GO_DURATION.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _GO_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text):
+        raise ValueError(f"not a Go duration: {text!r}")
+    return total
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def is_loopback_ip(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip) in LOOPBACK
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class SecretKey:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class PodSim:
+    """The simulator a pod asks for."""
+
+    uid: str
+    namespace: str
+    name: str
+    ip: str
+    port: int
+    sim_args: tuple[str, ...]
+    """Simulator flags translated from the pod's ``vllm serve`` line."""
+    api_key: str | None
+    api_key_secret: SecretKey | None
+    node_name: str | None
+    startup_delay_s: float
+    healthy: bool
+
+    @property
+    def served_model_name(self) -> str | None:
+        args = list(self.sim_args)
+        if "--served-model-name" in args:
+            i = args.index("--served-model-name")
+            if i + 1 < len(args):
+                return args[i + 1]
+        return None
+
+    def fingerprint(self) -> tuple[object, ...]:
+        """What needs a new process when it changes (health and start-up delay do not)."""
+        return (
+            self.ip,
+            self.port,
+            self.sim_args,
+            self.api_key,
+            self.api_key_secret,
+            self.node_name,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """``sim`` to run, or why none runs (``reason``)."""
+
+    sim: PodSim | None
+    reason: str = ""
+    refused: bool = False
+    """The pod IP is outside 127.0.0.0/8: never serve it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Termination:
+    """How the kubelet would stop the pod's container: preStop first, then SIGTERM."""
+
+    prestop_s: float
+    grace_s: float
+
+
+def pod_key(pod: JSON) -> str:
+    meta = pod.get("metadata") or {}
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def _http_container(pod: JSON) -> tuple[JSON, int] | None:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == HTTP_PORT_NAME and port.get("containerPort"):
+                return container, int(port["containerPort"])
+    return None
+
+
+def _container_running(pod: JSON, name: str) -> tuple[bool, str]:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") != name:
+            continue
+        state = status.get("state") or {}
+        if "running" in state:
+            return True, str((state["running"] or {}).get("startedAt") or "")
+        waiting = (state.get("waiting") or {}).get("reason")
+        return False, str(waiting or next(iter(state), "not running"))
+    return True, ""  # no status reported for it: go by the pod phase
+
+
+def _api_key(container: JSON) -> tuple[str | None, SecretKey | None]:
+    for env in container.get("env") or []:
+        if env.get("name") != API_KEY_ENV:
+            continue
+        if "value" in env:
+            return str(env["value"]) or None, None
+        ref = ((env.get("valueFrom") or {}).get("secretKeyRef")) or {}
+        if ref.get("name") and ref.get("key"):
+            return None, SecretKey(str(ref["name"]), str(ref["key"]))
+    return None, None
+
+
+def vllm_argv(pod: JSON) -> list[str]:
+    """The pod's ``vllm serve`` argv from its annotation (empty if absent or unparsable)."""
+    text = ((pod.get("metadata") or {}).get("annotations") or {}).get(ARGS_ANNOTATION)
+    if not text:
+        return []
+    try:
+        return shlex.split(text)
+    except ValueError:
+        return []
+
+
+def decide(pod: JSON, *, now: datetime | None = None) -> Decision:
+    """The simulator ``pod`` should have right now (None while it should have none)."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        return Decision(None, "terminating")
+    if status.get("phase") != "Running":
+        return Decision(None, f"phase {status.get('phase') or 'unknown'}")
+    ip = str(status.get("podIP") or "")
+    if not ip:
+        return Decision(None, "no pod IP")
+    if not is_loopback_ip(ip):
+        return Decision(None, f"pod IP {ip} is outside 127.0.0.0/8", refused=True)
+    found = _http_container(pod)
+    if found is None:
+        return Decision(None, f"no container port named {HTTP_PORT_NAME!r}")
+    container, port = found
+    running, detail = _container_running(pod, str(container.get("name", "")))
+    if not running:
+        return Decision(None, f"container {container.get('name')} not running ({detail})")
+    annotations = meta.get("annotations") or {}
+    labels = meta.get("labels") or {}
+    delay = 0.0
+    startup = annotations.get(SIM_STARTUP_ANNOTATION)
+    if startup:
+        try:
+            delay = parse_go_duration(str(startup))
+        except ValueError:
+            delay = 0.0
+        started = _parse_time(detail) or _parse_time(status.get("startTime"))
+        if started is not None:
+            elapsed = ((now or datetime.now(UTC)) - started).total_seconds()
+            delay = max(0.0, delay - elapsed)
+    key, secret = _api_key(container)
+    return Decision(
+        PodSim(
+            uid=str(meta.get("uid", "")),
+            namespace=str(meta.get("namespace", "")),
+            name=str(meta.get("name", "")),
+            ip=ip,
+            port=port,
+            sim_args=tuple(simulator_args_from_vllm(vllm_argv(pod))),
+            api_key=key,
+            api_key_secret=secret,
+            node_name=(pod.get("spec") or {}).get("nodeName"),
+            startup_delay_s=round(delay, 3),
+            healthy=labels.get(SIM_UNREADY_LABEL) != "true",
+        )
+    )
+
+
+def termination(pod: JSON) -> Termination:
+    """The preStop sleep of the ``http`` container and the grace period of a deleted pod."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    grace = meta.get("deletionGracePeriodSeconds")
+    if grace is None:
+        grace = spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+    prestop = 0.0
+    found = _http_container(pod)
+    if found is not None:
+        sleep = ((found[0].get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}
+        prestop = float(sleep.get("seconds") or 0)
+    return Termination(prestop_s=prestop, grace_s=float(grace))

@@ -1,0 +1,261 @@
+"""The supervisor against the real local control plane: one simulator per kwok pod IP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shlex
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.cluster.cluster import LocalCluster
+from e2e.cluster.kubeapi import KubeApi
+from e2e.cluster.nodepools import GPU_PRODUCT_LABEL, GPU_RESOURCE, H100, create_pools
+from e2e.cluster.stages import SIM_UNREADY_LABEL
+from e2e.engine.pods import ARGS_ANNOTATION
+from e2e.engine.supervisor import SimulatorInfo, Supervisor, serving
+from tests.e2e_engine.conftest import fetch, metrics, value
+
+pytestmark = pytest.mark.cluster
+
+MANAGED = {"app.kubernetes.io/managed-by": "magistral-operator"}
+FAST = ["--itl-ms", "2", "--ttft-ms", "5", "--output-tokens-max", "64"]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """A new cluster, or the one ``MAGISTRAL_E2E_STATE`` names (as tests/cluster does)."""
+    reuse = os.environ.get("MAGISTRAL_E2E_STATE")
+    if reuse:
+        attached = LocalCluster.attach(Path(reuse))
+        create_pools(attached.api())  # idempotent
+        yield attached
+        return
+    with LocalCluster(die_with_parent=True) as local:
+        create_pools(local.api())
+        yield local
+
+
+@pytest.fixture
+def ns(cluster: LocalCluster) -> Iterator[str]:
+    """A fresh namespace per test (the cluster may be shared), deleted afterwards."""
+    name = f"engine-sim-{uuid.uuid4().hex[:6]}"
+    api = cluster.api()
+    api.create("/api/v1/namespaces", {"metadata": {"name": name}})
+    yield name
+    api.delete(f"/api/v1/namespaces/{name}")
+
+
+def deployment(
+    name: str,
+    *,
+    ns: str,
+    replicas: int,
+    served: str,
+    max_num_seqs: int,
+    key_env: dict[str, Any],
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    vllm = shlex.join(
+        [
+            *("vllm", "serve", "/models/Magistral-Small-2506", "--served-model-name", served),
+            *("--host", "0.0.0.0", "--port", "8000", "--tokenizer-mode", "mistral"),
+            *("--max-model-len", "40960", "--max-num-seqs", str(max_num_seqs)),
+        ]
+    )
+    pod_labels = {"app": name, **MANAGED, **(labels or {})}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns, "labels": MANAGED},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": {ARGS_ANNOTATION: vllm}},
+                "spec": {
+                    # One bf16 replica per GPU fits an H100, not an L40S: the simulator
+                    # would fail to start there, as vLLM does.
+                    "nodeSelector": {GPU_PRODUCT_LABEL: H100.product},
+                    "tolerations": [
+                        {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+                    ],
+                    "containers": [
+                        {
+                            "name": "vllm",
+                            "image": "registry.invalid/magistral/runtime:test",
+                            "ports": [{"name": "http", "containerPort": 8000}],
+                            "env": [{"name": "VLLM_API_KEY", **key_env}],
+                            "resources": {
+                                "limits": {GPU_RESOURCE: "1"},
+                                "requests": {GPU_RESOURCE: "1"},
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def pods_by_ip(api: KubeApi, ns: str) -> dict[str, dict[str, Any]]:
+    items = api.get(f"/api/v1/namespaces/{ns}/pods")["items"]
+    return {p["status"]["podIP"]: p for p in items if p.get("status", {}).get("podIP")}
+
+
+def refused(ip: str, port: int) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def cmdline(pid: int | None) -> list[str]:
+    assert pid is not None
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+def test_supervisor_runs_a_simulator_per_pod(
+    cluster: LocalCluster, ns: str, tmp_path: Path
+) -> None:
+    api = cluster.api()
+    secret = {
+        "metadata": {"name": "engine-key"},
+        "data": {"api-key": base64.b64encode(b"sk-from-secret").decode()},
+    }
+    api.create(f"/api/v1/namespaces/{ns}/secrets", secret)
+    a = deployment(
+        "sim-a",
+        ns=ns,
+        replicas=2,
+        served="magistral-a",
+        max_num_seqs=3,
+        key_env={"valueFrom": {"secretKeyRef": {"name": "engine-key", "key": "api-key"}}},
+    )
+    b = deployment(
+        "sim-b",
+        ns=ns,
+        replicas=1,
+        served="magistral-b",
+        max_num_seqs=5,
+        key_env={"value": "sk-literal"},
+        labels={SIM_UNREADY_LABEL: "true"},
+    )
+    for dep in (a, b):
+        api.create(f"/apis/apps/v1/namespaces/{ns}/deployments", dep)
+
+    with Supervisor(
+        kubeconfig=cluster.kubeconfig, namespace=ns, sim_args=FAST, log_dir=tmp_path
+    ) as sup:
+        sims = sup.wait_for(lambda s: len(serving(s)) == 3, timeout=120)
+        by_ip = pods_by_ip(api, ns)
+        assert {s.ip for s in sims} == set(by_ip)
+        served = {s.ip: s for s in sims}
+        for ip, pod in by_ip.items():
+            assert ip.startswith("127.")
+            sim: SimulatorInfo = served[ip]
+            app = pod["metadata"]["labels"]["app"]
+            name, key, seqs = {
+                "sim-a": ("magistral-a", "sk-from-secret", "3"),
+                "sim-b": ("magistral-b", "sk-literal", "5"),
+            }[app]
+            auth = {"Authorization": f"Bearer {key}"}
+            status, body = fetch(f"{sim.url}/v1/models", headers=auth)
+            assert status == 200
+            assert [m["id"] for m in json.loads(body)["data"]] == [name]
+            assert fetch(f"{sim.url}/v1/models")[0] == 401  # the key is enforced
+            argv = cmdline(sim.pid)
+            assert argv[argv.index("--max-num-seqs") + 1] == seqs
+            assert argv[argv.index("--gpu") + 1].startswith("NVIDIA-")
+            assert fetch(f"{sim.url}/health")[0] == (503 if app == "sim-b" else 200)
+            status, _ = fetch(
+                f"{sim.url}/v1/chat/completions",
+                method="POST",
+                body=json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode(),
+                headers=auth,
+            )
+            assert status == 200
+            samples = metrics(sim.url)
+            assert value(samples, "vllm:request_success_total", finished_reason="stop") == 1
+
+        # Watch events: a new pod (scale up) and a label change (sim-b turns healthy).
+        api.patch(f"/apis/apps/v1/namespaces/{ns}/deployments/sim-a", {"spec": {"replicas": 3}})
+        sims = sup.wait_for(lambda s: len(serving(s)) == 4, timeout=120)
+        by_ip = pods_by_ip(api, ns)
+        assert {s.ip for s in sims} == set(by_ip)
+        (pod_b,) = (p for p in by_ip.values() if p["metadata"]["labels"]["app"] == "sim-b")
+        api.patch(
+            f"/api/v1/namespaces/{ns}/pods/{pod_b['metadata']['name']}",
+            {"metadata": {"labels": {SIM_UNREADY_LABEL: None}}},
+        )
+        sup.wait_for(lambda s: all(x.healthy for x in s), timeout=60)
+        health_b = f"http://{pod_b['status']['podIP']}:8000/health"
+        deadline = time.monotonic() + 30  # a guard, not a latency check
+        while fetch(health_b)[0] != 200:
+            assert time.monotonic() < deadline, "sim-b stayed unhealthy"
+
+        for dep in ("sim-a", "sim-b"):
+            api.delete(
+                f"/apis/apps/v1/namespaces/{ns}/deployments/{dep}",
+                body={"propagationPolicy": "Background"},
+            )
+        sup.wait_for(lambda s: not s, timeout=120)
+        for ip in by_ip:
+            assert refused(ip, 8000)
+    assert not sup.simulators()
+
+
+def test_without_secret_access_the_simulator_runs_keyless(
+    cluster: LocalCluster, ns: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ServiceAccount that may watch pods but not read Secrets: no key, and a warning."""
+    api = cluster.api()
+    kubeconfig = cluster.kubeconfig_for_service_account(ns, "supervisor")
+    rules = [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
+    ]
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+    api.create(f"{rbac}/clusterroles", {"metadata": {"name": ns}, "rules": rules})
+    api.create(
+        f"{rbac}/clusterrolebindings",
+        {
+            "metadata": {"name": ns},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": ns,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "supervisor", "namespace": ns}],
+        },
+    )
+    dep = deployment(
+        "keyless",
+        ns=ns,
+        replicas=1,
+        served="magistral-k",
+        max_num_seqs=2,
+        key_env={"valueFrom": {"secretKeyRef": {"name": "absent", "key": "k"}}},
+    )
+    api.create(f"/apis/apps/v1/namespaces/{ns}/deployments", dep)
+    with (
+        caplog.at_level("WARNING", logger="e2e.engine.supervisor"),
+        Supervisor(kubeconfig=kubeconfig, namespace=ns, sim_args=FAST, log_dir=tmp_path) as sup,
+    ):
+        (sim,) = sup.wait_for(lambda s: len(serving(s)) == 1, timeout=120)
+        status, body = fetch(f"{sim.url}/v1/models")  # no key needed
+        assert status == 200
+        assert json.loads(body)["data"][0]["id"] == "magistral-k"
+        assert f"cannot read Secret {ns}/absent (403)" in caplog.text
+        api.delete(f"/apis/apps/v1/namespaces/{ns}/deployments/keyless")
+        sup.wait_for(lambda s: not s, timeout=120)
+    api.delete(f"{rbac}/clusterrolebindings/{ns}")
+    api.delete(f"{rbac}/clusterroles/{ns}")
