@@ -28,30 +28,52 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* The operator's rules on endpoints and their children (namespaced resources only). */}}
+{{/*
+The operator's rules on endpoints and their children: namespaced resources only, and only the
+verbs the operator uses (tests/cluster/test_chart.py keeps the allowlist). No Secrets at all:
+serving pods read the API key through secretKeyRef, the operator never does.
+*/}}
 {{- define "magistral-operator.rules" -}}
+# Endpoints: watched; kopf keeps its bookkeeping in annotations (patch). The spec is never written.
 - apiGroups: ["magistral.dev"]
   resources: ["magistralendpoints"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["magistral.dev"]
   resources: ["magistralendpoints/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
+# Children carry blockOwnerDeletion owner references; clusters that enable the
+# OwnerReferencesPermissionEnforcement admission plugin (OpenShift) require this.
+- apiGroups: ["magistral.dev"]
+  resources: ["magistralendpoints/finalizers"]
+  verbs: ["update"]
+# One Deployment per usable pool: watched for status, pruned when a pool is no longer used.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The other children are applied (server-side apply) and garbage-collected through owner
+# references, so the operator never lists, watches or deletes them.
 - apiGroups: [""]
   resources: ["services", "configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch"]
+# Serving pods: observed (scheduling, readiness, crash loops) for the endpoint's status.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
-- apiGroups: ["", "events.k8s.io"]
+# Events on endpoints, as `kubectl describe` shows them.
+- apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
+{{- end -}}
+
+{{/* kopf peering objects (only with .Values.peering). */}}
+{{- define "magistral-operator.peeringRules" -}}
+- apiGroups: ["kopf.dev"]
+  resources: [{{ if .Values.watchNamespaces }}"kopfpeerings"{{ else }}"clusterkopfpeerings"{{ end }}]
+  verbs: ["get", "list", "watch", "patch"]
 {{- end -}}

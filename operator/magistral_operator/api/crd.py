@@ -52,6 +52,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "GPU of the preferred pool.",
     },
     {
+        "name": "Health",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Degraded")].reason',
+        "description": "AsExpected, or why the endpoint is Degraded (kubectl describe says more).",
+    },
+    {
         "name": "Reason",
         "type": "string",
         "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',

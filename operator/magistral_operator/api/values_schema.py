@@ -39,7 +39,7 @@ def values_schema() -> dict[str, Any]:
     quantity = {"anyOf": [{"type": "string"}, {"type": "number"}]}
     quantities = {"type": "object", "additionalProperties": quantity}
     return {
-        "$schema": "https://json-schema.org/draft-07/schema#",
+        "$schema": "http://json-schema.org/draft-07/schema#",
         **_obj(
             {
                 "image": _obj(
