@@ -21,6 +21,7 @@ from ..api.status import DEGRADED, READY, MagistralEndpointStatus
 from ..kube.children import apply_children
 from ..kube.client import Kube
 from ..kube.events import post_event
+from ..plan import EndpointPlan
 from ..render import render_endpoint
 from ..render.hashing import content_hash
 from ..status.compute import (
@@ -154,7 +155,7 @@ def _write_status(
     *,
     updates: list[ConditionUpdate],
     generation: int,
-    plan: Any = None,
+    plan: EndpointPlan | None = None,
     observed: dict[str, PoolObservation] | None = None,
     revision: str | None = None,
     url: str | None = None,
