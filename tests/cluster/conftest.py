@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def namespace(
     request: pytest.FixtureRequest, api: client.ApiClient, admin_kubeconfig: Path
 ) -> Iterator[str]:
     digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]
-    name = f"t-{digest}"
+    name = f"t-{digest}-{uuid.uuid4().hex[:4]}"  # a rerun must not meet a terminating namespace
     core = client.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": name}})
     core.create_namespaced_secret(

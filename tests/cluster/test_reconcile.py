@@ -247,3 +247,25 @@ def test_operator_restart_mid_reconcile_converges_without_duplicates(
     assert len(seen["pods"]) == 2
     # One ReplicaSet per Deployment that has replicas: no duplicate rollouts.
     assert len(seen["replicasets"]) <= 2
+
+
+def test_edited_children_are_repaired(
+    api: client.ApiClient, admin_kubeconfig: Path, operator: OperatorProcess, namespace: str
+) -> None:
+    apply_manifest(admin_kubeconfig, endpoint_manifest("drift", namespace))
+    wait_for("the endpoint to be Ready", ready_status(api, namespace, "drift", 1), timeout=90)
+    apps = client.AppsV1Api(api)
+    apps.patch_namespaced_deployment_scale(
+        "drift-reserved-h100", namespace, {"spec": {"replicas": 3}}
+    )
+    core = client.CoreV1Api(api)
+    original = core.read_namespaced_config_map("drift-runtime", namespace).data
+    key = "runtime-reserved-h100.json"
+    core.patch_namespaced_config_map("drift-runtime", namespace, {"data": {key: "{}"}})
+
+    def repaired() -> bool:
+        dep = apps.read_namespaced_deployment("drift-reserved-h100", namespace)
+        data = core.read_namespaced_config_map("drift-runtime", namespace).data
+        return bool(dep.spec.replicas == 1 and data[key] == original[key])
+
+    wait_for("the operator to undo the edits", repaired, timeout=10 * operator.resync_seconds)

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..api.labels import APPLIED_HASH_ANNOTATION, ENDPOINT_LABEL, MANAGER
 from .client import Kube
+from .drift import drifted
 
 # Kinds whose set can shrink (one Deployment per usable pool); the others always exist.
 PRUNABLE_KINDS = ("Deployment",)
@@ -39,27 +40,29 @@ def apply_children(
     """Apply each (object, content hash) unless the live object carries the same hash.
 
     The hash annotation lets a re-reconcile of an unchanged endpoint issue no writes at all;
-    `force` re-applies everything (periodic drift repair).
+    a live object that no longer contains what the operator applies (someone scaled or edited
+    it) is applied again; `force` re-applies everything.
     """
     report = ApplyReport()
     for obj, digest in desired:
         kind, name = obj["kind"], obj["metadata"]["name"]
         label = f"{kind}/{name}"
+        wanted = with_applied_hash(obj, digest)
         if not force:
             live = kube.get(kind, namespace=namespace, name=name)
             live_hash = ((live or {}).get("metadata", {}).get("annotations") or {}).get(
                 APPLIED_HASH_ANNOTATION
             )
-            if live is not None and live_hash == digest:
+            if live is not None and live_hash == digest and not drifted(live, wanted):
                 report.unchanged.append(label)
                 continue
-        kube.apply(with_applied_hash(obj, digest), field_manager=MANAGER)
+        kube.apply(wanted, field_manager=MANAGER)
         report.applied.append(label)
-    wanted = {(o["kind"], o["metadata"]["name"]) for o, _ in desired}
+    keep = {(o["kind"], o["metadata"]["name"]) for o, _ in desired}
     for kind in PRUNABLE_KINDS:
         for live in kube.list(kind, namespace=namespace, selector=f"{ENDPOINT_LABEL}={endpoint}"):
             name = live["metadata"]["name"]
-            if (kind, name) not in wanted and _owned_by_us(live):
+            if (kind, name) not in keep and _owned_by_us(live):
                 kube.delete(kind, namespace=namespace, name=name)
                 report.deleted.append(f"{kind}/{name}")
     return report
