@@ -60,8 +60,10 @@ render: $(STAMP) ## render the example endpoint's manifests
 	$(BIN)/magistral-operator render -f examples/magistral-small.yaml --config examples/operator-config.yaml
 
 IMAGE ?= magistral-runtime:0.1.0
-image: ## build the serving image (needs a Docker engine)
+OPERATOR_IMAGE ?= ghcr.io/magistral-operator/operator:0.1.0
+image: ## build the serving and operator images (needs a Docker engine)
 	docker build -f runtime/Dockerfile -t $(IMAGE) .
+	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
 
 bench: $(STAMP) ## benchmarks (printed; results recorded in docs/)
 	$(BIN)/python bench/middleware_overhead.py

@@ -12,7 +12,7 @@ CHART = ROOT / "charts" / "magistral-operator"
 CRD_DIR = ROOT / "crds"
 OPERATOR_NAMESPACE = "magistral-system"
 RELEASE = "magistral-operator"
-SERVICE_ACCOUNT = "magistral-operator"  # the chart's fullname for release "magistral"
+SERVICE_ACCOUNT = "magistral-operator"  # the chart's fullname for this release
 
 
 def tool(name: str) -> Path:

@@ -26,8 +26,21 @@ def _reason_for_problem(problem: str) -> str:
     return "InvalidSpec"
 
 
+REMEDIES = {
+    "InsufficientGPUMemory": "Use a pool with more GPU memory, allow a larger "
+    "spec.gpu.tensorParallelSize (or 'auto'), serve the FP8 checkpoint, set "
+    "spec.runtime.kvCacheDtype fp8, or lower spec.runtime.maxModelLen.",
+    "UnknownPool": "Use a pool the operator config defines (see the message) or ask the "
+    "platform team to add one.",
+    "UnknownModel": "Set spec.model.profile with the model's architecture numbers.",
+}
+
+
 def invalid_spec_updates(message: str, *, reason: str = "InvalidSpec") -> list[ConditionUpdate]:
     """Conditions for a spec the operator cannot serve: the user must change it."""
+    remedy = REMEDIES.get(reason)
+    if remedy:
+        message = f"{message}. {remedy}"
     return [
         ConditionUpdate(READY, "False", reason, message),
         ConditionUpdate(PROGRESSING, "False", "Blocked", "waiting for a valid spec"),
@@ -80,8 +93,9 @@ def serving_updates(
             DEGRADED,
             "True",
             "Unschedulable",
-            f"replicas cannot be scheduled: {unschedulable}. Free or add GPU nodes in the "
-            "endpoint's pools, or lower spec.gpu.tensorParallelSize.",
+            f"replicas cannot be scheduled: {unschedulable.rstrip('. ')}. Free or add GPU "
+            "nodes in the endpoint's pools, add a pool to spec.gpu.pools, or lower "
+            "spec.scaling.minReplicas or spec.gpu.tensorParallelSize.",
         )
     elif failing:
         degraded = ConditionUpdate(DEGRADED, "True", "ReplicasFailing", failing)

@@ -1,0 +1,266 @@
+"""GitOps on the real control plane: the chart and an endpoint applied the way Argo CD applies
+them (server-side apply, field manager argocd-controller), reconciled by the operator.
+
+- The operator never writes an endpoint's spec: only the applier owns `f:spec`.
+- Re-applying the same manifests changes nothing (resourceVersion unchanged), for the chart's
+  objects and for the endpoint and its children.
+- No field of a child is owned by both the operator and another manager. A manual change to a
+  field the operator owns (`kubectl scale` of its Deployment) is taken back by the operator:
+  the endpoint's spec is the one source of truth for replicas.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from e2e.install import CHART, kubectl, tool
+from e2e.operator_process import OperatorProcess
+from magistral_operator.api.labels import MANAGER
+
+from .conftest import condition, get_endpoint, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+ENDPOINT_DIR = ROOT / "examples" / "gitops" / "endpoint"
+ARGOCD = "argocd-controller"
+NAME = "magistral-small"
+SELECTOR = f"magistral.dev/endpoint={NAME}"
+CHILD_KINDS = ("deployment", "service", "configmap", "poddisruptionbudget", "networkpolicy")
+
+
+def argocd_apply(kubeconfig: Path, manifests: str, *, namespace: str | None = None) -> str:
+    """What Argo CD does on sync with ServerSideApply=true."""
+    args = ["apply", "--server-side", f"--field-manager={ARGOCD}", "-f", "-"]
+    if namespace:
+        args = ["-n", namespace, *args]
+    return kubectl(kubeconfig, *args, stdin=manifests)
+
+
+def endpoint_manifests() -> str:
+    """examples/gitops/endpoint as Argo CD and Flux render it (kustomize)."""
+    return subprocess.run(
+        [str(tool("kubectl")), "kustomize", str(ENDPOINT_DIR)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def get_json(kubeconfig: Path, *args: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(
+        kubectl(kubeconfig, "get", *args, "-o", "json", "--show-managed-fields")
+    )
+    return out
+
+
+def leaves(node: dict[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """The field paths a managedFields fieldsV1 tree owns."""
+    out: set[tuple[str, ...]] = set()
+    for key, child in node.items():
+        if key == ".":
+            out.add(prefix)
+        elif child:
+            out |= leaves(child, (*prefix, key))
+        else:
+            out.add((*prefix, key))
+    return out
+
+
+def owners(obj: dict[str, Any]) -> list[tuple[str, str, str, set[tuple[str, ...]]]]:
+    """(manager, operation, subresource, owned fields) of every managedFields entry."""
+    return [
+        (
+            entry["manager"],
+            entry["operation"],
+            entry.get("subresource", ""),
+            leaves(entry.get("fieldsV1") or {}),
+        )
+        for entry in obj["metadata"].get("managedFields") or []
+    ]
+
+
+def ready_and_settled(api: client.ApiClient, namespace: str, replicas: int) -> Any:
+    def check() -> dict[str, Any] | None:
+        obj = get_endpoint(api, namespace, NAME)
+        ready, progressing = condition(obj, "Ready"), condition(obj, "Progressing")
+        status = obj.get("status") or {}
+        if (
+            ready
+            and ready["status"] == "True"
+            and progressing
+            and progressing["status"] == "False"
+            and status.get("readyReplicas") == replicas
+            and status.get("observedGeneration") == obj["metadata"]["generation"]
+        ):
+            return obj
+        return None
+
+    return check
+
+
+@pytest.fixture
+def synced(
+    api: client.ApiClient, admin_kubeconfig: Path, operator: OperatorProcess, namespace: str
+) -> Iterator[str]:
+    """The example endpoint synced by "Argo CD" into a test namespace and Ready."""
+    argocd_apply(admin_kubeconfig, endpoint_manifests(), namespace=namespace)
+    wait_for("the endpoint to be Ready", ready_and_settled(api, namespace, 1), timeout=90)
+    time.sleep(2 * operator.resync_seconds)  # let the last status write land
+    return namespace
+
+
+def versions(kubeconfig: Path, namespace: str) -> dict[str, str]:
+    """resourceVersion of the endpoint and of each of its children."""
+    out = {f"mep/{NAME}": get_json(kubeconfig, "-n", namespace, "mep", NAME)["metadata"][
+        "resourceVersion"
+    ]}  # fmt: skip
+    for kind in CHILD_KINDS:
+        for item in get_json(kubeconfig, "-n", namespace, kind, "-l", SELECTOR)["items"]:
+            out[f"{kind}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
+    return out
+
+
+def test_chart_manifests_reapplied_change_nothing(admin_kubeconfig: Path) -> None:
+    """Argo CD renders the chart with `helm template` and applies it; a re-sync is a no-op."""
+    namespace, release = "argo-mo-system", "argo-mo"
+    kubectl(admin_kubeconfig, "create", "namespace", namespace, check=False)
+    rendered = subprocess.run(
+        [str(tool("helm")), "template", release, str(CHART), "--namespace", namespace,
+         "--set", "replicas=0"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    objects = [d for d in yaml.safe_load_all(rendered) if d]
+    try:
+        argocd_apply(admin_kubeconfig, rendered)
+
+        def snapshot() -> dict[str, str]:
+            out = {}
+            for obj in objects:
+                meta = obj["metadata"]
+                args = [obj["kind"].lower(), meta["name"]]
+                if meta.get("namespace"):
+                    args = ["-n", meta["namespace"], *args]
+                ref = f"{obj['kind']}/{meta['name']}"
+                out[ref] = get_json(admin_kubeconfig, *args)["metadata"]["resourceVersion"]
+            return out
+
+        time.sleep(1)  # the Deployment controller's first status write
+        before = snapshot()
+        out = argocd_apply(admin_kubeconfig, rendered)
+        assert "serverside-applied" in out
+        time.sleep(1)
+        assert snapshot() == before
+    finally:
+        for obj in reversed(objects):
+            if obj["kind"] == "CustomResourceDefinition":
+                continue  # shared by every test; kept, as the chart says
+            kubectl(
+                admin_kubeconfig, "delete", "--ignore-not-found", "--wait=false", "-f", "-",
+                stdin=yaml.safe_dump(obj), check=False,
+            )  # fmt: skip
+        kubectl(admin_kubeconfig, "delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_only_the_applier_owns_the_endpoint_spec(
+    api: client.ApiClient, admin_kubeconfig: Path, synced: str
+) -> None:
+    obj = get_json(admin_kubeconfig, "-n", synced, "mep", NAME)
+    spec_owners = {m for m, _, _, fields in owners(obj) if any(f[0] == "f:spec" for f in fields)}
+    assert spec_owners == {ARGOCD}, owners(obj)
+    # What the operator side does write: status (subresource) and kopf's annotations.
+    for manager, operation, subresource, fields in owners(obj):
+        if manager == ARGOCD:
+            assert operation == "Apply"
+            continue
+        for path in fields:
+            assert subresource == "status" or path[:2] == ("f:metadata", "f:annotations"), (
+                manager,
+                path,
+            )
+
+    # A spec change through Git: the operator follows, and still never touches the spec.
+    changed = yaml.safe_load(endpoint_manifests())
+    changed["spec"]["scaling"]["minReplicas"] = 2
+    argocd_apply(admin_kubeconfig, yaml.safe_dump(changed), namespace=synced)
+    wait_for("2 replicas", ready_and_settled(api, synced, 2), timeout=90)
+    obj = get_json(admin_kubeconfig, "-n", synced, "mep", NAME)
+    spec_owners = {m for m, _, _, fields in owners(obj) if any(f[0] == "f:spec" for f in fields)}
+    assert spec_owners == {ARGOCD}
+
+
+def test_reapplying_the_same_endpoint_changes_nothing(
+    admin_kubeconfig: Path, operator: OperatorProcess, synced: str
+) -> None:
+    before = versions(admin_kubeconfig, synced)
+    # The endpoint, a Deployment per pool (reserved-h100 serves, ondemand-h100 at 0) and four
+    # other children.
+    assert len(before) == 7, before
+    out = argocd_apply(admin_kubeconfig, endpoint_manifests(), namespace=synced)
+    assert "serverside-applied" in out
+    time.sleep(3 * operator.resync_seconds)  # several operator passes
+    assert versions(admin_kubeconfig, synced) == before
+
+
+def test_no_child_field_is_owned_by_the_operator_and_another_manager(
+    admin_kubeconfig: Path, synced: str
+) -> None:
+    checked = set()
+    for kind in CHILD_KINDS:
+        for item in get_json(admin_kubeconfig, "-n", synced, kind, "-l", SELECTOR)["items"]:
+            entries = owners(item)
+            ours = [f for m, op, _, f in entries if m == MANAGER and op == "Apply"]
+            assert len(ours) == 1, f"{kind}: operator entries {entries}"
+            for manager, operation, subresource, fields in entries:
+                if manager == MANAGER and operation == "Apply":
+                    continue
+                shared = ours[0] & fields
+                assert not shared, f"{kind}: {manager} ({operation} {subresource}) owns {shared}"
+            checked.add(kind)
+    assert checked == set(CHILD_KINDS)
+
+
+def test_kubectl_scale_of_an_operator_deployment_is_taken_back(
+    admin_kubeconfig: Path, operator: OperatorProcess, synced: str
+) -> None:
+    """Replicas come from the endpoint's spec; a scaled Deployment is reverted by the operator.
+
+    The Deployment's change event triggers a pass that finds the live object no longer holds
+    what the operator applies; at the latest, the periodic forced re-apply (every
+    FORCE_APPLY_EVERY resyncs) takes the field back.
+    """
+    from magistral_operator.handlers.operator import FORCE_APPLY_EVERY
+
+    name = f"{NAME}-reserved-h100"  # the preferred pool's Deployment serves the replica
+    before = get_json(admin_kubeconfig, "-n", synced, "deployment", name)
+    assert before["spec"]["replicas"] == 1
+    out = kubectl(admin_kubeconfig, "-n", synced, "scale", f"deployment/{name}", "--replicas=3")
+    assert "scaled" in out
+    started = time.monotonic()
+
+    def reverted() -> dict[str, Any] | None:
+        live = get_json(admin_kubeconfig, "-n", synced, "deployment", name)
+        # generation + 2: the scale was stored, then the operator's revert.
+        done = live["spec"]["replicas"] == 1 and live["metadata"]["generation"] >= (
+            before["metadata"]["generation"] + 2
+        )
+        return live if done else None
+
+    live = wait_for(
+        "the operator to take spec.replicas back",
+        reverted,
+        timeout=(FORCE_APPLY_EVERY + 2) * operator.resync_seconds + 30,
+    )
+    print(f"kubectl scale reverted after {time.monotonic() - started:.1f}s")
+    (ours,) = [f for m, op, _, f in owners(live) if m == MANAGER and op == "Apply"]
+    assert ("f:spec", "f:replicas") in ours
+    for manager, _, _, fields in owners(live):
+        if manager != MANAGER:
+            assert ("f:spec", "f:replicas") not in fields, (manager, fields)
