@@ -6,6 +6,8 @@ kwok reports container states) that container running. The kwok simulation knobs
 ``e2e/cluster/stages.py`` map onto the engine: ``magistral.dev/sim-startup`` delays the port
 opening (model loading) until about when kwok turns the pod Ready, and
 ``magistral.dev/sim-unready=true`` makes ``/health`` answer 503 (the failing readiness probe).
+The files the container mounts from ConfigMaps are recorded too (``ConfigMapMount``), so the
+supervisor can find the runtime config and the custom system prompt an operator pod reads.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +30,10 @@ MANAGED_BY_SELECTOR = "app.kubernetes.io/managed-by=magistral-operator"
 ARGS_ANNOTATION = "magistral.dev/vllm-args"
 """Same value as ``magistral_operator.api.labels.ARGS_ANNOTATION`` (a test checks it)."""
 HTTP_PORT_NAME = "http"
+RUNTIME_CONFIG_ENV = "MAGISTRAL_RUNTIME_CONFIG"
+"""Same value as ``magistral_runtime.config.CONFIG_ENV`` (a test checks it)."""
+RUNTIME_CONFIG_PATH = "/etc/magistral/runtime.json"
+"""Same value as ``magistral_runtime.config.CONFIG_PATH``: where the runtime looks by default."""
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 DEFAULT_GRACE_SECONDS = 30.0
@@ -75,6 +82,50 @@ class SecretKey:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigMapKey:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigMapMount:
+    """A ConfigMap volume mounted in the serving container."""
+
+    mount_path: str
+    name: str
+    items: tuple[tuple[str, str], ...] | None
+    """``(key, path)`` pairs; None: every key, as a file named after it."""
+    sub_path: str = ""
+
+    def key_for(self, path: str) -> ConfigMapKey | None:
+        """The ConfigMap key whose content the container sees at ``path`` (None: not here)."""
+        mount = self.mount_path.rstrip("/")
+        if self.sub_path:
+            rel = self.sub_path if path == mount else None
+        elif path.startswith(mount + "/"):
+            rel = path[len(mount) + 1 :]
+        else:
+            rel = None
+        if not rel:
+            return None
+        if self.items is None:
+            return None if "/" in rel else ConfigMapKey(self.name, rel)
+        for key, item_path in self.items:
+            if item_path.strip("/") == rel:
+                return ConfigMapKey(self.name, key)
+        return None
+
+
+def configmap_key_for(mounts: Sequence[ConfigMapMount], path: str) -> ConfigMapKey | None:
+    """Which ConfigMap key a file path inside the container comes from (None: none)."""
+    for mount in mounts:
+        found = mount.key_for(path)
+        if found is not None:
+            return found
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class PodSim:
     """The simulator a pod asks for."""
 
@@ -90,6 +141,15 @@ class PodSim:
     node_name: str | None
     startup_delay_s: float
     healthy: bool
+    config_maps: tuple[ConfigMapMount, ...] = ()
+    """The ConfigMap files the serving container mounts."""
+    runtime_config_path: str = RUNTIME_CONFIG_PATH
+    """Where the runtime reads its config in the container (``$MAGISTRAL_RUNTIME_CONFIG``)."""
+
+    @property
+    def runtime_config_source(self) -> ConfigMapKey | None:
+        """The ConfigMap key mounted as the runtime config (None: no runtime config)."""
+        return configmap_key_for(self.config_maps, self.runtime_config_path)
 
     @property
     def served_model_name(self) -> str | None:
@@ -109,6 +169,8 @@ class PodSim:
             self.api_key,
             self.api_key_secret,
             self.node_name,
+            self.config_maps,
+            self.runtime_config_path,
         )
 
 
@@ -165,6 +227,38 @@ def _api_key(container: JSON) -> tuple[str | None, SecretKey | None]:
         if ref.get("name") and ref.get("key"):
             return None, SecretKey(str(ref["name"]), str(ref["key"]))
     return None, None
+
+
+def _config_map_mounts(pod: JSON, container: JSON) -> tuple[ConfigMapMount, ...]:
+    volumes = {
+        str(v.get("name")): v["configMap"]
+        for v in (pod.get("spec") or {}).get("volumes") or []
+        if isinstance(v.get("configMap"), dict) and v["configMap"].get("name")
+    }
+    mounts: list[ConfigMapMount] = []
+    for mount in container.get("volumeMounts") or []:
+        source = volumes.get(str(mount.get("name")))
+        if source is None or not mount.get("mountPath"):
+            continue
+        items = source.get("items")
+        mounts.append(
+            ConfigMapMount(
+                mount_path=str(mount["mountPath"]),
+                name=str(source["name"]),
+                items=(
+                    tuple((str(i.get("key")), str(i.get("path"))) for i in items) if items else None
+                ),
+                sub_path=str(mount.get("subPath") or ""),
+            )
+        )
+    return tuple(mounts)
+
+
+def _literal_env(container: JSON, name: str) -> str | None:
+    for env in container.get("env") or []:
+        if env.get("name") == name and "value" in env:
+            return str(env["value"])
+    return None
 
 
 def vllm_argv(pod: JSON) -> list[str]:
@@ -225,6 +319,8 @@ def decide(pod: JSON, *, now: datetime | None = None) -> Decision:
             node_name=(pod.get("spec") or {}).get("nodeName"),
             startup_delay_s=round(delay, 3),
             healthy=labels.get(SIM_UNREADY_LABEL) != "true",
+            config_maps=_config_map_mounts(pod, container),
+            runtime_config_path=_literal_env(container, RUNTIME_CONFIG_ENV) or RUNTIME_CONFIG_PATH,
         )
     )
 

@@ -11,6 +11,13 @@ SIGKILL when the grace period ends; a pod that loses its IP or whose container s
 loses its simulator at once; a simulator that dies while its pod runs is restarted with
 back-off. Pod IPs outside 127.0.0.0/8 are refused.
 
+A pod that mounts a runtime config from a ConfigMap (as the operator's pods do) gets the
+project's runtime middleware, as ``magistral-runtime serve`` starts vLLM: the supervisor reads
+the ConfigMap (and a custom system prompt's), writes them into a directory of the pod's own with
+a simulated model cache (``runtime_files.py``), and starts the simulator with ``--middleware
+magistral_runtime.middleware.MagistralMiddleware`` and ``$MAGISTRAL_RUNTIME_CONFIG``. Anything
+missing is logged and the plain simulator runs; ``runtime_middleware=False`` turns it off.
+
 From Python (for example a pytest fixture)::
 
     with Supervisor(kubeconfig=cluster.kubeconfig, sim_args=["--itl-ms", "2"]) as sup:
@@ -46,11 +53,22 @@ from e2e.engine.pods import (
     GPU_PRODUCT_LABEL,
     JSON,
     MANAGED_BY_SELECTOR,
+    ConfigMapKey,
     Decision,
     PodSim,
+    configmap_key_for,
     decide,
     pod_key,
     termination,
+)
+from e2e.engine.runtime_files import (
+    CLEARED_ENV,
+    MIDDLEWARE,
+    RuntimeFiles,
+    RuntimeSetupError,
+    custom_prompt_path,
+    parse_config,
+    write_runtime_files,
 )
 
 log = logging.getLogger("e2e.engine.supervisor")
@@ -85,6 +103,8 @@ class SimulatorInfo:
     healthy: bool
     restarts: int
     log_path: str
+    runtime_middleware: bool = False
+    """The simulator runs the project's runtime middleware (the pod's runtime config)."""
 
     @property
     def url(self) -> str:
@@ -112,6 +132,8 @@ class _Proc:
     kill_at: float | None = None
     termed: bool = False
     started_at: float = 0.0
+    runtime: RuntimeFiles | None = None
+    """The runtime middleware's files of the running process (None: plain simulator)."""
 
     @property
     def pid(self) -> int | None:
@@ -143,12 +165,15 @@ class Supervisor:
         die_with_parent: bool = True,
         python: str = sys.executable,
         stop_grace_seconds: float = 5.0,
+        runtime_middleware: bool = True,
     ) -> None:
         """``sim_args`` are appended to every simulator's flags (they win), e.g.
-        ``["--itl-ms", "2"]`` for fast tests; ``sim_env`` is added to their environment (for
-        example ``MAGISTRAL_RUNTIME_CONFIG`` with ``--middleware``). ``honor_prestop``: wait a
-        deleted pod's preStop sleep before SIGTERM, as the kubelet does.
-        ``stop_grace_seconds``: on ``stop()``, how long simulators may drain before SIGKILL.
+        ``["--itl-ms", "2"]`` for fast tests; ``sim_env`` is added to their environment.
+        ``honor_prestop``: wait a deleted pod's preStop sleep before SIGTERM, as the kubelet
+        does. ``stop_grace_seconds``: on ``stop()``, how long simulators may drain before
+        SIGKILL. ``runtime_middleware``: run the project's runtime middleware in the simulators
+        of pods that mount a runtime config (it needs ConfigMap reads); not when ``sim_args``
+        name a ``--middleware`` of their own.
         """
         self.kubeconfig = Path(kubeconfig)
         self.label_selector = label_selector
@@ -160,6 +185,7 @@ class Supervisor:
         self.die_with_parent = die_with_parent
         self.python = python
         self.stop_grace_seconds = stop_grace_seconds
+        self.runtime_middleware = runtime_middleware
         self._core: Any = None
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stopping = threading.Event()
@@ -331,6 +357,81 @@ class Supervisor:
             )
             return None
         return base64.b64decode(data).decode()
+
+    def _configmap_value(self, *, namespace: str, ref: ConfigMapKey, what: str) -> str | None:
+        try:
+            resp = self._core.read_namespaced_config_map(
+                ref.name, namespace, _preload_content=False
+            )
+            body = json.loads(resp.data)
+        except Exception as err:
+            log.warning(
+                "cannot read ConfigMap %s/%s (%s) for the %s",
+                namespace,
+                ref.name,
+                getattr(err, "status", err),
+                what,
+            )
+            return None
+        data = body.get("data") or {}
+        if ref.key in data:
+            return str(data[ref.key])
+        binary = (body.get("binaryData") or {}).get(ref.key)
+        if binary is not None:
+            return base64.b64decode(binary).decode(errors="replace")
+        log.warning("ConfigMap %s/%s has no key %r (the %s)", namespace, ref.name, ref.key, what)
+        return None
+
+    def _runtime_files(self, proc: _Proc) -> RuntimeFiles | None:
+        """The runtime middleware's files for ``proc`` (None: the plain simulator runs)."""
+        spec = proc.spec
+        if not self.runtime_middleware or "--middleware" in self.sim_args:
+            return None
+        where = f"{spec.namespace}/{spec.name}"
+        source = spec.runtime_config_source
+        if source is None:
+            log.info(
+                "%s: no runtime config mounted at %s; plain simulator",
+                where,
+                spec.runtime_config_path,
+            )
+            return None
+        fallback = "the plain simulator runs, without the runtime middleware"
+        text = self._configmap_value(namespace=spec.namespace, ref=source, what="runtime config")
+        if text is None:
+            log.warning("%s: runtime config unavailable; %s", where, fallback)
+            return None
+        origin = f"ConfigMap {spec.namespace}/{source.name} key {source.key}"
+        custom: str | None = None
+        try:
+            prompt_path = custom_prompt_path(parse_config(text, source=origin))
+            if prompt_path is not None:
+                prompt_ref = configmap_key_for(spec.config_maps, prompt_path)
+                if prompt_ref is None:
+                    raise RuntimeSetupError(
+                        f"the custom system prompt {prompt_path} is not mounted from a ConfigMap"
+                    )
+                custom = self._configmap_value(
+                    namespace=spec.namespace, ref=prompt_ref, what="custom system prompt"
+                )
+                if custom is None:
+                    raise RuntimeSetupError(f"the custom system prompt {prompt_path} is missing")
+            files = write_runtime_files(
+                self.log_dir / f"{spec.namespace}.{spec.name}.runtime",
+                config_text=text,
+                source=origin,
+                custom_prompt=custom,
+            )
+        except (RuntimeSetupError, OSError) as err:
+            log.warning("%s: %s; %s", where, err, fallback)
+            return None
+        log.info(
+            "%s: runtime middleware with the config of %s, system prompt %s",
+            where,
+            origin,
+            files.system_prompt,
+        )
+        return files
 
     def _node_gpu(self, node: str | None) -> tuple[str, int | None]:
         if not node:
@@ -536,7 +637,10 @@ class Supervisor:
                 key=spec.api_key_secret.key,
             )
         gpu, memory = self._node_gpu(spec.node_name)
+        runtime = self._runtime_files(proc)
         argv = [self.python, "-m", "e2e.engine.simulator", *spec.sim_args]
+        if runtime is not None:
+            argv += ["--middleware", MIDDLEWARE]
         argv += ["--host", spec.ip, "--port", str(spec.port), "--gpu", gpu]
         if memory:
             argv += ["--gpu-memory-mib", str(memory)]
@@ -551,11 +655,19 @@ class Supervisor:
             p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
         )
         env["PYTHONUNBUFFERED"] = "1"
+        if runtime is not None:
+            for name in CLEARED_ENV:
+                env.pop(name, None)
+            env.update(runtime.env)
         env.update(self.sim_env)
         if key:
             env[API_KEY_ENV] = key
         with proc.log_path.open("ab") as out:
-            out.write(f"# {' '.join(argv)}  (API key: {'set' if key else 'none'})\n".encode())
+            mw = f"{MIDDLEWARE}, {runtime.config_path}" if runtime else "none"
+            out.write(
+                f"# {' '.join(argv)}  (API key: {'set' if key else 'none'}; runtime middleware: "
+                f"{mw})\n".encode()
+            )
             out.flush()
             proc.popen = subprocess.Popen(
                 argv,
@@ -569,14 +681,16 @@ class Supervisor:
             )
         proc.state = "starting"
         proc.started_at = time.monotonic()
+        proc.runtime = runtime
         log.info(
-            "%s/%s: simulator pid %d on %s:%d (%s)",
+            "%s/%s: simulator pid %d on %s:%d (%s, %s)",
             spec.namespace,
             spec.name,
             proc.popen.pid,
             spec.ip,
             spec.port,
             "API key set" if key else "no API key",
+            "runtime middleware" if runtime else "no middleware",
         )
 
     def _publish(self) -> None:
@@ -597,6 +711,7 @@ class Supervisor:
                     healthy=proc.healthy,
                     restarts=proc.restarts,
                     log_path=str(proc.log_path),
+                    runtime_middleware=proc.runtime is not None,
                 )
             )
         with self._changed:
@@ -649,6 +764,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, default=None, help="simulator logs")
     parser.add_argument("--no-prestop", action="store_true", help="SIGTERM deleted pods at once")
     parser.add_argument(
+        "--no-runtime-middleware",
+        action="store_true",
+        help="plain simulators, without the runtime middleware of the pods' runtime config",
+    )
+    parser.add_argument(
         "sim_args", nargs=argparse.REMAINDER, help="-- then flags for every simulator"
     )
     ns = parser.parse_args(argv)
@@ -666,6 +786,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sim_args=extra,
         log_dir=ns.log_dir,
         honor_prestop=not ns.no_prestop,
+        runtime_middleware=not ns.no_runtime_middleware,
     )
     supervisor.start()
     try:

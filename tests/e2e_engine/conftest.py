@@ -25,6 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.engine.config import SimConfig
 from e2e.engine.simulator import Simulator
+from magistral_operator.api.config import load_operator_config
+from magistral_operator.api.endpoint import parse_endpoint
+from magistral_operator.render import render_endpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -196,3 +199,34 @@ class SimProcess:
             self.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
+
+
+# ------------------------------------------------------------------- operator-rendered pods
+
+CUSTOM_PROMPT = "You are a terse assistant for the simulator's tests. " * 8
+"""A custom system prompt of a known length (its tokens show in ``usage.prompt_tokens``)."""
+
+
+def render(
+    spec_changes: dict[str, Any], *, name: str = "ep", namespace: str = "ns"
+) -> list[dict[str, Any]]:
+    """What the operator applies for a one-pool endpoint (example operator config)."""
+    spec: dict[str, Any] = {
+        "model": {"repo": "mistralai/Magistral-Small-2506", "servedModelName": "magistral"},
+        "runtime": {"maxModelLen": 40960},
+        "gpu": {"pools": ["reserved-h100"]},
+        "scaling": {"minReplicas": 1, "maxReplicas": 1},
+        "auth": {"apiKeySecretRef": {"name": "api-key", "key": "key"}},
+        **spec_changes,
+    }
+    endpoint = parse_endpoint(
+        {"metadata": {"name": name, "namespace": namespace, "generation": 1}, "spec": spec}
+    )
+    result = render_endpoint(endpoint, load_operator_config(ROOT / "examples/operator-config.yaml"))
+    assert result.plan.ok, result.plan.problems
+    return result.objects
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (obj,) = (o for o in objects if o["kind"] == kind)
+    return obj

@@ -37,6 +37,8 @@ def test_shared_constants_match_the_operator_and_runtime() -> None:
     assert labels.ARGS_ANNOTATION == pods.ARGS_ANNOTATION
     assert labels.MANAGED_BY_SELECTOR == pods.MANAGED_BY_SELECTOR
     assert runtime_config.API_KEY_ENV == API_KEY_ENV
+    assert runtime_config.CONFIG_ENV == pods.RUNTIME_CONFIG_ENV
+    assert runtime_config.CONFIG_PATH == pods.RUNTIME_CONFIG_PATH
 
 
 def test_h100_defaults_are_the_documented_ones() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import shlex
@@ -14,14 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openai import OpenAI
 
 from e2e.cluster.cluster import LocalCluster
 from e2e.cluster.kubeapi import KubeApi
 from e2e.cluster.nodepools import GPU_PRODUCT_LABEL, GPU_RESOURCE, H100, create_pools
 from e2e.cluster.stages import SIM_UNREADY_LABEL
 from e2e.engine.pods import ARGS_ANNOTATION
+from e2e.engine.runtime_files import simulated_model_prompt
 from e2e.engine.supervisor import SimulatorInfo, Supervisor, serving
-from tests.e2e_engine.conftest import fetch, metrics, value
+from e2e.engine.textgen import chat_prompt_tokens
+from tests.e2e_engine.conftest import CUSTOM_PROMPT, by_kind, fetch, metrics, render, value
 
 pytestmark = pytest.mark.cluster
 
@@ -259,3 +263,186 @@ def test_without_secret_access_the_simulator_runs_keyless(
         sup.wait_for(lambda s: not s, timeout=120)
     api.delete(f"{rbac}/clusterrolebindings/{ns}")
     api.delete(f"{rbac}/clusterroles/{ns}")
+
+
+def wait_status(url: str, want: int, *, timeout: float = 30.0) -> bytes:
+    """Poll ``url`` until it answers ``want`` (a guard, not a latency check)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = fetch(url)
+        if status == want:
+            return body
+        assert time.monotonic() < deadline, f"{url}: {status} {body!r}"
+        time.sleep(0.2)
+
+
+def check_runtime_behaviour(sim: SimulatorInfo, *, key: str, system_prompt: str) -> None:
+    """What the project's middleware adds in front of the engine, seen by a client."""
+    auth = {"Authorization": f"Bearer {key}"}
+    ready = json.loads(wait_status(f"{sim.url}/magistral/ready", 200))
+    assert ready["status"] in ("ready", "serving")
+    assert fetch(f"{sim.url}/magistral/live")[0] == 200
+    user = [{"role": "user", "content": "What is 2+2?"}]
+
+    def chat(payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        body = json.dumps({"model": "magistral", **payload}).encode()
+        status, raw = fetch(
+            f"{sim.url}/v1/chat/completions", method="POST", body=body, headers=auth
+        )
+        return status, json.loads(raw)
+
+    status, answer = chat({"messages": user})  # no system prompt, no sampling parameters
+    assert status == 200, answer
+    message = answer["choices"][0]["message"]
+    assert message["content"]
+    assert "think>" not in message["content"]
+    assert message["reasoning"]
+    assert message["reasoning_content"] == message["reasoning"]
+    inserted = [{"role": "system", "content": system_prompt}, *user]
+    assert answer["usage"]["prompt_tokens"] == chat_prompt_tokens(inserted)
+    own = [{"role": "system", "content": "Be brief."}, *user]
+    status, answer = chat({"messages": own})
+    assert status == 200
+    assert answer["usage"]["prompt_tokens"] == chat_prompt_tokens(own)  # nothing inserted
+
+    status, error = chat({"messages": user, "n": 3})
+    assert status == 400
+    assert error["error"]["param"] == "n"
+    assert error["error"]["type"] == "invalid_request_error"
+    assert "'n' is 3" in error["error"]["message"]
+
+    client = OpenAI(base_url=f"{sim.url}/v1", api_key=key, max_retries=0, timeout=30)
+    chunks = list(
+        client.chat.completions.create(
+            model="magistral",
+            messages=[{"role": "user", "content": "What is 2+2?"}],
+            stream=True,
+        )
+    )
+    reasoning = "".join(
+        (c.choices[0].delta.model_extra or {}).get("reasoning") or "" for c in chunks if c.choices
+    )
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert reasoning
+    assert content
+    assert "think>" not in content + reasoning
+
+
+def test_operator_rendered_pods_run_the_runtime_middleware(
+    cluster: LocalCluster, ns: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The renderer's ConfigMap and Deployment: each pod's simulator runs the runtime middleware
+    with that pod's config (model prompt, custom prompt); a missing ConfigMap falls back."""
+    api = cluster.api()
+    secret = {"metadata": {"name": "api-key"}, "data": {"key": base64.b64encode(b"sk-rt").decode()}}
+    api.create(f"/api/v1/namespaces/{ns}/secrets", secret)
+    custom_spec = {"inference": {"systemPrompt": {"mode": "custom", "text": CUSTOM_PROMPT}}}
+    endpoints = {
+        "rt-model": render({}, name="rt-model", namespace=ns),
+        "rt-custom": render(custom_spec, name="rt-custom", namespace=ns),
+        "rt-orphan": render({}, name="rt-orphan", namespace=ns),  # its ConfigMap never exists
+    }
+    for name, objects in endpoints.items():
+        deployment = by_kind(objects, "Deployment")
+        assert deployment["spec"]["template"]["spec"]["nodeSelector"] == {
+            "magistral.dev/pool": "reserved-h100"  # the H100 pool
+        }
+        if name != "rt-orphan":
+            api.create(f"/api/v1/namespaces/{ns}/configmaps", by_kind(objects, "ConfigMap"))
+        api.create(f"/apis/apps/v1/namespaces/{ns}/deployments", deployment)
+
+    with (
+        caplog.at_level("INFO", logger="e2e.engine.supervisor"),
+        Supervisor(
+            kubeconfig=cluster.kubeconfig,
+            namespace=ns,
+            sim_args=FAST,
+            log_dir=tmp_path,
+            honor_prestop=False,
+        ) as sup,
+    ):
+        sims = sup.wait_for(lambda s: len(serving(s)) == 3, timeout=120)
+        by_endpoint = {next(e for e in endpoints if s.pod.startswith(f"{e}-")): s for s in sims}
+        assert set(by_endpoint) == set(endpoints)
+        model, custom, orphan = (by_endpoint[e] for e in endpoints)
+        assert model.runtime_middleware
+        assert custom.runtime_middleware
+        assert "--middleware" in cmdline(model.pid)
+        check_runtime_behaviour(
+            model,
+            key="sk-rt",
+            system_prompt=simulated_model_prompt("mistralai/Magistral-Small-2506"),
+        )
+        check_runtime_behaviour(custom, key="sk-rt", system_prompt=CUSTOM_PROMPT)
+
+        assert not orphan.runtime_middleware
+        assert "--middleware" not in cmdline(orphan.pid)
+        assert fetch(f"{orphan.url}/magistral/ready")[0] == 404  # the plain simulator
+        assert f"cannot read ConfigMap {ns}/rt-orphan-runtime (404)" in caplog.text
+        assert f"{ns}/{orphan.pod}: runtime config unavailable" in caplog.text
+
+        # Deleting a pod mid-stream: SIGTERM (no preStop here), the middleware and the engine
+        # drain, the stream ends normally (the pod's --shutdown-timeout is 60 s).
+        conn = http.client.HTTPConnection(model.ip, model.port, timeout=60)
+        payload = {
+            "model": "magistral",
+            "messages": [{"role": "user", "content": "Count slowly."}],
+            "stream": True,
+            "max_tokens": 1500,
+            "ignore_eos": True,
+        }
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=json.dumps(payload),
+            headers={"Authorization": "Bearer sk-rt", "Content-Type": "application/json"},
+        )
+        resp = conn.getresponse()
+        assert resp.status == 200
+        lines = [resp.readline().decode()]
+        api.delete(f"/api/v1/namespaces/{ns}/pods/{model.pod}")
+        while line := resp.readline():
+            lines.append(line.decode())
+        conn.close()
+        text = "".join(lines)
+        assert text.rstrip().endswith("data: [DONE]"), text[-300:]
+        assert '"finish_reason":"length"' in text
+        assert "think>" not in text
+        assert "draining 1 in-flight requests" in Path(model.log_path).read_text()
+
+        for name in endpoints:
+            api.delete(
+                f"/apis/apps/v1/namespaces/{ns}/deployments/{name}-reserved-h100",
+                body={"propagationPolicy": "Background"},
+            )
+        sup.wait_for(lambda s: not s, timeout=120)
+
+
+def test_no_runtime_middleware_option(cluster: LocalCluster, ns: str, tmp_path: Path) -> None:
+    api = cluster.api()
+    objects = render({"auth": {"disabled": True}}, name="rt-off", namespace=ns)
+    api.create(f"/api/v1/namespaces/{ns}/configmaps", by_kind(objects, "ConfigMap"))
+    api.create(f"/apis/apps/v1/namespaces/{ns}/deployments", by_kind(objects, "Deployment"))
+    with Supervisor(
+        kubeconfig=cluster.kubeconfig,
+        namespace=ns,
+        sim_args=FAST,
+        log_dir=tmp_path,
+        honor_prestop=False,
+        runtime_middleware=False,
+    ) as sup:
+        (sim,) = sup.wait_for(lambda s: len(serving(s)) == 1, timeout=120)
+        assert not sim.runtime_middleware
+        assert fetch(f"{sim.url}/magistral/ready")[0] == 404
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+        status, raw = fetch(f"{sim.url}/v1/chat/completions", method="POST", body=body)
+        assert status == 200, raw
+        message = json.loads(raw)["choices"][0]["message"]
+        assert message["content"].startswith("<think>")  # the model's raw text, not split
+        assert not message.get("reasoning")
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "n": 3}).encode()
+        status, raw = fetch(f"{sim.url}/v1/chat/completions", method="POST", body=body)
+        assert status == 400  # the engine's own refusal, not the runtime's message
+        assert "'n' is 3" not in json.loads(raw)["error"]["message"]
+        api.delete(f"/apis/apps/v1/namespaces/{ns}/deployments/rt-off-reserved-h100")
+        sup.wait_for(lambda s: not s, timeout=120)

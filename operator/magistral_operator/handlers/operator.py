@@ -17,7 +17,6 @@ from .reconcile import Outcome, reconcile
 
 # Periodic level-triggered pass; tests shorten it through the environment.
 RESYNC_SECONDS = float(os.environ.get("MAGISTRAL_RESYNC_SECONDS", "30"))
-FORCE_APPLY_EVERY = 20  # timer ticks: a full re-apply (drift repair) every 20 resyncs
 MAX_BACKOFF_SECONDS = 300
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ def backoff_seconds(retry: int) -> float:
     return float(min(MAX_BACKOFF_SECONDS, 10 * 2 ** min(retry, 10)))
 
 
-def _run(memo: kopf.Memo, body: Mapping[str, Any], *, force_apply: bool = False) -> Outcome:
+def _run(memo: kopf.Memo, body: Mapping[str, Any]) -> Outcome:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     with _lock_for(namespace, name), RECONCILE_SECONDS.time():
@@ -46,7 +45,7 @@ def _run(memo: kopf.Memo, body: Mapping[str, Any], *, force_apply: bool = False)
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return Outcome()
         try:
-            outcome = reconcile(memo.kube, memo.config, fresh, force_apply=force_apply)
+            outcome = reconcile(memo.kube, memo.config, fresh)
         except Exception:
             RECONCILES.labels(result="error").inc()
             raise
@@ -105,9 +104,7 @@ def stop_resync(memo: kopf.Memo, **_: Any) -> None:
 
 
 def _resync_loop(memo: kopf.Memo, stop: threading.Event) -> None:
-    tick = 0
     while not stop.wait(RESYNC_SECONDS):
-        tick += 1
         namespaces = memo.get("namespaces") or [None]
         for namespace in namespaces:
             try:
@@ -119,7 +116,7 @@ def _resync_loop(memo: kopf.Memo, stop: threading.Event) -> None:
                 if body["metadata"].get("deletionTimestamp"):
                     continue
                 try:
-                    _run(memo, body, force_apply=tick % FORCE_APPLY_EVERY == 0)
+                    _run(memo, body)
                 except Exception:
                     meta = body["metadata"]
                     log.exception("resync of %s/%s failed", meta["namespace"], meta["name"])

@@ -66,9 +66,7 @@ def _cache_warm(previous: MagistralEndpointStatus) -> bool:
     return previous.ready_replicas > 0
 
 
-def reconcile(
-    kube: Kube, config: OperatorConfig, body: dict[str, Any], *, force_apply: bool = False
-) -> Outcome:
+def reconcile(kube: Kube, config: OperatorConfig, body: dict[str, Any]) -> Outcome:
     """Bring the endpoint's children and status in line with its spec and the cluster."""
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
@@ -99,9 +97,7 @@ def reconcile(
         return outcome
 
     desired = [(obj, content_hash(obj, length=16)) for obj in rendered.objects]
-    report = apply_children(
-        kube, namespace=namespace, endpoint=name, desired=desired, force=force_apply
-    )
+    report = apply_children(kube, namespace=namespace, endpoint=name, desired=desired)
     outcome.applied, outcome.deleted = report.applied, report.deleted
     if report.applied or report.deleted:
         log.info("%s/%s: applied %s, deleted %s", namespace, name, report.applied, report.deleted)

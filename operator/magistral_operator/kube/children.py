@@ -35,27 +35,25 @@ def apply_children(
     namespace: str,
     endpoint: str,
     desired: list[tuple[dict[str, Any], str]],
-    force: bool = False,
 ) -> ApplyReport:
     """Apply each (object, content hash) unless the live object carries the same hash.
 
     The hash annotation lets a re-reconcile of an unchanged endpoint issue no writes at all;
     a live object that no longer contains what the operator applies (someone scaled or edited
-    it) is applied again; `force` re-applies everything.
+    it) is applied again. No periodic forced re-apply: it would write on every pass.
     """
     report = ApplyReport()
     for obj, digest in desired:
         kind, name = obj["kind"], obj["metadata"]["name"]
         label = f"{kind}/{name}"
         wanted = with_applied_hash(obj, digest)
-        if not force:
-            live = kube.get(kind, namespace=namespace, name=name)
-            live_hash = ((live or {}).get("metadata", {}).get("annotations") or {}).get(
-                APPLIED_HASH_ANNOTATION
-            )
-            if live is not None and live_hash == digest and not drifted(live, wanted):
-                report.unchanged.append(label)
-                continue
+        live = kube.get(kind, namespace=namespace, name=name)
+        live_hash = ((live or {}).get("metadata", {}).get("annotations") or {}).get(
+            APPLIED_HASH_ANNOTATION
+        )
+        if live is not None and live_hash == digest and not drifted(live, wanted):
+            report.unchanged.append(label)
+            continue
         kube.apply(wanted, field_manager=MANAGER)
         report.applied.append(label)
     keep = {(o["kind"], o["metadata"]["name"]) for o, _ in desired}
