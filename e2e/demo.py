@@ -117,7 +117,19 @@ def up(state: Path) -> int:
     if supervisor.exists():
         say("starting engine simulators for serving pods (log: engines.log)")
         pids["engines"] = _spawn(
-            [sys.executable, "-m", "e2e.engine.supervisor", "--kubeconfig", str(admin)],
+            [
+                sys.executable,
+                "-m",
+                "e2e.engine.supervisor",
+                "--kubeconfig",
+                str(admin),
+                "--",
+                # Short answers so a demo request returns in a few seconds.
+                "--output-tokens-min",
+                "40",
+                "--output-tokens-max",
+                "120",
+            ],
             log=state / "engines.log",
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -176,7 +188,10 @@ The endpoint is up. Try:
   curl -s http://{pod_ip}:8000/v1/chat/completions -H 'Authorization: Bearer demo-key' \\
        -H 'Content-Type: application/json' \\
        -d '{{"model":"magistral-small","messages":[{{"role":"user","content":"Hi"}}]}}'
-       # answered by the engine simulator on the pod's loopback address (no GPU here)
+       # answered on the pod's loopback address by an engine simulator behind the real
+       # runtime middleware: reasoning split into "reasoning", system prompt inserted
+  curl -s http://{pod_ip}:8000/magistral/ready               # deep readiness
+  curl -s http://{pod_ip}:8000/metrics | grep ^vllm:num_requests   # what the autoscaler reads
 
 Logs: {state}/operator.log, {state}/engines.log, {cluster_dir}/logs/
 Stop everything: make demo-down

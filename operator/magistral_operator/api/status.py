@@ -54,6 +54,44 @@ class PoolStatus(ApiModel):
     message: str = Field(default="", description="Sizing explanation, with the numbers.")
 
 
+ScaleDirection = Literal["Up", "Down"]
+
+
+class AutoscalerStatus(ApiModel):
+    """The queue-depth autoscaler's persisted state (see docs/autoscaling.md).
+
+    Kept in status so that an operator restart resumes from the last decision instead of
+    collapsing to minReplicas. Only values that change on a decision are stored, so an endpoint
+    whose load is steady writes no status.
+    """
+
+    desired_replicas: int = Field(
+        ge=0, description="Replicas the autoscaler last decided on (the reconcile's start point)."
+    )
+    last_scale_time: str | None = Field(
+        default=None, description="When the autoscaler last changed desiredReplicas (RFC 3339)."
+    )
+    pending_direction: ScaleDirection | None = Field(
+        default=None,
+        description="Up or Down while a scale signal is waiting out its window; unset otherwise.",
+    )
+    pending_since: str | None = Field(
+        default=None, description="When the pending signal was first seen (RFC 3339)."
+    )
+    pending_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        description="The most conservative recommendation seen since pendingSince (the fewest "
+        "for Up, the most for Down): what the autoscaler scales to when the window has passed.",
+    )
+    observed_queue: int | None = Field(
+        default=None,
+        ge=0,
+        description="Requests waiting across ready replicas (vllm:num_requests_waiting) when "
+        "the pending signal began or the last scale was decided; not refreshed every pass.",
+    )
+
+
 class MagistralEndpointStatus(ApiModel):
     """Observed state of a MagistralEndpoint."""
 
@@ -87,4 +125,7 @@ class MagistralEndpointStatus(ApiModel):
     warnings: list[str] = Field(
         default_factory=list,
         description="Risky but valid choices in the spec (e.g. an unpinned model revision).",
+    )
+    autoscaler: AutoscalerStatus | None = Field(
+        default=None, description="The queue-depth autoscaler's state (spec.scaling)."
     )

@@ -14,13 +14,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..api.config import OperatorConfig
-from ..api.endpoint import parse_endpoint
+from ..api.endpoint import Endpoint, parse_endpoint
 from ..api.errors import ConfigError
 from ..api.labels import ENDPOINT_LABEL
-from ..api.status import DEGRADED, READY, MagistralEndpointStatus
+from ..api.status import DEGRADED, READY, AutoscalerStatus, MagistralEndpointStatus
+from ..autoscale.policy import Decision, decide, starting_replicas
 from ..kube.children import apply_children
 from ..kube.client import Kube
 from ..kube.events import post_event
+from ..kube.metrics import scrape_pods
 from ..plan import EndpointPlan
 from ..render import render_endpoint
 from ..render.hashing import content_hash
@@ -66,6 +68,22 @@ def _cache_warm(previous: MagistralEndpointStatus) -> bool:
     return previous.ready_replicas > 0
 
 
+def autoscale(
+    *, endpoint: Endpoint, previous: MagistralEndpointStatus, pods: list[dict[str, Any]]
+) -> Decision:
+    """One autoscaler pass: scrape the ready pods, apply the policy (autoscale/policy.py)."""
+    scaling = endpoint.spec.scaling
+    return decide(
+        current=starting_replicas(
+            state=previous.autoscaler, status_replicas=previous.replicas, scaling=scaling
+        ),
+        samples=scrape_pods(pods),
+        scaling=scaling,
+        state=previous.autoscaler,
+        now=datetime.now(UTC),
+    )
+
+
 def reconcile(kube: Kube, config: OperatorConfig, body: dict[str, Any]) -> Outcome:
     """Bring the endpoint's children and status in line with its spec and the cluster."""
     meta = body["metadata"]
@@ -82,7 +100,18 @@ def reconcile(kube: Kube, config: OperatorConfig, body: dict[str, Any]) -> Outco
         )
         return outcome
 
-    rendered = render_endpoint(endpoint, config, cache_warm=_cache_warm(previous))
+    selector = f"{ENDPOINT_LABEL}={name}"
+    decision = autoscale(
+        endpoint=endpoint,
+        previous=previous,
+        pods=kube.list("Pod", namespace=namespace, selector=selector),
+    )
+    rendered = render_endpoint(
+        endpoint,
+        config,
+        desired_replicas=decision.desired_replicas,
+        cache_warm=_cache_warm(previous),
+    )
     plan = rendered.plan
     if not plan.ok:
         outcome.problem = "; ".join(plan.problems)
@@ -102,7 +131,6 @@ def reconcile(kube: Kube, config: OperatorConfig, body: dict[str, Any]) -> Outco
     if report.applied or report.deleted:
         log.info("%s/%s: applied %s, deleted %s", namespace, name, report.applied, report.deleted)
 
-    selector = f"{ENDPOINT_LABEL}={name}"
     deployments = {
         d["metadata"]["name"]: d
         for d in kube.list("Deployment", namespace=namespace, selector=selector)
@@ -140,7 +168,18 @@ def reconcile(kube: Kube, config: OperatorConfig, body: dict[str, Any]) -> Outco
         budget_seconds=rendered.budget.seconds if rendered.budget else None,
         budget=rendered.budget.explanation if rendered.budget else None,
         warnings=spec_warnings(endpoint),
+        autoscaler=decision.state,
     )
+    if decision.scaled:  # announced once the decision is persisted
+        log.info("%s/%s: %s", namespace, name, decision.reason)
+        post_event(
+            kube,
+            endpoint=body,
+            type_="Normal",
+            reason=f"Scaled{decision.scaled}",
+            message=decision.reason,
+            now=utc_now(),
+        )
     return outcome
 
 
@@ -159,6 +198,7 @@ def _write_status(
     budget_seconds: int | None = None,
     budget: str | None = None,
     warnings: list[str] | None = None,
+    autoscaler: AutoscalerStatus | None = None,
 ) -> bool:
     now = utc_now()
     status, transitions = build_status(
@@ -174,6 +214,7 @@ def _write_status(
         startup_budget_seconds=budget_seconds,
         startup_budget=budget,
         warnings=warnings,
+        autoscaler=autoscaler,
     )
     if not status_changed(previous, status):
         return False

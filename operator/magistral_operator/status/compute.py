@@ -7,6 +7,7 @@ from ..api.status import (
     DEGRADED,
     PROGRESSING,
     READY,
+    AutoscalerStatus,
     Condition,
     MagistralEndpointStatus,
     PoolStatus,
@@ -162,8 +163,12 @@ def build_status(
     startup_budget_seconds: int | None,
     startup_budget: str | None,
     warnings: list[str] | None = None,
+    autoscaler: AutoscalerStatus | None = None,
 ) -> tuple[MagistralEndpointStatus, list[Transition]]:
-    """The full status, with conditions merged against the previous status."""
+    """The full status, with conditions merged against the previous status.
+
+    `autoscaler` defaults to the previous state: a pass that cannot decide keeps it.
+    """
     conditions, transitions = merge_conditions(
         previous.conditions, updates, now=now, generation=generation
     )
@@ -183,6 +188,7 @@ def build_status(
         startup_budget=startup_budget,
         pools=pool_statuses(plan, observed) if plan else [],
         warnings=warnings or [],
+        autoscaler=autoscaler if autoscaler is not None else previous.autoscaler,
     )
     return status, transitions
 

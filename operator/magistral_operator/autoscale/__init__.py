@@ -1,0 +1,1 @@
+"""The queue-depth autoscaler's policy (pure); the scraping is in kube/metrics.py."""
