@@ -4,8 +4,8 @@ Upstream's stage files ship inside the ``sigs.k8s.io/kwok`` Go module under
 ``kustomize/stage/``; they are read from Go's module cache at run time (never copied into
 this repository). Our own stages live next to this file in ``stages/``. Upstream's
 ``pod-ready`` gets one change at run time: it skips pods that our stages own (those
-labelled ``magistral.dev/sim-unready=true`` or ``magistral.dev/sim-fail=true``, or
-annotated ``magistral.dev/sim-startup``).
+labelled ``magistral.dev/sim-unready=true`` or ``magistral.dev/sim-fail=true``, annotated
+``magistral.dev/sim-startup``, or with a container env ``MAGISTRAL_SIM_FAIL=true``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ SIM_UNREADY_LABEL = "magistral.dev/sim-unready"
 """Label a pod ``true`` to keep it Running but not Ready."""
 SIM_FAIL_LABEL = "magistral.dev/sim-fail"
 """Label a pod ``true`` to make it fail (crash-loop, or phase Failed with restartPolicy Never)."""
+SIM_FAIL_ENV = "MAGISTRAL_SIM_FAIL"
+"""Give a pod's container this environment variable ``true`` to make it crash-loop
+(``restartCount`` 3); endpoints set it through ``spec.runtime.env``."""
 SIM_STARTUP_ANNOTATION = "magistral.dev/sim-startup"
 """Annotate a pod with a Go duration (``"45s"``): Running but not Ready for that long."""
 
@@ -42,6 +45,10 @@ _EXCLUDE_SIMULATED = "".join(
 ) + (
     f"    - key: '.metadata.annotations[\"{SIM_STARTUP_ANNOTATION}\"]'\n"
     "      operator: 'DoesNotExist'\n"
+    f"    - key: '.spec.containers.[].env.[]? | select(.name == \"{SIM_FAIL_ENV}\") | .value'\n"
+    "      operator: 'NotIn'\n"
+    "      values:\n"
+    "      - 'true'\n"
 )
 
 _PATCHES: dict[str, str] = {"pod/fast/pod-ready.yaml": _EXCLUDE_SIMULATED}

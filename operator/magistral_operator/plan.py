@@ -6,6 +6,7 @@ alone; nothing here talks to a cluster.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .api.config import GPUPool, OperatorConfig
@@ -75,12 +76,18 @@ def sizing_request(
 
 
 def plan_endpoint(
-    endpoint: Endpoint, config: OperatorConfig, *, desired_replicas: int | None = None
+    endpoint: Endpoint,
+    config: OperatorConfig,
+    *,
+    desired_replicas: int | None = None,
+    placement: Mapping[str, int] | None = None,
 ) -> EndpointPlan:
     """Size the endpoint on each of its pools and place the desired replicas.
 
     `desired_replicas` is the autoscaler's wish; it is clamped to the spec's bounds and defaults
-    to minReplicas. Replicas go to the most preferred pool where the model fits.
+    to minReplicas. Without `placement`, replicas go to the most preferred pool where the model
+    fits; with it (placement.py's split: replicas per pool name), each usable pool gets its
+    share and unusable pools none.
     """
     problems = check_against_config(endpoint, config)
     if problems:
@@ -99,9 +106,14 @@ def plan_endpoint(
         request = sizing_request(endpoint=endpoint, profile=profile, pool=pool, config=config)
         sized.append((pool, choose_tp(request)))
     primary = next((pool.name for pool, result in sized if result.fits), None)
+
+    def share(pool: GPUPool, result: SizingResult) -> int:
+        if placement is None:
+            return desired if pool.name == primary else 0
+        return placement.get(pool.name, 0) if result.fits else 0
+
     pools = tuple(
-        PoolPlan(pool=pool, sizing=result, replicas=desired if pool.name == primary else 0)
-        for pool, result in sized
+        PoolPlan(pool=pool, sizing=result, replicas=share(pool, result)) for pool, result in sized
     )
     if primary is None:
         reasons = "; ".join(f"pool {p.pool.name}: {p.sizing.message}" for p in pools)

@@ -54,6 +54,7 @@ ALLOWLIST: set[tuple[str, str, str]] = {
     ("magistralendpoints.magistral.dev/status", "", "patch"),
     ("magistralendpoints.magistral.dev/finalizers", "", "update"),
     ("deployments.apps", "", "get list watch create patch delete"),
+    ("replicasets.apps", "", "get list"),
     ("services", "", "get create patch"),
     ("configmaps", "", "get create patch"),
     ("poddisruptionbudgets.policy", "", "get create patch"),

@@ -50,6 +50,11 @@ serving pods read the API key through secretKeyRef, the operator never does.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# ReplicaSets are read for rollbacks: the last healthy revision's pod template is restored
+# from its ReplicaSet (docs/rollout.md). Never written.
+- apiGroups: ["apps"]
+  resources: ["replicasets"]
+  verbs: ["get", "list"]
 # The other children are applied (server-side apply) and garbage-collected through owner
 # references, so the operator never lists, watches or deletes them.
 - apiGroups: [""]

@@ -56,6 +56,29 @@ class GPUPool(ApiModel):
         ],
         description="Tolerations for the pool's taints.",
     )
+    overflow_after_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=86400,
+        description="Seconds a replica may stay Unschedulable on this pool before it moves to "
+        "the endpoint's next pool (see docs/placement.md).",
+    )
+    elastic: bool = Field(
+        default=False,
+        description="The pool is a node group a cluster autoscaler grows: pending pods there "
+        "trigger new nodes, so overflow waits elasticOverflowAfterSeconds instead.",
+    )
+    elastic_overflow_after_seconds: int = Field(
+        default=600,
+        ge=0,
+        le=86400,
+        description="Overflow delay of an elastic pool: how long a new node may take to join.",
+    )
+
+    @property
+    def overflow_delay_seconds(self) -> int:
+        """How long a replica may stay Unschedulable here before it overflows."""
+        return self.elastic_overflow_after_seconds if self.elastic else self.overflow_after_seconds
 
 
 class StartupModel(ApiModel):

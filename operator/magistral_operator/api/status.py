@@ -92,6 +92,74 @@ class AutoscalerStatus(ApiModel):
     )
 
 
+class PoolPlacement(ApiModel):
+    """The replicas placement assigns to one pool, and when it may next probe it."""
+
+    name: str = Field(description="Pool name from the operator config.")
+    replicas: int = Field(
+        default=0, ge=0, description="Replicas assigned to this pool (a surge probe included)."
+    )
+    backoff_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        description="Wait before the next consolidation probe onto this pool; set when replicas "
+        "overflowed from it, doubled by each failed probe (up to 30 minutes).",
+    )
+    retry_after: str | None = Field(
+        default=None, description="No consolidation probe onto this pool before this time."
+    )
+
+
+class PlacementStatus(ApiModel):
+    """Placement's persisted state: the split of replicas over pools (docs/placement.md).
+
+    Changes only on a placement decision (overflow, probe, consolidation, a new replica count),
+    so a steady endpoint writes no status.
+    """
+
+    pools: list[PoolPlacement] = Field(
+        default_factory=list, description="Per usable pool, in order of preference."
+    )
+    probe_pool: str | None = Field(
+        default=None,
+        description="The pool holding a surge replica that probes for capacity, if any.",
+    )
+    probe_from: str | None = Field(
+        default=None,
+        description="The less preferred pool that gives up a replica when the probe is Ready.",
+    )
+    probe_since: str | None = Field(default=None, description="When the probe began (RFC 3339).")
+
+    def assigned(self) -> dict[str, int]:
+        """Replicas per pool name."""
+        return {p.name: p.replicas for p in self.pools}
+
+
+RolloutPhase = Literal["Progressing", "Healthy", "RolledBack", "Failed"]
+
+
+class RolloutStatus(ApiModel):
+    """The revision rollout's persisted state (see docs/rollout.md).
+
+    Written only when the phase or a revision changes, so a settled endpoint writes no status.
+    """
+
+    current_revision: str = Field(description="The revision the spec renders now.")
+    phase: RolloutPhase = Field(
+        description="Progressing (proving health), Healthy, RolledBack (the last healthy "
+        "revision was restored) or Failed (no rollback: autoRollback is off or nothing to "
+        "restore)."
+    )
+    since: str = Field(description="When the phase was entered (RFC 3339).")
+    last_healthy_revision: str | None = Field(
+        default=None, description="The newest revision that proved healthy."
+    )
+    failed_revision: str | None = Field(
+        default=None, description="The revision whose rollout failed, while the spec renders it."
+    )
+    message: str = Field(default="", description="Why the rollout failed, and what was done.")
+
+
 class MagistralEndpointStatus(ApiModel):
     """Observed state of a MagistralEndpoint."""
 
@@ -128,4 +196,10 @@ class MagistralEndpointStatus(ApiModel):
     )
     autoscaler: AutoscalerStatus | None = Field(
         default=None, description="The queue-depth autoscaler's state (spec.scaling)."
+    )
+    rollout: RolloutStatus | None = Field(
+        default=None, description="The revision rollout's state (spec.rollout)."
+    )
+    placement: PlacementStatus | None = Field(
+        default=None, description="How replicas are spread over the GPU pools, and why."
     )

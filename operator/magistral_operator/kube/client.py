@@ -46,6 +46,7 @@ RESOURCES: dict[str, Resource] = {
     "Pod": Resource("v1", "pods"),
     "Event": Resource("v1", "events"),
     "Deployment": Resource("apps/v1", "deployments"),
+    "ReplicaSet": Resource("apps/v1", "replicasets"),
     "PodDisruptionBudget": Resource("policy/v1", "poddisruptionbudgets"),
     "NetworkPolicy": Resource("networking.k8s.io/v1", "networkpolicies"),
     "MagistralEndpoint": Resource("magistral.dev/v1alpha1", "magistralendpoints"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,15 +47,26 @@ def render_config_map(endpoint: Endpoint, configs: dict[str, RuntimeConfig]) -> 
     }
 
 
+# Pool settings that only steer placement: changing them must not restart pods.
+PLACEMENT_ONLY_POOL_FIELDS = frozenset(
+    {"overflowAfterSeconds", "elastic", "elasticOverflowAfterSeconds"}
+)
+
+
+def _pod_facing(pool: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in pool.items() if k not in PLACEMENT_ONLY_POOL_FIELDS}
+
+
 def render_endpoint(
     endpoint: Endpoint,
     config: OperatorConfig,
     *,
     desired_replicas: int | None = None,
+    placement: Mapping[str, int] | None = None,
     cache_warm: bool = False,
 ) -> RenderedEndpoint:
     """Everything the operator applies for `endpoint`; no objects when the plan has problems."""
-    plan = plan_endpoint(endpoint, config, desired_replicas=desired_replicas)
+    plan = plan_endpoint(endpoint, config, desired_replicas=desired_replicas, placement=placement)
     if not plan.ok or plan.profile is None:
         return RenderedEndpoint(plan=plan)
     profile = plan.profile
@@ -80,7 +92,7 @@ def render_endpoint(
             "spec": endpoint.spec.model_dump(
                 mode="json", include={"model", "runtime", "inference", "auth"}
             ),
-            "pools": {p.pool.name: p.pool.to_wire() for p in plan.usable_pools},
+            "pools": {p.pool.name: _pod_facing(p.pool.to_wire()) for p in plan.usable_pools},
         }
     )
     deployments = [

@@ -256,6 +256,8 @@ def render_deployment(
         "spec": {
             "replicas": replicas,
             "revisionHistoryLimit": 5,
+            # New pods count as available (and old ones go) only after staying Ready this long.
+            "minReadySeconds": spec.rollout.healthy_seconds,
             "progressDeadlineSeconds": budget.seconds + 60,
             "selector": {"matchLabels": selector},
             "strategy": {

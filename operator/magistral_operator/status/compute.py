@@ -10,7 +10,9 @@ from ..api.status import (
     AutoscalerStatus,
     Condition,
     MagistralEndpointStatus,
+    PlacementStatus,
     PoolStatus,
+    RolloutStatus,
 )
 from ..plan import EndpointPlan
 from .conditions import ConditionUpdate, Transition, merge_conditions
@@ -164,10 +166,13 @@ def build_status(
     startup_budget: str | None,
     warnings: list[str] | None = None,
     autoscaler: AutoscalerStatus | None = None,
+    rollout: RolloutStatus | None = None,
+    placement: PlacementStatus | None = None,
 ) -> tuple[MagistralEndpointStatus, list[Transition]]:
     """The full status, with conditions merged against the previous status.
 
-    `autoscaler` defaults to the previous state: a pass that cannot decide keeps it.
+    `autoscaler`, `rollout` and `placement` default to the previous state: a pass that cannot
+    decide keeps them.
     """
     conditions, transitions = merge_conditions(
         previous.conditions, updates, now=now, generation=generation
@@ -189,6 +194,8 @@ def build_status(
         pools=pool_statuses(plan, observed) if plan else [],
         warnings=warnings or [],
         autoscaler=autoscaler if autoscaler is not None else previous.autoscaler,
+        rollout=rollout if rollout is not None else previous.rollout,
+        placement=placement if placement is not None else previous.placement,
     )
     return status, transitions
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from ..api.labels import POOL_LABEL, REVISION_LABEL
+from ..placement import PoolLoad, parse_time
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 FAILING_WAIT_REASONS = frozenset(
     {
@@ -85,4 +89,35 @@ def observe_pool(
         pods=len(mine),
         unschedulable=unschedulable,
         failing=failing,
+    )
+
+
+def _pending_since(pod: dict[str, Any]) -> datetime | None:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            return parse_time(cond.get("lastTransitionTime")) or EPOCH
+    return None
+
+
+def pool_load(*, pool: str, pods: list[dict[str, Any]]) -> PoolLoad:
+    """What placement needs from one pool's pods: counts, and since when each is Unschedulable.
+
+    A pod without a readable lastTransitionTime counts as Unschedulable since long ago.
+    """
+    mine = [
+        p
+        for p in pods
+        if (p.get("metadata", {}).get("labels") or {}).get(POOL_LABEL) == pool
+        and not p.get("metadata", {}).get("deletionTimestamp")
+    ]
+    since = tuple(t for t in map(_pending_since, mine) if t is not None)
+    return PoolLoad(
+        pods=len(mine),
+        ready=sum(1 for p in mine if _pod_ready(p)),
+        pending_since=since,
+        message=next((m for m in map(_unschedulable, mine) if m), None),
     )

@@ -1,0 +1,370 @@
+"""Revision rollouts that prove health, with automatic rollback (pure; docs/rollout.md).
+
+Inputs, every pass: the revision the spec renders now, what the cluster shows for each pool's
+Deployment (its status and conditions, its ReplicaSets with their `magistral.dev/revision`
+labels and pod templates, its pods), `spec.rollout`, the state persisted in `status.rollout`
+and the time. Output: the state to persist, the revision to apply, the pod templates that
+replace the rendered ones (a rollback) and the Events to post.
+
+- **Healthy**: every pool's Deployment has observed its generation, carries the revision in its
+  pod template, and all its replicas are updated *and available*: with `minReadySeconds =
+  healthySeconds` a new pod counts as available only after staying Ready that long, and the
+  old pods are removed only then (KubeAI's rule: a new revision replaces the old one only when
+  its replicas are ready). The revision becomes `lastHealthyRevision`; it is never judged again.
+- **Failed**: a pod of the revision is Failed, or its container crash-loops with at least
+  `RESTART_THRESHOLD` restarts, or the Deployment reports `ProgressDeadlineExceeded`.
+- **Rollback** (`autoRollback`, and a healthy revision to return to): the last healthy
+  revision's pod template, taken from its ReplicaSet (Kubernetes keeps `revisionHistoryLimit`
+  of them), is applied instead of the rendered one for as long as the spec renders the failed
+  revision. A spec with a new revision hash tries again. Without autoRollback the Deployment
+  is left as it is (phase Failed) and the failure is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .api.labels import POOL_LABEL, REVISION_LABEL
+from .api.spec import RolloutSpec
+from .api.status import DEGRADED, PROGRESSING, ConditionStatus, RolloutPhase, RolloutStatus
+
+RESTART_THRESHOLD = 3
+"""Restarts of a crash-looping container of the new revision that fail the rollout."""
+
+POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
+RS_REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+CRASH_REASONS = frozenset({"CrashLoopBackOff", "RunContainerError", "Error"})
+
+
+@dataclass(frozen=True)
+class PoolRollout:
+    """What the cluster shows for one pool: its Deployment, ReplicaSets and pods."""
+
+    pool: str
+    deployment: Mapping[str, Any] | None
+    replica_sets: Sequence[Mapping[str, Any]] = ()
+    pods: Sequence[Mapping[str, Any]] = ()
+
+
+@dataclass(frozen=True)
+class EventNote:
+    """An Event to post once the state is persisted."""
+
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RolloutDecision:
+    """The rollout's answer for this pass."""
+
+    state: RolloutStatus
+    applied_revision: str
+    templates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: tuple[EventNote, ...] = ()
+    restore_problems: tuple[str, ...] = ()
+
+
+def rfc3339(when: datetime) -> str:
+    """Second precision, UTC (what metav1.Time stores)."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def _template_revision(deployment: Mapping[str, Any]) -> str | None:
+    template = (deployment.get("spec") or {}).get("template") or {}
+    return _labels(template).get(REVISION_LABEL)
+
+
+def pod_failure(pod: Mapping[str, Any]) -> str | None:
+    """Why a pod counts as failed for a rollout, or None."""
+    name = (pod.get("metadata") or {}).get("name", "?")
+    status = pod.get("status") or {}
+    if status.get("phase") == "Failed":
+        return f"pod {name} failed ({status.get('reason') or 'Error'})"
+    for cs in status.get("containerStatuses") or []:
+        restarts = int(cs.get("restartCount") or 0)
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in CRASH_REASONS and restarts >= RESTART_THRESHOLD:
+            return f"pod {name} is crash-looping ({waiting['reason']}, {restarts} restarts)"
+    return None
+
+
+def pool_failure(observed: PoolRollout, *, revision: str) -> str | None:
+    """Why `revision` failed on this pool, or None."""
+    deployment = observed.deployment
+    if deployment is not None and _template_revision(deployment) == revision:
+        meta, status = deployment.get("metadata") or {}, deployment.get("status") or {}
+        current = int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
+        for cond in status.get("conditions") or []:
+            if (
+                current
+                and cond.get("type") == "Progressing"
+                and cond.get("status") == "False"
+                and cond.get("reason") == "ProgressDeadlineExceeded"
+            ):
+                return f"pool {observed.pool}: progress deadline exceeded ({cond.get('message')})"
+    for pod in observed.pods:
+        labels = _labels(pod)
+        if labels.get(REVISION_LABEL) != revision or labels.get(POOL_LABEL) != observed.pool:
+            continue
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        why = pod_failure(pod)
+        if why:
+            return f"pool {observed.pool}: {why}"
+    return None
+
+
+def pool_healthy(observed: PoolRollout, *, revision: str) -> bool:
+    """Every replica of the pool's Deployment runs `revision` and is available."""
+    deployment = observed.deployment
+    if deployment is None:
+        return False
+    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+    meta = deployment.get("metadata") or {}
+    replicas = int(spec.get("replicas") or 0)
+    return (
+        _template_revision(deployment) == revision
+        and int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
+        and int(status.get("updatedReplicas") or 0) >= replicas
+        and int(status.get("availableReplicas") or 0) >= replicas
+        and int(status.get("replicas") or 0) == replicas
+    )
+
+
+def healthy_template(observed: PoolRollout, *, revision: str) -> dict[str, Any] | None:
+    """The pod template of `revision` from the pool's newest ReplicaSet that carries it."""
+    candidates = [
+        rs
+        for rs in observed.replica_sets
+        if _labels(rs).get(REVISION_LABEL) == revision
+        and _labels(rs).get(POOL_LABEL) == observed.pool
+    ]
+    if not candidates:
+        return None
+
+    def order(rs: Mapping[str, Any]) -> int:
+        annotations = (rs.get("metadata") or {}).get("annotations") or {}
+        try:
+            return int(annotations.get(RS_REVISION_ANNOTATION) or 0)
+        except ValueError:
+            return 0
+
+    template = dict((max(candidates, key=order).get("spec") or {}).get("template") or {})
+    meta = dict(template.get("metadata") or {})
+    meta.pop("creationTimestamp", None)
+    meta["labels"] = {
+        k: v for k, v in (meta.get("labels") or {}).items() if k != POD_TEMPLATE_HASH_LABEL
+    }
+    template["metadata"] = meta
+    return template
+
+
+def restore_template(
+    deployment: Mapping[str, Any], *, template: Mapping[str, Any], revision: str
+) -> dict[str, Any]:
+    """A rendered Deployment with `template` (a healthy revision's) in place of its own."""
+    meta = dict(deployment["metadata"])
+    meta["labels"] = {**(meta.get("labels") or {}), REVISION_LABEL: revision}
+    return {
+        **deployment,
+        "metadata": meta,
+        "spec": {**deployment["spec"], "template": dict(template)},
+    }
+
+
+def _state(
+    previous: RolloutStatus | None,
+    *,
+    revision: str,
+    phase: RolloutPhase,
+    since: str,
+    **changes: Any,
+) -> RolloutStatus:
+    base = {
+        "current_revision": revision,
+        "phase": phase,
+        "since": since,
+        "last_healthy_revision": previous.last_healthy_revision if previous else None,
+        "failed_revision": previous.failed_revision if previous else None,
+        "message": previous.message if previous else "",
+    }
+    base.update(changes)
+    return RolloutStatus(**base)
+
+
+def _restore(
+    *, state: RolloutStatus, pools: Sequence[PoolRollout], rollout: RolloutSpec, revision: str
+) -> RolloutDecision:
+    """Apply the last healthy revision's templates while the spec renders a failed revision."""
+    target = state.last_healthy_revision
+    if state.phase != "RolledBack" or not rollout.auto_rollback or target is None:
+        return RolloutDecision(state=state, applied_revision=revision)
+    templates: dict[str, dict[str, Any]] = {}
+    problems = []
+    for observed in pools:
+        template = healthy_template(observed, revision=target)
+        if template is None:
+            problems.append(f"pool {observed.pool} keeps no ReplicaSet of revision {target}")
+        else:
+            templates[observed.pool] = template
+    return RolloutDecision(
+        state=state,
+        applied_revision=target if templates else revision,
+        templates=templates,
+        restore_problems=tuple(problems),
+    )
+
+
+def decide(
+    *,
+    revision: str,
+    pools: Sequence[PoolRollout],
+    rollout: RolloutSpec,
+    state: RolloutStatus | None,
+    now: datetime,
+    desired_replicas: int,
+) -> RolloutDecision:
+    """One rollout pass (see the module docstring)."""
+    stamp = rfc3339(now)
+    if state is None or state.current_revision != revision:
+        # A new revision (or the first): it has to prove itself; a new spec tries again.
+        started = _state(
+            state,
+            revision=revision,
+            phase="Progressing",
+            since=stamp,
+            failed_revision=None,
+            message="",
+        )
+        replacing = state.last_healthy_revision if state else None
+        what = f"revision {revision}" + (f" replaces {replacing}" if replacing else "")
+        return RolloutDecision(
+            state=started,
+            applied_revision=revision,
+            events=(EventNote("Normal", "RolloutStarted", f"rolling out {what}"),),
+        )
+    if state.phase in ("RolledBack", "Failed"):
+        return _restore(state=state, pools=pools, rollout=rollout, revision=revision)
+    if state.phase == "Healthy":
+        return RolloutDecision(state=state, applied_revision=revision)
+
+    # Progressing: judge the revision.
+    failure = next((why for p in pools if (why := pool_failure(p, revision=revision))), None)
+    if failure is not None:
+        target = state.last_healthy_revision
+        can_restore = rollout.auto_rollback and target is not None and target != revision
+        if can_restore and any(healthy_template(p, revision=target or "") for p in pools):
+            message = f"revision {revision} failed: {failure}; restored revision {target}"
+            failed = _state(
+                state,
+                revision=revision,
+                phase="RolledBack",
+                since=stamp,
+                failed_revision=revision,
+                message=message,
+            )
+            decision = _restore(state=failed, pools=pools, rollout=rollout, revision=revision)
+            return RolloutDecision(
+                state=failed,
+                applied_revision=decision.applied_revision,
+                templates=decision.templates,
+                restore_problems=decision.restore_problems,
+                events=(EventNote("Warning", "RolledBack", message),),
+            )
+        if not rollout.auto_rollback:
+            left = "spec.rollout.autoRollback is false: the Deployments are left as they are"
+        else:
+            left = "no healthy revision to return to: the Deployments are left as they are"
+        message = f"revision {revision} failed: {failure}; {left}"
+        failed = _state(
+            state,
+            revision=revision,
+            phase="Failed",
+            since=stamp,
+            failed_revision=revision,
+            message=message,
+        )
+        return RolloutDecision(
+            state=failed,
+            applied_revision=revision,
+            events=(EventNote("Warning", "RolloutFailed", message),),
+        )
+    if desired_replicas > 0 and pools and all(pool_healthy(p, revision=revision) for p in pools):
+        healthy = _state(
+            state, revision=revision, phase="Healthy", since=stamp, last_healthy_revision=revision
+        )
+        return RolloutDecision(
+            state=healthy,
+            applied_revision=revision,
+            events=(
+                EventNote(
+                    "Normal",
+                    "RolloutSucceeded",
+                    f"revision {revision} is healthy: every replica stayed Ready "
+                    f"{rollout.healthy_seconds}s",
+                ),
+            ),
+        )
+    return RolloutDecision(state=state, applied_revision=revision)
+
+
+@dataclass(frozen=True)
+class ConditionOverride:
+    """Progressing / Degraded as the rollout sees them (replacing the observed ones)."""
+
+    type: str
+    status: ConditionStatus
+    reason: str
+    message: str
+
+
+def condition_overrides(
+    decision: RolloutDecision, *, current_ready: int, desired: int
+) -> list[ConditionOverride]:
+    """Conditions the rollout state imposes; empty when the observed ones stand."""
+    state = decision.state
+    if state.phase == "RolledBack":
+        message = state.message
+        if decision.restore_problems:
+            message += "; " + "; ".join(decision.restore_problems)
+        restoring: ConditionStatus = "True" if current_ready < desired else "False"
+        return [
+            ConditionOverride(
+                PROGRESSING,
+                restoring,
+                "RolledBack",
+                f"revision {state.failed_revision} rolled back to {decision.applied_revision}: "
+                f"{current_ready}/{desired} replicas of it ready; change the spec to try again",
+            ),
+            ConditionOverride(DEGRADED, "True", "RolloutFailed", message),
+        ]
+    if state.phase == "Failed":
+        return [
+            ConditionOverride(PROGRESSING, "False", "RolloutFailed", state.message),
+            ConditionOverride(DEGRADED, "True", "RolloutFailed", state.message),
+        ]
+    if (
+        state.phase == "Progressing"
+        and state.last_healthy_revision is not None
+        and state.last_healthy_revision != state.current_revision
+    ):
+        return [
+            ConditionOverride(
+                PROGRESSING,
+                "True",
+                "RollingOut",
+                f"revision {state.current_revision} replaces {state.last_healthy_revision}: "
+                f"{current_ready}/{desired} replicas of it ready; healthy once all have stayed "
+                "Ready for spec.rollout.healthySeconds",
+            )
+        ]
+    return []
