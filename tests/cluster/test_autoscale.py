@@ -167,6 +167,8 @@ def test_queue_depth_scales_up_survives_a_restart_and_scales_down(
         lambda: replicas(api, namespace, name) == 1,
         timeout=120,
     )
-    down = events(api, namespace, name, "ScaledDown")
-    assert down
+    # The Event follows the status write that persisted the decision: wait for it too.
+    down = wait_for(
+        "a ScaledDown event", lambda: events(api, namespace, name, "ScaledDown"), timeout=30
+    )
     assert f"scaled down from {scaled} to" in down[0].message or len(down) > 1

@@ -104,11 +104,17 @@ def test_example_endpoint_becomes_ready_on_reserved_gpus(
         limits = pod.spec.containers[0].resources.limits
         assert limits["nvidia.com/gpu"] == "1"
 
-    events = core.list_namespaced_event(
-        namespace, field_selector="involvedObject.name=magistral-small"
-    ).items
-    reasons = [e.reason for e in events]
-    assert reasons.count("ReplicasReady") == 1, reasons  # one Event per transition
+    def reasons() -> list[str]:
+        events = core.list_namespaced_event(
+            namespace, field_selector="involvedObject.name=magistral-small"
+        ).items
+        return [e.reason for e in events]
+
+    # Events follow the status write that records the transition: wait for it, then a few
+    # more passes, and there must be exactly one.
+    wait_for("a ReplicasReady event", lambda: "ReplicasReady" in reasons(), timeout=30)
+    time.sleep(2 * operator.resync_seconds)
+    assert reasons().count("ReplicasReady") == 1, reasons()  # one Event per transition
 
 
 def test_more_gpus_than_the_pool_has_leaves_pods_pending_and_says_why(

@@ -346,7 +346,7 @@ def test_properties(
 
 
 def test_status_patch_nulls_fields_dropped_at_any_depth() -> None:
-    from magistral_operator.handlers.reconcile import merge_patch
+    from magistral_operator.status.patch import merge_patch
 
     old = {"rollout": {"phase": "RolledBack", "failedRevision": B}, "url": "u", "keep": [1]}
     new = {"rollout": {"phase": "Progressing"}, "keep": [2]}

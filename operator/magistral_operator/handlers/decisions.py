@@ -1,0 +1,128 @@
+"""The decisions of one reconcile pass: autoscaling, placement and rollout.
+
+Each gathers what its pure policy needs (pods, Deployments, ReplicaSets) and calls it; nothing
+here writes to the cluster.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from ..api.endpoint import Endpoint
+from ..api.labels import ENDPOINT_LABEL, POOL_LABEL
+from ..api.status import MagistralEndpointStatus, RolloutStatus
+from ..autoscale.policy import Decision, decide, starting_replicas
+from ..kube.client import Kube
+from ..kube.metrics import scrape_pods
+from ..placement import Placement, PlacementPool, place
+from ..plan import EndpointPlan
+from ..rollout import (
+    PoolRollout,
+    RolloutDecision,
+    condition_overrides,
+    restore_template,
+)
+from ..rollout import decide as decide_rollout
+from ..status.conditions import ConditionUpdate
+from ..status.observe import PoolObservation, pool_load
+
+
+def autoscale(
+    *, endpoint: Endpoint, previous: MagistralEndpointStatus, pods: list[dict[str, Any]]
+) -> Decision:
+    """One autoscaler pass: scrape the ready pods, apply the policy (autoscale/policy.py)."""
+    scaling = endpoint.spec.scaling
+    return decide(
+        current=starting_replicas(
+            state=previous.autoscaler, status_replicas=previous.replicas, scaling=scaling
+        ),
+        samples=scrape_pods(pods),
+        scaling=scaling,
+        state=previous.autoscaler,
+        now=datetime.now(UTC),
+    )
+
+
+def rollout_pass(
+    kube: Kube,
+    *,
+    endpoint: Endpoint,
+    plan: EndpointPlan,
+    revision: str,
+    previous: RolloutStatus | None,
+    pods: list[dict[str, Any]],
+) -> RolloutDecision:
+    """Judge the rollout (rollout.py) from the Deployments, ReplicaSets and pods as they are."""
+    name, namespace = endpoint.name, endpoint.namespace
+    selector = f"{ENDPOINT_LABEL}={name}"
+    deployments = {
+        d["metadata"]["name"]: d
+        for d in kube.list("Deployment", namespace=namespace, selector=selector)
+    }
+    replica_sets = kube.list("ReplicaSet", namespace=namespace, selector=selector)
+    pools = [
+        PoolRollout(
+            pool=p.pool.name,
+            deployment=deployments.get(f"{name}-{p.pool.name}"),
+            replica_sets=replica_sets,
+            pods=pods,
+        )
+        for p in plan.usable_pools
+    ]
+    return decide_rollout(
+        revision=revision,
+        pools=pools,
+        rollout=endpoint.spec.rollout,
+        state=previous,
+        now=datetime.now(UTC),
+        desired_replicas=plan.desired_replicas,
+    )
+
+
+def with_restored_templates(
+    objects: list[dict[str, Any]], rollout: RolloutDecision
+) -> list[dict[str, Any]]:
+    """The rendered children, with a rolled-back pool's Deployment on its healthy template."""
+    out = []
+    for obj in objects:
+        pool = (obj["metadata"].get("labels") or {}).get(POOL_LABEL)
+        template = rollout.templates.get(pool or "") if obj["kind"] == "Deployment" else None
+        out.append(
+            obj
+            if template is None
+            else restore_template(obj, template=template, revision=rollout.applied_revision)
+        )
+    return out
+
+
+def with_rollout_conditions(
+    updates: list[ConditionUpdate],
+    *,
+    rollout: RolloutDecision,
+    observed: dict[str, PoolObservation],
+    desired: int,
+) -> list[ConditionUpdate]:
+    """The observed conditions, with Progressing/Degraded as the rollout state has them."""
+    current_ready = sum(o.current_revision_ready for o in observed.values())
+    overrides = {
+        o.type: ConditionUpdate(o.type, o.status, o.reason, o.message)
+        for o in condition_overrides(rollout, current_ready=current_ready, desired=desired)
+    }
+    return [overrides.get(u.type, u) for u in updates]
+
+
+def place_replicas(
+    *, plan: EndpointPlan, previous: MagistralEndpointStatus, pods: list[dict[str, Any]]
+) -> Placement:
+    """One placement pass over the plan's usable pools (placement.py)."""
+    return place(
+        desired=plan.desired_replicas,
+        pools=[
+            PlacementPool(name=p.pool.name, overflow_after_seconds=p.pool.overflow_delay_seconds)
+            for p in plan.usable_pools
+        ],
+        observed={p.pool.name: pool_load(pool=p.pool.name, pods=pods) for p in plan.usable_pools},
+        state=previous.placement,
+        now=datetime.now(UTC),
+    )
