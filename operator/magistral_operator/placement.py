@@ -41,9 +41,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from .api.status import PlacementStatus, PoolPlacement
+from .api.timestamps import parse_time, rfc3339
 
 MIN_BACKOFF_SECONDS = 10
 MAX_BACKOFF_SECONDS = 1800
@@ -89,21 +90,6 @@ class Placement:
     overflowed: tuple[Move, ...] = ()
     consolidated: tuple[Move, ...] = ()
     notes: tuple[str, ...] = field(default=())
-
-
-def rfc3339(when: datetime) -> str:
-    """Second precision, UTC (what metav1.Time stores)."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """An RFC 3339 time from status; None when absent or unreadable."""
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def _stamp(when: datetime | None) -> str | None:

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from .api.labels import POOL_LABEL, REVISION_LABEL
 from .api.spec import RolloutSpec
 from .api.status import DEGRADED, PROGRESSING, ConditionStatus, RolloutPhase, RolloutStatus
+from .api.timestamps import rfc3339
 
 RESTART_THRESHOLD = 3
 """Restarts of a crash-looping container of the new revision that fail the rollout."""
@@ -67,11 +68,6 @@ class RolloutDecision:
     templates: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: tuple[EventNote, ...] = ()
     restore_problems: tuple[str, ...] = ()
-
-
-def rfc3339(when: datetime) -> str:
-    """Second precision, UTC (what metav1.Time stores)."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:

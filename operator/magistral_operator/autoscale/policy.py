@@ -40,10 +40,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from ..api.spec import ScalingSpec
 from ..api.status import AutoscalerStatus, ScaleDirection
+from ..api.timestamps import parse_time, rfc3339
 
 
 @dataclass(frozen=True)
@@ -63,21 +64,6 @@ class Decision:
     reason: str
     scaled: ScaleDirection | None = None
     previous_replicas: int = 0
-
-
-def rfc3339(when: datetime) -> str:
-    """Second precision, UTC (what metav1.Time stores)."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """An RFC 3339 time from status; None when absent or unreadable."""
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def clamp(replicas: int, scaling: ScalingSpec) -> int:

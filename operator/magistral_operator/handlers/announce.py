@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..api.status import DEGRADED, READY
+from ..api.timestamps import rfc3339
 from ..kube.client import Kube
 from ..kube.events import post_event
 from ..placement import Placement
@@ -16,8 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def utc_now() -> str:
-    """RFC 3339 time, second precision (what metav1.Time stores)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Now, as metav1.Time stores it."""
+    return rfc3339(datetime.now(UTC))
 
 
 def post_transition(kube: Kube, body: dict[str, Any], transition: Transition, *, now: str) -> None:

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..api.labels import POOL_LABEL, REVISION_LABEL
-from ..placement import PoolLoad, parse_time
+from ..api.timestamps import parse_time
+from ..placement import PoolLoad
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
