@@ -343,6 +343,37 @@ class OpenAIApp:
         }
 
     # -------------------------------------------------------- chat completions
+    async def _stream(
+        self,
+        resp: Response,
+        plan: Plan,
+        *,
+        sink: Sink,
+        request_id: str,
+        created: int,
+        model: str,
+        include_usage: bool,
+        object_kind: str,
+    ) -> None:
+        """Run a streamed request to its end: chunks through `sink`, then usage and [DONE]."""
+        seq = self._sequence(plan, request_id=request_id, sink=sink)
+        resp.start_stream(200, content_type=SSE)
+        if await self._run(seq, resp) == "abort":
+            resp.abort()
+            return
+        tail = b""
+        if include_usage:
+            usage = {
+                "id": request_id,
+                "object": object_kind,
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": self._usage(prompt=plan.prompt_tokens, completion=seq.generated),
+            }
+            tail = b"data: " + _dumps(usage) + b"\n\n"
+        resp.end(tail + DONE)
+
     async def _chat(self, req: Request, resp: Response) -> None:
         body = self._body(req)
         messages = body.get("messages")
@@ -368,24 +399,16 @@ class OpenAIApp:
                 finish_reason=plan.finish_reason,
                 split_reasoning=split,
             )
-            seq = self._sequence(plan, request_id=request_id, sink=stream)
-            resp.start_stream(200, content_type=SSE)
-            reason = await self._run(seq, resp)
-            if reason == "abort":
-                resp.abort()
-                return
-            tail = b""
-            if include_usage:
-                usage = {
-                    "id": request_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "choices": [],
-                    "usage": self._usage(prompt=plan.prompt_tokens, completion=seq.generated),
-                }
-                tail = b"data: " + _dumps(usage) + b"\n\n"
-            resp.end(tail + DONE)
+            await self._stream(
+                resp,
+                plan,
+                sink=stream,
+                request_id=request_id,
+                created=created,
+                model=model,
+                include_usage=include_usage,
+                object_kind="chat.completion.chunk",
+            )
             return
         collect = _Collect(plan.tokens, special_tags=split, split=split)
         seq = self._sequence(plan, request_id=request_id, sink=collect)
@@ -453,24 +476,16 @@ class OpenAIApp:
             stream = _CompletionStream(
                 resp, plan.tokens, head=head, finish_reason=plan.finish_reason, skip_tags=skip_tags
             )
-            seq = self._sequence(plan, request_id=request_id, sink=stream)
-            resp.start_stream(200, content_type=SSE)
-            reason = await self._run(seq, resp)
-            if reason == "abort":
-                resp.abort()
-                return
-            tail = b""
-            if include_usage:
-                usage = {
-                    "id": request_id,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model,
-                    "choices": [],
-                    "usage": self._usage(prompt=plan.prompt_tokens, completion=seq.generated),
-                }
-                tail = b"data: " + _dumps(usage) + b"\n\n"
-            resp.end(tail + DONE)
+            await self._stream(
+                resp,
+                plan,
+                sink=stream,
+                request_id=request_id,
+                created=created,
+                model=model,
+                include_usage=include_usage,
+                object_kind="text_completion",
+            )
             return
         collect = _Collect(plan.tokens, special_tags=skip_tags, split=False)
         seq = self._sequence(plan, request_id=request_id, sink=collect)
