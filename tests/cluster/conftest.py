@@ -137,3 +137,43 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
 def apply_manifest(kubeconfig: Path, manifest: dict[str, Any]) -> str:
     """`kubectl apply --server-side` as a user would (field manager kubectl)."""
     return kubectl(kubeconfig, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump(manifest))
+
+
+def ready_status(api: client.ApiClient, namespace: str, name: str, replicas: int) -> Any:
+    """A wait_for check: Ready, not Progressing, `replicas` ready, current generation."""
+
+    def check() -> dict[str, Any] | None:
+        obj = get_endpoint(api, namespace, name)
+        ready = condition(obj, "Ready")
+        progressing = condition(obj, "Progressing")
+        status = obj.get("status") or {}
+        if (
+            ready
+            and ready["status"] == "True"
+            and progressing
+            and progressing["status"] == "False"
+            and status.get("readyReplicas") == replicas
+            and status.get("observedGeneration") == obj["metadata"]["generation"]
+        ):
+            return obj
+        return None
+
+    return check
+
+
+def ready_pods_by(
+    api: client.ApiClient, namespace: str, *, endpoint: str, label: str
+) -> dict[str, int]:
+    """Ready, not terminating pods of `endpoint`, counted by the value of `label`."""
+    pods = client.CoreV1Api(api).list_namespaced_pod(
+        namespace, label_selector=f"magistral.dev/endpoint={endpoint}"
+    )
+    counts: dict[str, int] = {}
+    for pod in pods.items:
+        if pod.metadata.deletion_timestamp:
+            continue
+        ready = any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+        if ready:
+            key = (pod.metadata.labels or {}).get(label, "")
+            counts[key] = counts.get(key, 0) + 1
+    return counts

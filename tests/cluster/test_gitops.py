@@ -26,7 +26,7 @@ from e2e.install import CHART, kubectl, tool
 from e2e.operator_process import OperatorProcess
 from magistral_operator.api.labels import MANAGER
 
-from .conftest import condition, get_endpoint, wait_for
+from .conftest import ready_status, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ENDPOINT_DIR = ROOT / "examples" / "gitops" / "endpoint"
@@ -87,32 +87,13 @@ def owners(obj: dict[str, Any]) -> list[tuple[str, str, str, set[tuple[str, ...]
     ]
 
 
-def ready_and_settled(api: client.ApiClient, namespace: str, replicas: int) -> Any:
-    def check() -> dict[str, Any] | None:
-        obj = get_endpoint(api, namespace, NAME)
-        ready, progressing = condition(obj, "Ready"), condition(obj, "Progressing")
-        status = obj.get("status") or {}
-        if (
-            ready
-            and ready["status"] == "True"
-            and progressing
-            and progressing["status"] == "False"
-            and status.get("readyReplicas") == replicas
-            and status.get("observedGeneration") == obj["metadata"]["generation"]
-        ):
-            return obj
-        return None
-
-    return check
-
-
 @pytest.fixture
 def synced(
     api: client.ApiClient, admin_kubeconfig: Path, operator: OperatorProcess, namespace: str
 ) -> Iterator[str]:
     """The example endpoint synced by "Argo CD" into a test namespace and Ready."""
     argocd_apply(admin_kubeconfig, endpoint_manifests(), namespace=namespace)
-    wait_for("the endpoint to be Ready", ready_and_settled(api, namespace, 1), timeout=90)
+    wait_for("the endpoint to be Ready", ready_status(api, namespace, NAME, 1), timeout=90)
     time.sleep(2 * operator.resync_seconds)  # let the last status write land
     return namespace
 
@@ -190,7 +171,7 @@ def test_only_the_applier_owns_the_endpoint_spec(
     changed = yaml.safe_load(endpoint_manifests())
     changed["spec"]["scaling"]["minReplicas"] = 2
     argocd_apply(admin_kubeconfig, yaml.safe_dump(changed), namespace=synced)
-    wait_for("2 replicas", ready_and_settled(api, synced, 2), timeout=90)
+    wait_for("2 replicas", ready_status(api, synced, NAME, 2), timeout=90)
     obj = get_json(admin_kubeconfig, "-n", synced, "mep", NAME)
     spec_owners = {m for m, _, _, fields in owners(obj) if any(f[0] == "f:spec" for f in fields)}
     assert spec_owners == {ARGOCD}

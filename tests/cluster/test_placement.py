@@ -23,10 +23,14 @@ from e2e.cluster.cluster import LocalCluster
 from e2e.install import OPERATOR_NAMESPACE, SERVICE_ACCOUNT
 from e2e.operator_process import DEFAULT_CONFIG, OperatorProcess
 
-from .conftest import apply_manifest, endpoint_manifest, get_endpoint, wait_for
+from .conftest import apply_manifest, endpoint_manifest, get_endpoint, ready_pods_by, wait_for
 
 RESERVED, ONDEMAND = "reserved-h100", "ondemand-h100"
 NAME = "placed"
+
+
+def ready_pods_by_pool(api: client.ApiClient, namespace: str) -> dict[str, int]:
+    return ready_pods_by(api, namespace, endpoint=NAME, label="magistral.dev/pool")
 
 
 @pytest.fixture
@@ -91,21 +95,6 @@ def blocker(api: client.ApiClient) -> Iterator[str]:
     )
     yield ns
     core.delete_namespace(ns)
-
-
-def ready_pods_by_pool(api: client.ApiClient, namespace: str) -> dict[str, int]:
-    pods = client.CoreV1Api(api).list_namespaced_pod(
-        namespace, label_selector=f"magistral.dev/endpoint={NAME}"
-    )
-    out: dict[str, int] = {}
-    for pod in pods.items:
-        if pod.metadata.deletion_timestamp:
-            continue
-        ready = any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
-        if ready:
-            pool = (pod.metadata.labels or {}).get("magistral.dev/pool", "")
-            out[pool] = out.get(pool, 0) + 1
-    return out
 
 
 def pool_replicas(obj: dict[str, Any]) -> dict[str, int]:

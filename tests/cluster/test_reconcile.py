@@ -21,6 +21,7 @@ from .conftest import (
     condition,
     endpoint_manifest,
     get_endpoint,
+    ready_status,
     wait_for,
 )
 
@@ -45,26 +46,6 @@ def children(api: client.ApiClient, namespace: str, name: str) -> dict[str, list
         "networkpolicies": net.list_namespaced_network_policy(namespace, label_selector=selector),
     }
     return {kind: sorted(i.metadata.name for i in result.items) for kind, result in listed.items()}
-
-
-def ready_status(api: client.ApiClient, namespace: str, name: str, replicas: int) -> Any:
-    def check() -> dict[str, Any] | None:
-        obj = get_endpoint(api, namespace, name)
-        ready = condition(obj, "Ready")
-        progressing = condition(obj, "Progressing")
-        status = obj.get("status") or {}
-        if (
-            ready
-            and ready["status"] == "True"
-            and progressing
-            and progressing["status"] == "False"
-            and status.get("readyReplicas") == replicas
-            and status.get("observedGeneration") == obj["metadata"]["generation"]
-        ):
-            return obj
-        return None
-
-    return check
 
 
 def test_example_endpoint_becomes_ready_on_reserved_gpus(

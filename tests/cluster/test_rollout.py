@@ -18,7 +18,14 @@ from kubernetes import client
 from e2e.cluster.stages import SIM_FAIL_ENV
 from e2e.operator_process import OperatorProcess
 
-from .conftest import apply_manifest, condition, endpoint_manifest, get_endpoint, wait_for
+from .conftest import (
+    apply_manifest,
+    condition,
+    endpoint_manifest,
+    get_endpoint,
+    ready_pods_by,
+    wait_for,
+)
 
 NAME = "roll"
 REPLICAS = 2
@@ -49,26 +56,15 @@ def healthy_on(api: client.ApiClient, namespace: str, *, not_revision: str | Non
     return check
 
 
-def ready_pods_by_revision(api: client.ApiClient, namespace: str) -> dict[str, int]:
-    pods = client.CoreV1Api(api).list_namespaced_pod(
-        namespace, label_selector=f"magistral.dev/endpoint={NAME}"
-    )
-    counts: dict[str, int] = {}
-    for pod in pods.items:
-        if pod.metadata.deletion_timestamp:
-            continue
-        ready = any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
-        if ready:
-            revision = pod.metadata.labels.get("magistral.dev/revision", "")
-            counts[revision] = counts.get(revision, 0) + 1
-    return counts
-
-
 def reasons(api: client.ApiClient, namespace: str) -> list[str]:
     events = client.CoreV1Api(api).list_namespaced_event(
         namespace, field_selector=f"involvedObject.name={NAME}"
     )
     return [e.reason for e in events.items]
+
+
+def ready_pods_by_revision(api: client.ApiClient, namespace: str) -> dict[str, int]:
+    return ready_pods_by(api, namespace, endpoint=NAME, label="magistral.dev/revision")
 
 
 def test_failed_revision_rolls_back_and_a_fixed_one_rolls_out(
