@@ -51,15 +51,12 @@ def rollout_pass(
     plan: EndpointPlan,
     revision: str,
     previous: RolloutStatus | None,
+    deployments: dict[str, dict[str, Any]],
     pods: list[dict[str, Any]],
 ) -> RolloutDecision:
     """Judge the rollout (rollout.py) from the Deployments, ReplicaSets and pods as they are."""
     name, namespace = endpoint.name, endpoint.namespace
     selector = f"{ENDPOINT_LABEL}={name}"
-    deployments = {
-        d["metadata"]["name"]: d
-        for d in kube.list("Deployment", namespace=namespace, selector=selector)
-    }
     replica_sets = kube.list("ReplicaSet", namespace=namespace, selector=selector)
     pools = [
         PoolRollout(

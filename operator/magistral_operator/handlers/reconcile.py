@@ -117,12 +117,17 @@ def reconcile(kube: Kube, config: OperatorConfig, body: dict[str, Any]) -> Outco
         )
         return outcome
 
+    deployments = {
+        d["metadata"]["name"]: d
+        for d in kube.list("Deployment", namespace=namespace, selector=selector)
+    }
     rollout = rollout_pass(
         kube,
         endpoint=endpoint,
         plan=plan,
         revision=rendered.revision or "",
         previous=previous.rollout,
+        deployments=deployments,
         pods=pods_before,
     )
     objects = with_restored_templates(rendered.objects, rollout)
@@ -132,10 +137,8 @@ def reconcile(kube: Kube, config: OperatorConfig, body: dict[str, Any]) -> Outco
     if report.applied or report.deleted:
         log.info("%s/%s: applied %s, deleted %s", namespace, name, report.applied, report.deleted)
 
-    deployments = {
-        d["metadata"]["name"]: d
-        for d in kube.list("Deployment", namespace=namespace, selector=selector)
-    }
+    # Pods are read again: the apply may have scaled or replaced them. The Deployments are
+    # not: the conditions come from the pods; the Deployment gives only its spec.replicas.
     pods = kube.list("Pod", namespace=namespace, selector=selector)
     observed: dict[str, PoolObservation] = {}
     for pool_plan in plan.usable_pools:
