@@ -82,7 +82,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the operator (blocks until stopped)."""
     import kopf
 
-    from . import handlers  # noqa: F401
     from .handlers import operator as _registrations  # noqa: F401  (registers handlers)
     from .kube.client import Kube, load_api_client
 
