@@ -13,7 +13,8 @@ import kopf
 from ..api import GROUP, PLURAL, VERSION
 from ..api.labels import ENDPOINT_LABEL, MANAGER
 from .metrics import CHILD_WRITES, RECONCILE_SECONDS, RECONCILES
-from .reconcile import Outcome, reconcile
+from .reconcile import Outcome, reconcile, report_failure
+from .refusals import RefusalBook
 
 # Periodic level-triggered pass; tests shorten it through the environment.
 RESYNC_SECONDS = float(os.environ.get("MAGISTRAL_RESYNC_SECONDS", "30"))
@@ -22,6 +23,7 @@ MAX_BACKOFF_SECONDS = 300
 log = logging.getLogger(__name__)
 
 _locks: dict[tuple[str, str], threading.Lock] = {}
+_refusals = RefusalBook()
 _locks_guard = threading.Lock()
 
 
@@ -45,9 +47,13 @@ def _run(memo: kopf.Memo, body: Mapping[str, Any]) -> Outcome:
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return Outcome()
         try:
-            outcome = reconcile(memo.kube, memo.config, fresh)
-        except Exception:
+            outcome = reconcile(memo.kube, memo.config, fresh, refusals=_refusals)
+        except Exception as exc:
             RECONCILES.labels(result="error").inc()
+            try:
+                report_failure(memo.kube, fresh, exc)
+            except Exception:
+                log.warning("%s/%s: cannot report the failure in status", namespace, name)
             raise
     RECONCILES.labels(result="invalid" if outcome.problem else "ok").inc()
     for action, names in (("apply", outcome.applied), ("delete", outcome.deleted)):

@@ -7,6 +7,7 @@ running it twice in a row changes nothing the second time.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..api.endpoint import parse_endpoint
 from ..api.errors import ConfigError
 from ..api.labels import ENDPOINT_LABEL
 from ..api.status import (
+    DEGRADED,
     AutoscalerStatus,
     MagistralEndpointStatus,
     PlacementStatus,
@@ -35,8 +37,9 @@ from ..status.compute import (
     serving_updates,
     spec_warnings,
     status_changed,
+    with_refused_children,
 )
-from ..status.conditions import ConditionUpdate
+from ..status.conditions import ConditionUpdate, merge_conditions
 from ..status.observe import PoolObservation, observe_pool
 from ..status.patch import merge_patch
 from .announce import post_placement_events, post_transition, utc_now
@@ -47,6 +50,7 @@ from .decisions import (
     with_restored_templates,
     with_rollout_conditions,
 )
+from .refusals import RefusalBook
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ class Outcome:
     problem: str | None = None
     applied: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
     status_written: bool = False
 
 
@@ -74,8 +79,19 @@ def _cache_warm(previous: MagistralEndpointStatus) -> bool:
     return previous.ready_replicas > 0
 
 
-def reconcile(kube: Kube, config: OperatorConfig, body: dict[str, Any]) -> Outcome:
-    """Bring the endpoint's children and status in line with its spec and the cluster."""
+def reconcile(
+    kube: Kube,
+    config: OperatorConfig,
+    body: dict[str, Any],
+    *,
+    refusals: RefusalBook | None = None,
+    clock: Any = time.monotonic,
+) -> Outcome:
+    """Bring the endpoint's children and status in line with its spec and the cluster.
+
+    `refusals` remembers children the API server refused, so that they are retried with
+    back-off rather than on every pass (one book per operator process).
+    """
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     generation = int(meta.get("generation") or 0)
@@ -132,8 +148,22 @@ def reconcile(kube: Kube, config: OperatorConfig, body: dict[str, Any]) -> Outco
     )
     objects = with_restored_templates(rendered.objects, rollout)
     desired = [(obj, content_hash(obj, length=16)) for obj in objects]
-    report = apply_children(kube, namespace=namespace, endpoint=name, desired=desired)
+    book = refusals if refusals is not None else RefusalBook()
+    key, now = (namespace, name), float(clock())
+    report = apply_children(
+        kube, namespace=namespace, endpoint=name, desired=desired, held=book.held(key, now=now)
+    )
+    for refused in book.record(key, report, now=now):
+        log.warning(
+            "%s/%s: the API server refused %s (%s): %s",
+            namespace,
+            name,
+            refused.label,
+            refused.status,
+            refused.message,
+        )
     outcome.applied, outcome.deleted = report.applied, report.deleted
+    outcome.refused = [r.label for r in report.refused]
     if report.applied or report.deleted:
         log.info("%s/%s: applied %s, deleted %s", namespace, name, report.applied, report.deleted)
 
@@ -156,11 +186,14 @@ def reconcile(kube: Kube, config: OperatorConfig, body: dict[str, Any]) -> Outco
         kube,
         body,
         previous,
-        updates=with_rollout_conditions(
-            serving_updates(plan=plan, observed=observed),
-            rollout=rollout,
-            observed=observed,
-            desired=plan.desired_replicas,
+        updates=with_refused_children(
+            with_rollout_conditions(
+                serving_updates(plan=plan, observed=observed),
+                rollout=rollout,
+                observed=observed,
+                desired=plan.desired_replicas,
+            ),
+            [(r.label, r.message) for r in report.refused],
         ),
         generation=generation,
         plan=plan,
@@ -198,6 +231,32 @@ def reconcile(kube: Kube, config: OperatorConfig, body: dict[str, Any]) -> Outco
             now=utc_now(),
         )
     return outcome
+
+
+def report_failure(kube: Kube, body: dict[str, Any], error: Exception) -> bool:
+    """Degraded=True, ReconcileError, naming the error, when a pass failed unexpectedly.
+
+    Only the conditions are written (the rest of status stays as the last good pass left it),
+    and only when they change, so a failure that repeats writes once.
+    """
+    meta = body["metadata"]
+    previous = previous_status(body)
+    message = f"the operator could not reconcile this endpoint: {error}"[:2000]
+    update = ConditionUpdate(DEGRADED, "True", "ReconcileError", message)
+    now = utc_now()
+    conditions, transitions = merge_conditions(
+        previous.conditions, [update], now=now, generation=int(meta.get("generation") or 0)
+    )
+    if conditions == previous.conditions:
+        return False
+    status = previous.model_copy(update={"conditions": conditions})
+    patch = merge_patch(previous.to_wire(), status.to_wire())
+    kube.patch_status(
+        "MagistralEndpoint", namespace=meta["namespace"], name=meta["name"], status=patch
+    )
+    for transition in transitions:
+        post_transition(kube, body, transition, now=now)
+    return True
 
 
 def _write_status(

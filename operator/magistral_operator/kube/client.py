@@ -7,6 +7,7 @@ client model classes.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ class KubeError(Exception):
             message = json.loads(body).get("message", body)
         except (ValueError, AttributeError):
             message = body
+        self.message = str(message)
         super().__init__(f"{method} {path}: {status}: {message}")
 
 
@@ -62,6 +64,24 @@ def load_api_client() -> client.ApiClient:
     return client.ApiClient()
 
 
+# Characters JSON leaves raw but YAML must not see raw: outside YAML's printable set, or line
+# breaks in YAML 1.1 (NEL, LS, PS), or a byte-order mark. Escaped as \\uXXXX (all in the BMP).
+_YAML_UNSAFE = re.compile("[\u007f-\u009f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]")
+
+
+def apply_body(obj: Any) -> bytes:
+    """An apply body: JSON (a subset of YAML) in UTF-8, without surrogate-pair escapes.
+
+    ``json.dumps``' default ASCII escapes turn text outside the Basic Multilingual Plane (an
+    emoji in a prompt) into a UTF-16 surrogate pair, ``"\\ud83d\\ude00"``, which the API
+    server's YAML parser refuses for the ``apply-patch+yaml`` content type. Such characters go
+    raw in UTF-8; the few that YAML does not allow raw are escaped in the BMP form YAML reads.
+    """
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    text = _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return text.encode("utf-8", errors="surrogatepass")
+
+
 class Kube:
     """JSON requests to the API server."""
 
@@ -85,7 +105,7 @@ class Kube:
             query_params=query or [],
             header_params=headers,
             # JSON content types are encoded by the transport; others (apply YAML) go as text.
-            body=body if body is None or "json" in content_type else json.dumps(body),
+            body=body if body is None or "json" in content_type else apply_body(body),
             auth_settings=["BearerToken"],
         )
         response = self.api.call_api(*params)

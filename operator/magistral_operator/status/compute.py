@@ -107,6 +107,30 @@ def serving_updates(
     return [ready_update, progressing, degraded]
 
 
+REFUSAL_MESSAGE_LIMIT = 2000
+
+
+def with_refused_children(
+    updates: list[ConditionUpdate], refused: list[tuple[str, str]]
+) -> list[ConditionUpdate]:
+    """Degraded=True, ChildRefused, quoting the API server, when it refused some children.
+
+    `refused` holds (Kind/name, the API server's message). The other conditions stay as
+    observed: the children that were applied keep serving.
+    """
+    if not refused:
+        return updates
+    quoted = "; ".join(f"the API server refused {label}: {message}" for label, message in refused)
+    if len(quoted) > REFUSAL_MESSAGE_LIMIT:
+        quoted = quoted[: REFUSAL_MESSAGE_LIMIT - 1] + "…"
+    message = (
+        f"{quoted}. Fix the endpoint's spec (the message names the field); the operator "
+        "retries with back-off and at once when the spec changes."
+    )
+    kept = [u for u in updates if u.type != DEGRADED]
+    return [*kept, ConditionUpdate(DEGRADED, "True", "ChildRefused", message)]
+
+
 def pool_statuses(plan: EndpointPlan, observed: dict[str, PoolObservation]) -> list[PoolStatus]:
     """Per-pool sizing decisions with their numbers, and observed readiness."""
     out = []
@@ -217,4 +241,5 @@ __all__ = [
     "problem_reason",
     "serving_updates",
     "status_changed",
+    "with_refused_children",
 ]

@@ -1,0 +1,134 @@
+"""A reconcile pass against an in-memory API: children the API server refuses.
+
+The endpoint gets Degraded=True (ChildRefused) quoting the server, the other children are
+still applied, the refused one is retried with back-off (not on every pass), a changed spec is
+tried at once, and the endpoint recovers when the spec is fixed. An unexpected failure of a
+pass is reported as Degraded=ReconcileError, written once.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from magistral_operator.api.config import OperatorConfig
+from magistral_operator.handlers.reconcile import reconcile, report_failure
+from magistral_operator.handlers.refusals import RefusalBook, refusal_backoff
+from magistral_operator.kube.client import KubeError
+from tests.unit.fake_kube import FakeKube
+
+NS, NAME = "ns", "ep"
+REFUSAL = "ConfigMap.v1 \"ep-runtime\" is invalid: data: Too long: must have at most 1048576 bytes"
+
+
+def _endpoint(spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "magistral.dev/v1alpha1",
+        "kind": "MagistralEndpoint",
+        "metadata": {"name": NAME, "namespace": NS, "uid": "uid-1", "generation": 1},
+        "spec": spec,
+    }
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _conditions(kube: FakeKube) -> dict[str, dict[str, Any]]:
+    body = kube.get("MagistralEndpoint", namespace=NS, name=NAME)
+    assert body is not None
+    return {c["type"]: c for c in (body.get("status") or {}).get("conditions", [])}
+
+
+def _pass(kube: FakeKube, config: OperatorConfig, book: RefusalBook, clock: Clock) -> Any:
+    body = kube.get("MagistralEndpoint", namespace=NS, name=NAME)
+    assert body is not None
+    return reconcile(kube, config, body, refusals=book, clock=clock)
+
+
+def _refuse_configmaps(obj: dict[str, Any]) -> tuple[int, str] | None:
+    if obj["kind"] == "ConfigMap":
+        return 422, REFUSAL
+    return None
+
+
+@pytest.fixture
+def setup(operator_config: OperatorConfig) -> tuple[FakeKube, RefusalBook, Clock]:
+    kube = FakeKube(refuse=_refuse_configmaps)
+    kube.add(_endpoint({"auth": {"disabled": True}}))
+    return kube, RefusalBook(), Clock()
+
+
+def test_refused_child_degrades_and_others_are_applied(
+    setup: tuple[FakeKube, RefusalBook, Clock], operator_config: OperatorConfig
+) -> None:
+    kube, book, clock = setup
+    outcome = _pass(kube, operator_config, book, clock)
+    assert outcome.refused == [f"ConfigMap/{NAME}-runtime"]
+    applied_kinds = {label.split("/")[0] for verb, label in kube.writes if verb == "apply"}
+    assert {"Deployment", "Service"} <= applied_kinds
+    degraded = _conditions(kube)["Degraded"]
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == "ChildRefused"
+    assert REFUSAL in degraded["message"]
+    assert f"ConfigMap/{NAME}-runtime" in degraded["message"]
+
+
+def test_refused_child_is_held_then_retried_with_backoff(
+    setup: tuple[FakeKube, RefusalBook, Clock], operator_config: OperatorConfig
+) -> None:
+    kube, book, clock = setup
+    _pass(kube, operator_config, book, clock)
+    assert kube.writes.count(("refused", f"ConfigMap/{NAME}-runtime")) == 1
+    writes_before = len(kube.writes)
+    clock.now += refusal_backoff(1) - 1
+    outcome = _pass(kube, operator_config, book, clock)  # still in back-off: not sent
+    assert outcome.refused == [f"ConfigMap/{NAME}-runtime"]  # but still reported
+    assert kube.writes[writes_before:] == []  # and nothing written: status unchanged
+    clock.now += 2
+    _pass(kube, operator_config, book, clock)  # back-off over: tried again, refused again
+    assert kube.writes.count(("refused", f"ConfigMap/{NAME}-runtime")) == 2
+    clock.now += refusal_backoff(1) + 1  # the second refusal waits longer
+    _pass(kube, operator_config, book, clock)
+    assert kube.writes.count(("refused", f"ConfigMap/{NAME}-runtime")) == 2
+    assert refusal_backoff(2) > refusal_backoff(1)
+
+
+def test_fixed_spec_is_tried_at_once_and_recovers(
+    setup: tuple[FakeKube, RefusalBook, Clock], operator_config: OperatorConfig
+) -> None:
+    kube, book, clock = setup
+    _pass(kube, operator_config, book, clock)
+    kube.refuse = None  # the cause is gone; the spec changes (a new content hash)
+    body = kube.get("MagistralEndpoint", namespace=NS, name=NAME)
+    assert body is not None
+    body["spec"]["runtime"] = {"maxModelLen": 32768}
+    body["metadata"]["generation"] = 2
+    kube.add(body)
+    outcome = _pass(kube, operator_config, book, clock)  # same clock: no back-off wait
+    assert outcome.refused == []
+    assert ("apply", f"ConfigMap/{NAME}-runtime") in kube.writes
+    assert _conditions(kube)["Degraded"]["reason"] != "ChildRefused"
+
+
+def test_unexpected_failure_is_reported_once(
+    operator_config: OperatorConfig,
+) -> None:
+    kube = FakeKube()
+    kube.add(_endpoint({"auth": {"disabled": True}}))
+    body = kube.get("MagistralEndpoint", namespace=NS, name=NAME)
+    assert body is not None
+    error = KubeError(status=503, method="GET", path="/x", body='{"message":"etcd is down"}')
+    assert report_failure(kube, body, error) is True
+    degraded = _conditions(kube)["Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "ReconcileError")
+    assert "etcd is down" in degraded["message"]
+    again = kube.get("MagistralEndpoint", namespace=NS, name=NAME)
+    assert again is not None
+    assert report_failure(kube, copy.deepcopy(again), error) is False  # no second write
