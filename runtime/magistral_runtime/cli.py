@@ -25,6 +25,7 @@ from .config import (
     RuntimeConfigError,
     load_runtime_config,
 )
+from .env_policy import guarded_env_problems
 from .launcher import build_serve_argv
 from .system_prompt import SystemPromptError, fetch_model_prompt, load_system_prompt
 
@@ -44,10 +45,9 @@ def check_environment(config: RuntimeConfig, *, env: Mapping[str, str]) -> None:
         raise RuntimeConfigError(
             f"api_key_required: the config requires an API key but {API_KEY_ENV} is not set"
         )
-    if env.get("VLLM_SERVER_DEV_MODE") == "1":
-        raise RuntimeConfigError(
-            "VLLM_SERVER_DEV_MODE=1 exposes development endpoints; it is refused here"
-        )
+    problems = guarded_env_problems(env)
+    if problems:
+        raise RuntimeConfigError("; ".join(problems))
 
 
 def prepare_system_prompt(config: RuntimeConfig, *, env: Mapping[str, str]) -> None:

@@ -28,6 +28,7 @@ import ast
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -523,3 +524,385 @@ def _value_problems(flag: Flag, value: str, *, registries: dict[str, frozenset[s
     except ValueError:
         return [f"{flag.name} {value}: not a valid {flag.value_type}"]
     return []
+
+
+# --------------------------------------------------------------------------------------
+# Every argparse action of `vllm serve`: its option strings and how many values it takes.
+#
+# `serve_flags` above answers "does this flag exist, does this value fit"; `serve_options`
+# answers what argparse needs to split a command line: every option string an action
+# registers (long names, `-tp`-style short names, aliases such as
+# `--device-memory-utilization`, the `--no-x` of a BooleanOptionalAction and the
+# `--enable-x`/`--disable-x` pair vLLM's EnableDisableAction adds, see
+# vllm/utils/argparse_utils.py), its dest and its nargs, following
+# vllm/engine/arg_utils.py:_compute_kwargs and the kwargs edits in `add_cli_args` and
+# `_customize_cli_kwargs`.
+
+Nargs = Literal["switch", "value", "optional-value", "list"]
+
+_BUILTIN_SCALARS = frozenset(
+    {"str", "int", "float", "dict", "Any", "object", "type", "Path", "None"}
+)
+_SWITCH_ACTIONS = frozenset({"'store_true'", "'store_false'", "'store_const'", "'count'"})
+_ENABLE_DISABLE = {"--enable-": "--disable-", "--disable-": "--enable-"}
+
+
+@dataclass(frozen=True)
+class Option:
+    dest: str
+    strings: tuple[str, ...]  # every option string argparse registers for the action
+    nargs: Nargs
+    origin: str = ""
+
+
+def _defined_name(node: ast.stmt) -> str | None:
+    if isinstance(node, ast.ClassDef):
+        return node.name
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target = node.targets[0]
+        return target.id if isinstance(target, ast.Name) else None
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return node.target.id
+    if type(node).__name__ == "TypeAlias":
+        return str(node.name.id)  # type: ignore[attr-defined]
+    return None
+
+
+def _switch_strings(names: list[str]) -> list[str]:
+    """Option strings of vLLM's EnableDisableAction (it replaces BooleanOptionalAction)."""
+    strings = list(names)
+    strings += ["--no-" + n[2:] for n in names if n.startswith("--")]
+    for name in names:
+        for prefix, inverse in _ENABLE_DISABLE.items():
+            if name.startswith(prefix):
+                strings.append(inverse + name.removeprefix(prefix))
+    return strings
+
+
+def _nargs_of(text: str) -> Nargs:
+    """argparse's nargs (as source text) as one of our kinds."""
+    if text in ("None", "1"):
+        return "value"
+    if text == "'?'":
+        return "optional-value"
+    if text in ("'+'", "'*'") or text.isdigit():
+        return "list" if text not in ("0",) else "switch"
+    raise SourceLayoutError(f"unknown nargs {text}")
+
+
+@dataclass(frozen=True)
+class _Kwargs:
+    """What `_compute_kwargs` gives one field, as far as splitting argv goes."""
+
+    nargs: Nargs
+    boolean_optional: bool = False
+
+
+class _Edits:
+    """`kwargs["field"]["nargs" | "action"] = ...` / `del ...` edits made before add_argument."""
+
+    def __init__(self) -> None:
+        self.by_field: dict[tuple[str, str], dict[str, str | None]] = {}
+
+    def scan(
+        self,
+        function: ast.FunctionDef,
+        *,
+        kwargs_of: dict[str, str],
+        field_of: dict[str, tuple[str, str]],
+    ) -> None:
+        for node in ast.walk(function):
+            targets: list[ast.expr] = []
+            value: str | None = None
+            if isinstance(node, ast.Assign):
+                targets, value = list(node.targets), ast.unparse(node.value)
+            elif isinstance(node, ast.Delete):
+                targets = list(node.targets)
+            for target in targets:
+                if not (
+                    isinstance(target, ast.Subscript)
+                    and isinstance(target.slice, ast.Constant)
+                    and target.slice.value in ("nargs", "action", "flags")
+                ):
+                    continue
+                key = str(target.slice.value)
+                owner = target.value
+                where: tuple[str, str] | None = None
+                if (
+                    isinstance(owner, ast.Subscript)
+                    and isinstance(owner.value, ast.Name)
+                    and isinstance(owner.slice, ast.Constant)
+                    and owner.value.id in kwargs_of
+                ):
+                    where = (kwargs_of[owner.value.id], str(owner.slice.value))
+                elif isinstance(owner, ast.Name) and owner.id in field_of:
+                    where = field_of[owner.id]
+                if where is None or key == "flags":
+                    raise SourceLayoutError(f"cannot follow the kwargs edit {ast.unparse(node)}")
+                self.by_field.setdefault(where, {})[key] = value
+
+
+def _kwargs_variables(
+    function: ast.FunctionDef, *, implicit: dict[str, str] | None = None
+) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    kwargs_of: dict[str, str] = dict(implicit or {})
+    field_of: dict[str, tuple[str, str]] = {}
+    assignments = [
+        (node.targets[0].id, node.value)
+        for node in ast.walk(function)
+        if isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name)
+    ]
+    for target, value in assignments:
+        if _is_get_kwargs(value):
+            kwargs_of[target] = _get_kwargs_class(value)
+    for target, value in assignments:
+        if not isinstance(value, ast.Subscript) or not isinstance(value.slice, ast.Constant):
+            continue
+        key = str(value.slice.value)
+        if _is_get_kwargs(value.value):
+            field_of[target] = (_get_kwargs_class(value.value), key)
+        elif isinstance(value.value, ast.Name) and value.value.id in kwargs_of:
+            field_of[target] = (kwargs_of[value.value.id], key)
+    return kwargs_of, field_of
+
+
+class _OptionReader:
+    def __init__(self, source: VllmSource) -> None:
+        self.source = source
+        self.edits = _Edits()
+
+    # -- annotations -------------------------------------------------------------------
+
+    @cached_property
+    def _index(self) -> dict[str, list[Path]]:
+        """Where each module-level class or assignment of the package is (by a text scan)."""
+        pattern = re.compile(r"^(?:class (\w+)\b|(\w+)(?:: TypeAlias)? = |type (\w+) = )", re.M)
+        index: dict[str, list[Path]] = {}
+        for path in sorted(self.source.root.rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            for match in pattern.finditer(text):
+                for name in match.groups():
+                    if name:
+                        index.setdefault(name, []).append(path)
+        return index
+
+    def _definition(self, name: str) -> ast.stmt | None:
+        for path in self._index.get(name, []):
+            module = self.source.module(str(path.relative_to(self.source.root)))
+            for node in module.body:
+                if _defined_name(node) == name:
+                    return node
+        return None
+
+    def _alias(self, name: str) -> ast.expr | None:
+        node = self._definition(name)
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            return node.value
+        if type(node).__name__ == "TypeAlias":  # `type X = ...` (Python 3.12)
+            return node.value  # type: ignore[attr-defined,no-any-return]
+        return None
+
+    def _is_dataclass(self, name: str) -> bool:
+        node = self._definition(name)
+        if not isinstance(node, ast.ClassDef):
+            return False
+        decorators = {ast.unparse(d).split("(")[0].split(".")[-1] for d in node.decorator_list}
+        return bool(decorators & {"config", "dataclass"})
+
+    def _parts(self, node: ast.expr, depth: int = 0) -> list[ast.expr]:
+        """The members of a union annotation, aliases and Annotated[...] unwrapped."""
+        if depth > 10:
+            raise SourceLayoutError(f"alias loop at {ast.unparse(node)}")
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return self._parts(ast.parse(node.value, mode="eval").body, depth + 1)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+            return self._parts(node.left, depth + 1) + self._parts(node.right, depth + 1)
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
+            head = node.value.id
+            items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            if head in ("Optional",):
+                return [*self._parts(items[0], depth + 1), ast.Constant(None)]
+            if head == "Union":
+                return [p for item in items for p in self._parts(item, depth + 1)]
+            if head == "Annotated":
+                return self._parts(items[0], depth + 1)
+        if isinstance(node, ast.Name) and node.id not in _BUILTIN_SCALARS:
+            alias = self._alias(node.id)
+            if alias is not None:
+                return self._parts(alias, depth + 1)
+        return [node]
+
+    def kwargs_for_annotation(self, annotation: str) -> _Kwargs:
+        """`_compute_kwargs`'s branches, in its order, as far as nargs goes."""
+        parts = self._parts(ast.parse(annotation, mode="eval").body)
+        heads: set[str] = set()
+        for part in parts:
+            if isinstance(part, ast.Constant) and part.value is None:
+                heads.add("None")
+            elif isinstance(part, ast.Subscript):
+                heads.add(ast.unparse(part.value).removeprefix("typing."))
+            elif isinstance(part, ast.Name | ast.Attribute):
+                heads.add(ast.unparse(part).split(".")[-1])
+            else:
+                raise SourceLayoutError(f"cannot read the annotation {annotation}")
+        if any(self._is_dataclass(h) for h in heads - _BUILTIN_SCALARS):
+            return _Kwargs("value")
+        if heads == {"bool", "str", "None"}:
+            return _Kwargs("optional-value")
+        if "bool" in heads:
+            return _Kwargs("switch", boolean_optional=True)
+        if "Literal" in heads:
+            return _Kwargs("value")
+        if heads & {"tuple", "Tuple", "list", "List", "set", "Set"}:
+            return _Kwargs("list")
+        # Anything else is one value (`type=str` for non-builtins, json.loads for dicts);
+        # a name we cannot find could alias bool or list, so it must be one we know.
+        unknown = {
+            h
+            for h in heads - _BUILTIN_SCALARS - {"Callable", "Dict"}
+            if self._definition(h) is None
+        }
+        if unknown:
+            raise SourceLayoutError(f"{annotation}: unknown types {sorted(unknown)}")
+        return _Kwargs("value")
+
+    # -- add_argument calls ------------------------------------------------------------
+
+    def options_of(
+        self,
+        function: ast.FunctionDef,
+        *,
+        origin: str,
+        implicit: dict[str, str] | None = None,
+    ) -> list[Option]:
+        kwargs_of, field_of = _kwargs_variables(function, implicit=implicit)
+        self.edits.scan(function, kwargs_of=kwargs_of, field_of=field_of)
+        options: list[Option] = []
+        for node in ast.walk(function):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "add_argument"
+            ):
+                continue
+            names = [
+                a.value
+                for a in node.args
+                if isinstance(a, ast.Constant) and isinstance(a.value, str)
+            ]
+            if any(isinstance(a, ast.Starred) for a in node.args):
+                continue  # the frontend's `*extra_flags, f"--{key}"`: read from the fields
+            if not names or not names[0].startswith("-"):
+                continue  # positional (model_tag)
+            explicit = {k.arg: k.value for k in node.keywords if k.arg is not None}
+            source = next((k.value for k in node.keywords if k.arg is None), None)
+            if isinstance(source, ast.Dict):
+                for key, item in zip(source.keys, source.values, strict=True):
+                    if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                        explicit[key.value] = item
+                source = next(
+                    (v for k, v in zip(source.keys, source.values, strict=True) if k is None),
+                    None,
+                )
+            owner: tuple[str, str] | None = None
+            if isinstance(source, ast.Subscript) and isinstance(source.value, ast.Name):
+                if source.value.id in kwargs_of and isinstance(source.slice, ast.Constant):
+                    owner = (kwargs_of[source.value.id], str(source.slice.value))
+            elif isinstance(source, ast.Name) and source.id in field_of:
+                owner = field_of[source.id]
+            elif source is not None:
+                raise SourceLayoutError(f"{names[0]}: cannot tell where its kwargs come from")
+            options.append(self._option(names, explicit=explicit, owner=owner, origin=origin))
+        return options
+
+    def _option(
+        self,
+        names: list[str],
+        *,
+        explicit: dict[str, ast.expr],
+        owner: tuple[str, str] | None,
+        origin: str,
+    ) -> Option:
+        long_names = [n for n in names if n.startswith("--")]
+        dest = (long_names or names)[0].lstrip("-").replace("-", "_")
+        if "dest" in explicit:
+            dest_node = explicit["dest"]
+            if not isinstance(dest_node, ast.Constant):
+                raise SourceLayoutError(f"{names[0]}: dest is not a literal")
+            dest = str(dest_node.value)
+        base = _Kwargs("value")
+        edits: dict[str, str | None] = {}
+        if owner is not None:
+            cls, field_name = owner
+            annotation = self.source.class_fields(cls).get(field_name)
+            if annotation is None:
+                raise SourceLayoutError(f"{names[0]}: {cls} has no field {field_name}")
+            base = self.kwargs_for_annotation(annotation)
+            edits = self.edits.by_field.get(owner, {})
+            origin = f"{cls}.{field_name}"
+        action = ast.unparse(explicit["action"]) if "action" in explicit else None
+        if "action" in edits:
+            action = edits["action"]
+        nargs: Nargs = base.nargs
+        if "nargs" in edits:
+            nargs = _nargs_of(edits["nargs"] or "None")
+        if "nargs" in explicit:
+            nargs = _nargs_of(ast.unparse(explicit["nargs"]))
+        boolean_optional = base.boolean_optional and action is None
+        if action is not None:
+            if action.endswith("BooleanOptionalAction"):
+                boolean_optional = True
+            elif action in _SWITCH_ACTIONS:
+                nargs = "switch"
+            elif action == "'append'":
+                nargs = "value" if "nargs" not in edits and "nargs" not in explicit else nargs
+            elif action[:1] in "'\"":
+                raise SourceLayoutError(f"{names[0]}: unknown action {action}")
+            # A custom Action class keeps the nargs of its kwargs.
+        if boolean_optional:
+            return Option(dest, tuple(_switch_strings(names)), "switch", origin)
+        if nargs == "switch" and action is None:
+            raise SourceLayoutError(f"{names[0]}: a switch without an action")
+        return Option(dest, tuple(names), nargs, origin)
+
+
+def serve_options(source: VllmSource) -> list[Option]:
+    """Every option of `vllm serve`, as argparse will register it."""
+    reader = _OptionReader(source)
+    cli_args = source.module("entrypoints/common/cli_args.py")
+    options = reader.options_of(_function(cli_args, "make_arg_parser"), origin="make_arg_parser")
+
+    for cls_name in ("BaseFrontendArgs", "FrontendArgs"):
+        cls = _class(cli_args, cls_name)
+        if cls is None:
+            raise SourceLayoutError(f"{cls_name} not found")
+        customize = _method(cls, "_customize_cli_kwargs")
+        reader.options_of(customize, origin=cls_name, implicit={"frontend_kwargs": "FrontendArgs"})
+    add_cli_args = ast.unparse(_method(_class(cli_args, "BaseFrontendArgs"), "add_cli_args"))  # type: ignore[arg-type]
+    if 'value.pop("flags", [])' not in add_cli_args.replace("'", '"'):
+        raise SourceLayoutError("BaseFrontendArgs.add_cli_args no longer takes extra flags")
+    for field_name in source.class_fields("FrontendArgs"):
+        name = "--" + field_name.replace("_", "-")
+        options.append(
+            reader._option(
+                [name], explicit={}, owner=("FrontendArgs", field_name), origin="FrontendArgs"
+            )
+        )
+
+    arg_utils = source.module("engine/arg_utils.py")
+    for cls_name in ("EngineArgs", "AsyncEngineArgs"):
+        cls = _class(arg_utils, cls_name)
+        if cls is None:
+            raise SourceLayoutError(f"{cls_name} not found in engine/arg_utils.py")
+        options += reader.options_of(
+            _method(cls, "add_cli_args"), origin=f"{cls_name}.add_cli_args"
+        )
+    seen: dict[str, Option] = {}
+    for option in options:
+        for string in option.strings:
+            if string in seen:
+                raise SourceLayoutError(f"{string} is registered twice (argparse would refuse)")
+            seen[string] = option
+    return options
