@@ -138,4 +138,5 @@ def dump_runtime_config(config: RuntimeConfig) -> str:
             call_default_factory=True
         ):
             del data[name]
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+    # Raw UTF-8 (not \\u escapes): a character takes at most 4 bytes of the ConfigMap, not 12.
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -60,6 +60,7 @@ ALLOWLIST: set[tuple[str, str, str]] = {
     ("poddisruptionbudgets.policy", "", "get create patch"),
     ("networkpolicies.networking.k8s.io", "", "get create patch"),
     ("pods", "", "get list watch"),
+    ("persistentvolumeclaims", "", "get"),
     ("events", "", "create"),
     ("customresourcedefinitions.apiextensions.k8s.io", "", "get list watch"),
     # Granted to every authenticated user by Kubernetes' default ClusterRoles.

@@ -145,7 +145,7 @@ sample_lists = st.lists(
 specs = st.builds(
     lambda lo, span, q, up, down: scaling(
         minReplicas=lo,
-        maxReplicas=lo + span,
+        maxReplicas=lo + span if lo else 0,  # minReplicas 0 only pauses (maxReplicas 0)
         targetQueueDepth=q,
         scaleUpWindowSeconds=up,
         scaleDownWindowSeconds=down,

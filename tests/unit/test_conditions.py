@@ -146,7 +146,7 @@ def test_unschedulable_message_reaches_ready_and_degraded(operator_config: Opera
 def test_scaled_to_zero(operator_config: OperatorConfig) -> None:
     plan = plan_endpoint(
         endpoint_from_spec(
-            {"scaling": {"minReplicas": 0, "maxReplicas": 1}, "auth": {"disabled": True}}
+            {"scaling": {"minReplicas": 0, "maxReplicas": 0}, "auth": {"disabled": True}}
         ),
         operator_config,
     )

@@ -20,7 +20,7 @@ from magistral_operator.kube.client import KubeError
 from tests.unit.fake_kube import FakeKube
 
 NS, NAME = "ns", "ep"
-REFUSAL = "ConfigMap.v1 \"ep-runtime\" is invalid: data: Too long: must have at most 1048576 bytes"
+REFUSAL = 'ConfigMap.v1 "ep-runtime" is invalid: data: Too long: must have at most 1048576 bytes'
 
 
 def _endpoint(spec: dict[str, Any]) -> dict[str, Any]:

@@ -66,6 +66,11 @@ serving pods read the API key through secretKeyRef, the operator never does.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "create", "patch"]
+# Claims an endpoint names (weights, a shared cache) are checked to exist before its pods are
+# created (docs/validation.md). Read only; Secrets are never read.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get"]
 # Serving pods: observed (scheduling, readiness, crash loops) for the endpoint's status.
 - apiGroups: [""]
   resources: ["pods"]

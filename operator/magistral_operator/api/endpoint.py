@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +12,7 @@ from pydantic import ValidationError
 from . import API_VERSION, KIND
 from .config import OperatorConfig
 from .errors import ConfigError, format_validation_error
+from .k8s_rules import DNS1035_LABEL, DNS1123_LABEL
 from .spec import MagistralEndpointSpec
 
 
@@ -40,6 +43,9 @@ def parse_endpoint(obj: dict[str, Any]) -> Endpoint:
             f"expected apiVersion {API_VERSION} and kind {KIND}, got "
             f"{obj.get('apiVersion')} {obj.get('kind')}"
         )
+    unknown = sorted(set(obj) - TOP_LEVEL_FIELDS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}")
     meta = obj.get("metadata") or {}
     name = meta.get("name")
     if not isinstance(name, str) or not name:
@@ -49,8 +55,29 @@ def parse_endpoint(obj: dict[str, Any]) -> Endpoint:
         raise ConfigError(
             f"{source}: metadata.name must be at most 40 characters (child names add suffixes)"
         )
+    if not re.fullmatch(DNS1035_LABEL[1:-1], name):
+        raise ConfigError(
+            f"{source}: metadata.name must be a DNS-1035 label (it names the endpoint's "
+            "Service): lower-case letters, digits and '-', starting with a letter"
+        )
+    namespace = meta.get("namespace")
+    if namespace is not None and not (
+        isinstance(namespace, str)
+        and len(namespace) <= 63
+        and re.fullmatch(DNS1123_LABEL[1:-1], namespace)
+    ):
+        raise ConfigError(f"{source}: metadata.namespace must be a DNS label")
+    spec_obj = obj.get("spec")
+    if spec_obj is None:
+        spec_obj = {}
+    if not isinstance(spec_obj, dict):
+        raise ConfigError(f"{source}: spec must be an object")
     try:
-        spec = MagistralEndpointSpec.model_validate(obj.get("spec") or {})
+        # Strict, as the API server reads JSON: "3" is not 3, "yes" is not true; an integral
+        # number (2.0) is the integer the API server stores.
+        spec = MagistralEndpointSpec.model_validate_json(
+            json.dumps(_integral_floats(spec_obj)), strict=True
+        )
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, prefix="spec", source=source)) from exc
     return Endpoint(
@@ -60,6 +87,21 @@ def parse_endpoint(obj: dict[str, Any]) -> Endpoint:
         generation=int(meta.get("generation") or 0),
         spec=spec,
     )
+
+
+# What a MagistralEndpoint object may hold at the top level.
+TOP_LEVEL_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
+
+
+def _integral_floats(value: Any) -> Any:
+    """JSON as the API server stores it: 2.0 becomes 2 (float fields still accept 2)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats(v) for v in value]
+    return value
 
 
 def check_against_config(endpoint: Endpoint, config: OperatorConfig) -> list[str]:

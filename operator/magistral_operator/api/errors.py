@@ -4,6 +4,22 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from . import k8s_rules
+
+# What a pattern means, for messages a person can act on.
+PATTERN_MEANINGS = {
+    k8s_rules.QUANTITY: "a Kubernetes quantity such as 8, 500m or 64Gi (never negative)",
+    k8s_rules.DNS1123_SUBDOMAIN: "a Kubernetes object name (lower-case letters, digits, '-' "
+    "and '.', starting and ending with a letter or digit)",
+    k8s_rules.DNS1123_LABEL: "a DNS label (lower-case letters, digits and '-', starting and "
+    "ending with a letter or digit)",
+    k8s_rules.CONFIG_KEY: "a ConfigMap or Secret key (letters, digits, '-', '_' and '.')",
+    k8s_rules.GIT_REVISION: "a commit sha or a branch or tag name (not starting with '-')",
+    k8s_rules.IMAGE_REFERENCE: "an image reference ([registry/]repository[:tag][@sha256:digest])",
+    f"^$|{k8s_rules.RELATIVE_PATH}": "a relative path inside the volume (no leading '/', "
+    "no '.' or '..' segment)",
+}
+
 
 class ConfigError(ValueError):
     """Invalid operator config or endpoint spec; the message names the field."""
@@ -32,7 +48,11 @@ def format_validation_error(exc: ValidationError, *, prefix: str, source: str) -
     for err in exc.errors(include_url=False):
         path = field_path(tuple(err["loc"]), prefix=prefix)
         msg = str(err["msg"]).removeprefix("Value error, ")
-        line = f"{path}: {msg}"
+        pattern = (err.get("ctx") or {}).get("pattern")
+        if err["type"] == "string_pattern_mismatch" and pattern in PATTERN_MEANINGS:
+            msg = f"{err['input']!r} is not {PATTERN_MEANINGS[pattern]}"
+        # Validators that check a whole list name the element themselves (`<path>[i]: ...`).
+        line = msg if msg.startswith(f"{path}[") else f"{path}: {msg}"
         if line not in seen:
             seen.add(line)
             lines.append(line)

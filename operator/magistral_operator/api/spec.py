@@ -13,17 +13,100 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from .base import ApiModel
+from .env_policy import ENV_VAR_CEL_RULES, env_problems
+from .k8s_rules import (
+    CONFIG_KEY,
+    CONFIG_KEY_CEL,
+    DNS1123_LABEL,
+    DNS1123_SUBDOMAIN,
+    GIT_REVISION,
+    GIT_REVISION_CEL,
+    IMAGE_REFERENCE,
+    QUANTITY,
+    QUANTITY_POSITIVE_CEL,
+    RELATIVE_PATH,
+    RELATIVE_PATH_CEL,
+    git_revision,
+    positive_quantity,
+    relative_path,
+)
+from .vllm_args import EXTRA_ARG_CEL_RULES, extra_args_problems
 
 DEFAULT_MODEL_REPO = "mistralai/Magistral-Small-2506"
 DEFAULT_MAX_MODEL_LEN = 40960
 MAX_MODEL_LEN_LIMIT = 131072
 VALID_TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
 
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+DNS_LABEL = DNS1123_LABEL
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+
+# Bounds that keep every rendered child inside the API server's limits whatever the content
+# (ConfigMap data 1 MiB, annotations 256 KiB, objects 1.5 MiB): see docs/validation.md and
+# tests/unit/test_object_limits.py, which renders the largest spec these bounds allow.
+ENV_VALUE_MAX = 2048
+ENV_MAX_ITEMS = 32
+EXTRA_ARG_MAX = 256
+EXTRA_ARGS_MAX_ITEMS = 32
+PROMPT_TEXT_MAX = 32768
+
+MIN_REPLICAS_ZERO = (
+    "minReplicas 0 with maxReplicas above 0 is not supported yet: with no replica there are "
+    "no metrics, so nothing would ever scale the endpoint back up (scale from zero comes with "
+    "the router, issue #10); set minReplicas to at least 1, or maxReplicas to 0 to pause"
+)
+
+ROLLOUT_NO_PROGRESS = (
+    "maxSurge and maxUnavailable cannot both be 0: a rollout could neither add nor replace "
+    "a replica"
+)
+
+
+def _cel(rule: str, message: str) -> JsonDict:
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
+
+
+def _cel_rules(rules: list[dict[str, str]]) -> JsonDict:
+    return {"x-kubernetes-validations": [dict(rule) for rule in rules]}
+
+
+# Field types shared by every reference to a Kubernetes object or a value passed on to one.
+ObjectName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN,
+        description="Name of the object (a DNS subdomain: lower case, digits, '-', '.').",
+    ),
+]
+ObjectKey = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=CONFIG_KEY,
+        json_schema_extra=_cel(CONFIG_KEY_CEL, "must not be '.' or '..' or start with '..'"),
+        description="Key within the object (letters, digits, '-', '_', '.').",
+    ),
+]
+Quantity = Annotated[
+    str,
+    Field(
+        max_length=32,
+        pattern=QUANTITY,
+        json_schema_extra=_cel(QUANTITY_POSITIVE_CEL, "must be greater than zero"),
+    ),
+]
+
+
+def _config_key(value: str) -> str:
+    if value in (".", "..") or value.startswith(".."):
+        raise ValueError(f"{value!r} must not be '.' or '..' or start with '..'")
+    return value
 
 
 class Precision(StrEnum):
@@ -68,15 +151,19 @@ class ServiceType(StrEnum):
 class SecretKeyRef(ApiModel):
     """A key of a Secret in the endpoint's namespace."""
 
-    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
-    key: str = Field(min_length=1, max_length=253, description="Key within the Secret.")
+    name: ObjectName = Field(description="Name of the Secret.")
+    key: ObjectKey = Field(description="Key within the Secret.")
+
+    _key = field_validator("key")(_config_key)
 
 
 class ConfigMapKeyRef(ApiModel):
     """A key of a ConfigMap in the endpoint's namespace."""
 
-    name: str = Field(min_length=1, max_length=253, description="Name of the ConfigMap.")
-    key: str = Field(min_length=1, max_length=253, description="Key within the ConfigMap.")
+    name: ObjectName = Field(description="Name of the ConfigMap.")
+    key: ObjectKey = Field(description="Key within the ConfigMap.")
+
+    _key = field_validator("key")(_config_key)
 
 
 class HubSource(ApiModel):
@@ -92,15 +179,17 @@ class HubSource(ApiModel):
 class PVCSource(ApiModel):
     """Serve weights already present on an existing PersistentVolumeClaim."""
 
-    claim_name: str = Field(
-        min_length=1, max_length=253, description="Name of an existing PVC holding the weights."
-    )
+    claim_name: ObjectName = Field(description="Name of an existing PVC holding the weights.")
     sub_path: str = Field(
         default="",
         max_length=1024,
+        pattern=f"^$|{RELATIVE_PATH}",
+        json_schema_extra=_cel(RELATIVE_PATH_CEL, "must not contain a '.' or '..' segment"),
         description="Directory inside the PVC that holds the model files (params.json, "
-        "consolidated.safetensors, tekken.json).",
+        "consolidated.safetensors, tekken.json): a relative path that stays inside the PVC.",
     )
+
+    _sub_path = field_validator("sub_path")(relative_path)
 
 
 class WeightsSource(ApiModel):
@@ -155,15 +244,16 @@ class ModelCache(ApiModel):
         "from storageClassName. pvc: an existing shared (ReadWriteMany) claim, warm after the "
         "first download.",
     )
-    size: str = Field(
+    size: Quantity = Field(
         default="100Gi",
-        pattern=QUANTITY,
-        description="Size limit (emptyDir) or requested size (ephemeral).",
+        description="Size limit (emptyDir) or requested size (ephemeral), e.g. 100Gi.",
     )
-    storage_class_name: str | None = Field(
+    storage_class_name: ObjectName | None = Field(
         default=None, description="Storage class for type ephemeral; cluster default when unset."
     )
-    claim_name: str | None = Field(default=None, description="Existing PVC for type pvc.")
+    claim_name: ObjectName | None = Field(default=None, description="Existing PVC for type pvc.")
+
+    _size = field_validator("size")(positive_quantity)
 
     @model_validator(mode="after")
     def _claim_for_pvc(self) -> ModelCache:
@@ -175,14 +265,30 @@ class ModelCache(ApiModel):
 class ModelProfileOverride(ApiModel):
     """Architecture numbers for a model that has no built-in profile."""
 
-    parameters_billions: float = Field(gt=0, description="Parameter count, in billions.")
+    parameters_billions: float = Field(
+        gt=0,
+        le=10000,
+        description="Parameter count, in billions; gives the weights' size (2 bytes a parameter "
+        "in bf16, 1 in fp8) when weightGigabytes is unset.",
+    )
     layers: int = Field(gt=0, description="Number of transformer layers.")
     attention_heads: int = Field(gt=0, description="Number of attention (query) heads.")
     kv_heads: int = Field(gt=0, description="Number of key/value heads (GQA groups).")
     head_dim: int = Field(gt=0, description="Dimension of one attention head.")
-    weight_gigabytes: float = Field(
-        gt=0, description="Size of the served checkpoint's weights, in GB (10^9 bytes)."
+    weight_gigabytes: float | None = Field(
+        default=None,
+        gt=0,
+        le=100000,
+        description="Size of the served checkpoint's weights, in GB (10^9 bytes); derived from "
+        "parametersBillions and the precision when unset.",
     )
+
+
+# The name clients send: servedModelName, else the repository's name (after the "/").
+_SERVED_NAME_CEL = (
+    "(has({o}.servedModelName) ? {o}.servedModelName : "
+    "{o}.repo.substring({o}.repo.indexOf('/') + 1))"
+)
 
 
 class ModelSpec(ApiModel):
@@ -192,10 +298,13 @@ class ModelSpec(ApiModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": "!has(oldSelf.servedModelName) || (has(self.servedModelName) && "
-                    "self.servedModelName == oldSelf.servedModelName)",
-                    "message": "servedModelName is immutable: clients address the endpoint by "
-                    "this name; create a new endpoint to rename it",
+                    "rule": f"{_SERVED_NAME_CEL.format(o='self')} == "
+                    f"{_SERVED_NAME_CEL.format(o='oldSelf')}",
+                    "message": "the served model name (servedModelName, or the repo's name when "
+                    "unset) is immutable: clients address the endpoint by it, so setting, "
+                    "changing or removing servedModelName, or changing repo while it is unset, "
+                    "would rename the endpoint; keep the name (set servedModelName to it) or "
+                    "create a new endpoint",
                 }
             ]
         }
@@ -210,9 +319,12 @@ class ModelSpec(ApiModel):
     revision: str | None = Field(
         default=None,
         max_length=128,
-        pattern=r"^[A-Za-z0-9._/-]+$",
-        description="Pinned revision (a commit sha is best). Unpinned endpoints follow 'main' "
-        "and report a warning in status.",
+        pattern=GIT_REVISION,
+        json_schema_extra=_cel(
+            GIT_REVISION_CEL, "must be a commit sha or a valid branch or tag name"
+        ),
+        description="Pinned revision (a commit sha is best; or a branch or tag name). Unpinned "
+        "endpoints follow 'main' and report a warning in status.",
     )
     served_model_name: str | None = Field(
         default=None,
@@ -231,6 +343,10 @@ class ModelSpec(ApiModel):
         description="Where the weights come from.",
     )
     cache: ModelCache = Field(default_factory=ModelCache, description="Model cache volume.")
+
+    _revision = field_validator("revision")(
+        lambda value: value if value is None else git_revision(value)
+    )
     profile: ModelProfileOverride | None = Field(
         default=None,
         description="Architecture numbers for sizing; required for repositories without a "
@@ -241,8 +357,10 @@ class ModelSpec(ApiModel):
 class EnvVar(ApiModel):
     """An extra environment variable for the serving container."""
 
+    model_config = ConfigDict(json_schema_extra=_cel_rules(ENV_VAR_CEL_RULES))
+
     name: str = Field(pattern=ENV_NAME, max_length=256, description="Variable name.")
-    value: str = Field(default="", description="Variable value.")
+    value: str = Field(default="", max_length=ENV_VALUE_MAX, description="Variable value.")
 
 
 class RuntimeSpec(ApiModel):
@@ -251,7 +369,9 @@ class RuntimeSpec(ApiModel):
     image: str | None = Field(
         default=None,
         max_length=512,
-        description="Runtime image (vLLM + magistral_runtime); the operator's default when unset.",
+        pattern=IMAGE_REFERENCE,
+        description="Runtime image (vLLM + magistral_runtime) as an image reference "
+        "([registry/]repository[:tag][@sha256:digest]); the operator's default when unset.",
     )
     max_model_len: int = Field(
         default=DEFAULT_MAX_MODEL_LEN,
@@ -277,49 +397,54 @@ class RuntimeSpec(ApiModel):
         description="Maximum concurrent sequences per replica (--max-num-seqs); vLLM's default "
         "when unset.",
     )
-    cpu: str = Field(default="8", pattern=QUANTITY, description="CPU request of the container.")
-    memory: str = Field(
-        default="64Gi", pattern=QUANTITY, description="Memory request and limit of the container."
+    cpu: Quantity = Field(default="8", description="CPU request of the container, e.g. 8 or 7500m.")
+    memory: Quantity = Field(
+        default="64Gi", description="Memory request and limit of the container, e.g. 64Gi."
     )
     env: list[EnvVar] = Field(
-        default_factory=list, max_length=64, description="Extra environment variables."
-    )
-    extra_args: list[str] = Field(
         default_factory=list,
-        max_length=64,
-        description="Extra `vllm serve` arguments, appended last (escape hatch). Flags the "
-        "operator manages (model, tensor parallelism, port, API key) are rejected.",
+        max_length=ENV_MAX_ITEMS,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description="Extra environment variables (unique names). Names the operator sets and "
+        "variables that would change what vLLM exposes or loads are refused "
+        "(docs/validation.md).",
     )
+    extra_args: list[
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=EXTRA_ARG_MAX,
+                json_schema_extra=_cel_rules(EXTRA_ARG_CEL_RULES),
+            ),
+        ]
+    ] = Field(
+        default_factory=list,
+        max_length=EXTRA_ARGS_MAX_ITEMS,
+        description="Extra `vllm serve` arguments, appended last (escape hatch), read the way "
+        "vLLM's own parser reads them: options it does not know, and options the operator "
+        "manages (model, parallelism, context, port, API key, ...) in any spelling, are "
+        "refused (docs/validation.md).",
+    )
+
+    _cpu = field_validator("cpu")(positive_quantity)
+    _memory = field_validator("memory")(positive_quantity)
+
+    @field_validator("env")
+    @classmethod
+    def _allowed_env(cls, value: list[EnvVar]) -> list[EnvVar]:
+        problems = env_problems([(var.name, var.value) for var in value])
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
     @field_validator("extra_args")
     @classmethod
-    def _no_managed_flags(cls, value: list[str]) -> list[str]:
-        for arg in value:
-            flag = arg.split("=", 1)[0]
-            if flag in MANAGED_VLLM_FLAGS:
-                raise ValueError(
-                    f"{flag} is managed by the operator; set it through the spec instead"
-                )
+    def _vllm_reads_extra_args(cls, value: list[str]) -> list[str]:
+        problems = extra_args_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
-
-
-MANAGED_VLLM_FLAGS = frozenset(
-    {
-        "--model",
-        "--tensor-parallel-size",
-        "-tp",
-        "--port",
-        "--host",
-        "--api-key",
-        "--served-model-name",
-        "--max-model-len",
-        "--tokenizer-mode",
-        "--config-format",
-        "--load-format",
-        "--revision",
-        "--middleware",
-    }
-)
 
 
 class SystemPromptSpec(ApiModel):
@@ -345,7 +470,9 @@ class SystemPromptSpec(ApiModel):
         description="model: the checkpoint's SYSTEM_PROMPT.txt (recommended by the model card). "
         "custom: text or configMapRef. none: requests are left alone.",
     )
-    text: str | None = Field(default=None, max_length=65536, description="Custom prompt text.")
+    text: str | None = Field(
+        default=None, max_length=PROMPT_TEXT_MAX, description="Custom prompt text."
+    )
     config_map_ref: ConfigMapKeyRef | None = Field(
         default=None, description="ConfigMap key holding the custom prompt."
     )
@@ -460,13 +587,25 @@ class ScalingSpec(ApiModel):
                 {
                     "rule": "self.minReplicas <= self.maxReplicas",
                     "message": "minReplicas must be less than or equal to maxReplicas",
-                }
+                },
+                {
+                    "rule": "self.minReplicas >= 1 || self.maxReplicas == 0",
+                    "message": MIN_REPLICAS_ZERO,
+                },
             ]
         }
     )
 
-    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas (0 allowed).")
-    max_replicas: int = Field(default=1, ge=0, le=1000, description="Most replicas.")
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Fewest replicas; at least 1 unless maxReplicas is 0 (paused), until "
+        "scale from zero lands (issue #10).",
+    )
+    max_replicas: int = Field(
+        default=1, ge=0, le=1000, description="Most replicas; 0 pauses the endpoint."
+    )
     target_queue_depth: float = Field(
         default=5,
         gt=0,
@@ -482,6 +621,8 @@ class ScalingSpec(ApiModel):
 
     @model_validator(mode="after")
     def _min_le_max(self) -> ScalingSpec:
+        if self.min_replicas < 1 and self.max_replicas > 0:
+            raise ValueError(MIN_REPLICAS_ZERO)
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"minReplicas ({self.min_replicas}) must be less than or equal to "
@@ -492,6 +633,17 @@ class ScalingSpec(ApiModel):
 
 class RolloutSpec(ApiModel):
     """How a new revision replaces the old one."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.maxSurge > 0 || self.maxUnavailable > 0",
+                    "message": ROLLOUT_NO_PROGRESS,
+                }
+            ]
+        }
+    )
 
     max_surge: int = Field(
         default=1, ge=0, le=100, description="Extra replicas a rollout may add at once."
@@ -508,6 +660,12 @@ class RolloutSpec(ApiModel):
     auto_rollback: bool = Field(
         default=True, description="Return to the last healthy revision when a rollout fails."
     )
+
+    @model_validator(mode="after")
+    def _can_progress(self) -> RolloutSpec:
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError(ROLLOUT_NO_PROGRESS)
+        return self
 
 
 class AuthSpec(ApiModel):

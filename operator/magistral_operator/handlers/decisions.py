@@ -17,6 +17,7 @@ from ..kube.client import Kube
 from ..kube.metrics import scrape_pods
 from ..placement import Placement, PlacementPool, place
 from ..plan import EndpointPlan
+from ..references import READ_BEFORE_PODS, Reference
 from ..rollout import (
     PoolRollout,
     RolloutDecision,
@@ -123,3 +124,14 @@ def place_replicas(
         state=previous.placement,
         now=datetime.now(UTC),
     )
+
+
+def read_references(
+    kube: Kube, *, namespace: str, refs: list[Reference]
+) -> dict[tuple[str, str], dict[str, Any] | None]:
+    """The referenced objects the operator may read (ConfigMaps, PVCs), by (kind, name)."""
+    found: dict[tuple[str, str], dict[str, Any] | None] = {}
+    for ref in refs:
+        if ref.kind in READ_BEFORE_PODS and (ref.kind, ref.name) not in found:
+            found[(ref.kind, ref.name)] = kube.get(ref.kind, namespace=namespace, name=ref.name)
+    return found

@@ -12,6 +12,7 @@ import kopf
 
 from ..api import GROUP, PLURAL, VERSION
 from ..api.labels import ENDPOINT_LABEL, MANAGER
+from .diffbase import DigestDiffBaseStorage
 from .metrics import CHILD_WRITES, RECONCILE_SECONDS, RECONCILES
 from .reconcile import Outcome, reconcile, report_failure
 from .refusals import RefusalBook
@@ -66,7 +67,7 @@ def _run(memo: kopf.Memo, body: Mapping[str, Any]) -> Outcome:
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Keep kopf's own bookkeeping in annotations and out of status; we post our own Events."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = DigestDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"

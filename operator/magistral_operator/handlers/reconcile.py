@@ -28,6 +28,7 @@ from ..kube.children import apply_children
 from ..kube.client import Kube
 from ..kube.events import post_event
 from ..plan import EndpointPlan, plan_endpoint
+from ..references import endpoint_references, missing_references
 from ..render import render_endpoint
 from ..render.hashing import content_hash
 from ..status.compute import (
@@ -38,6 +39,7 @@ from ..status.compute import (
     spec_warnings,
     status_changed,
     with_refused_children,
+    with_secret_problems,
 )
 from ..status.conditions import ConditionUpdate, merge_conditions
 from ..status.observe import PoolObservation, observe_pool
@@ -46,6 +48,7 @@ from .announce import post_placement_events, post_transition, utc_now
 from .decisions import (
     autoscale,
     place_replicas,
+    read_references,
     rollout_pass,
     with_restored_templates,
     with_rollout_conditions,
@@ -103,6 +106,19 @@ def reconcile(
         outcome.problem = str(exc)
         _write_status(
             kube, body, previous, updates=invalid_spec_updates(str(exc)), generation=generation
+        )
+        return outcome
+
+    refs = endpoint_references(endpoint)
+    missing = missing_references(refs, read_references(kube, namespace=namespace, refs=refs))
+    if missing:  # no pod is created that could only wait for what does not exist
+        outcome.problem = "; ".join(missing)
+        _write_status(
+            kube,
+            body,
+            previous,
+            updates=invalid_spec_updates(outcome.problem, reason="ReferenceNotFound"),
+            generation=generation,
         )
         return outcome
 
@@ -187,11 +203,14 @@ def reconcile(
         body,
         previous,
         updates=with_refused_children(
-            with_rollout_conditions(
-                serving_updates(plan=plan, observed=observed),
-                rollout=rollout,
-                observed=observed,
-                desired=plan.desired_replicas,
+            with_secret_problems(
+                with_rollout_conditions(
+                    serving_updates(plan=plan, observed=observed),
+                    rollout=rollout,
+                    observed=observed,
+                    desired=plan.desired_replicas,
+                ),
+                refs=refs,
             ),
             [(r.label, r.message) for r in report.refused],
         ),

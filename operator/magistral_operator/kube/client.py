@@ -46,6 +46,7 @@ RESOURCES: dict[str, Resource] = {
     "ConfigMap": Resource("v1", "configmaps"),
     "Service": Resource("v1", "services"),
     "Pod": Resource("v1", "pods"),
+    "PersistentVolumeClaim": Resource("v1", "persistentvolumeclaims"),
     "Event": Resource("v1", "events"),
     "Deployment": Resource("apps/v1", "deployments"),
     "ReplicaSet": Resource("apps/v1", "replicasets"),

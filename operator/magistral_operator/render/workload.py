@@ -258,7 +258,9 @@ def render_deployment(
             "revisionHistoryLimit": 5,
             # New pods count as available (and old ones go) only after staying Ready this long.
             "minReadySeconds": spec.rollout.healthy_seconds,
-            "progressDeadlineSeconds": budget.seconds + 60,
+            # A new pod must start (the budget) and then stay Ready for minReadySeconds before
+            # it counts as progress; the API server also requires deadline > minReadySeconds.
+            "progressDeadlineSeconds": budget.seconds + spec.rollout.healthy_seconds + 60,
             "selector": {"matchLabels": selector},
             "strategy": {
                 "type": "RollingUpdate",

@@ -37,6 +37,8 @@ class ModelProfile:
 
 
 BF16_WEIGHTS = 47.1 * GB
+# Bytes a parameter takes in a checkpoint of each precision (a profile without weightGigabytes).
+BYTES_PER_PARAMETER = {Precision.BF16: 2.0, Precision.FP8: 1.0}
 FP8_WEIGHTS = 24.9 * GB
 
 
@@ -101,7 +103,11 @@ def _from_override(repo: str, override: ModelProfileOverride, precision: Precisi
         attention_heads=override.attention_heads,
         kv_heads=override.kv_heads,
         head_dim=override.head_dim,
-        weight_bytes=override.weight_gigabytes * GB,
+        weight_bytes=(
+            override.weight_gigabytes * GB
+            if override.weight_gigabytes is not None
+            else override.parameters_billions * GB * BYTES_PER_PARAMETER[precision]
+        ),
         precision=precision,
         reasoning_tags="think-text",
     )

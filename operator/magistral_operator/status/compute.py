@@ -15,6 +15,7 @@ from ..api.status import (
     RolloutStatus,
 )
 from ..plan import EndpointPlan
+from ..references import Reference, secret_problem
 from .conditions import ConditionUpdate, Transition, merge_conditions
 from .observe import PoolObservation
 
@@ -30,6 +31,8 @@ def _reason_for_problem(problem: str) -> str:
 
 
 REMEDIES = {
+    "ReferenceNotFound": "Create the object (or fix the reference); the operator checks again "
+    "on its next pass and then creates the endpoint's pods.",
     "InsufficientGPUMemory": "Use a pool with more GPU memory, allow a larger "
     "spec.gpu.tensorParallelSize (or 'auto'), serve the FP8 checkpoint, set "
     "spec.runtime.kvCacheDtype fp8, or lower spec.runtime.maxModelLen.",
@@ -129,6 +132,21 @@ def with_refused_children(
     )
     kept = [u for u in updates if u.type != DEGRADED]
     return [*kept, ConditionUpdate(DEGRADED, "True", "ChildRefused", message)]
+
+
+def with_secret_problems(
+    updates: list[ConditionUpdate], *, refs: list[Reference]
+) -> list[ConditionUpdate]:
+    """Degraded=True, ReferenceNotFound, naming the field, when the kubelet reports that a
+    Secret the endpoint names (or its key) does not exist (CreateContainerConfigError)."""
+    for update in updates:
+        if update.type == DEGRADED and update.reason == "ReplicasFailing":
+            problem = secret_problem(update.message, refs)
+            if problem is not None:
+                kept = [u for u in updates if u.type != DEGRADED]
+                message = f"{problem}. Create the Secret (or fix the reference)."
+                return [*kept, ConditionUpdate(DEGRADED, "True", "ReferenceNotFound", message)]
+    return updates
 
 
 def pool_statuses(plan: EndpointPlan, observed: dict[str, PoolObservation]) -> list[PoolStatus]:
@@ -242,4 +260,5 @@ __all__ = [
     "serving_updates",
     "status_changed",
     "with_refused_children",
+    "with_secret_problems",
 ]
