@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from pydantic import ValidationError
@@ -93,15 +94,52 @@ def parse_endpoint(obj: dict[str, Any]) -> Endpoint:
 TOP_LEVEL_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
 
 
-def _integral_floats(value: Any) -> Any:
-    """JSON as the API server stores it: 2.0 becomes 2 (float fields still accept 2)."""
-    if isinstance(value, float) and value.is_integer():
+def _integral_floats(value: Any, path: str = "spec") -> Any:
+    """JSON as the API server stores it: 2.0 becomes 2 (float fields still accept 2).
+
+    Except where a CEL rule reads the field: the API server then refuses 2.0 ("invalid data,
+    expected int, got float64 evaluating rule"), so it is left as a float here and refused too.
+    """
+    if isinstance(value, float) and value.is_integer() and path not in cel_read_integers():
         return int(value)
     if isinstance(value, dict):
-        return {k: _integral_floats(v) for k, v in value.items()}
+        return {k: _integral_floats(v, f"{path}.{k}") for k, v in value.items()}
     if isinstance(value, list):
-        return [_integral_floats(v) for v in value]
+        return [_integral_floats(v, f"{path}[]") for v in value]
     return value
+
+
+_SELF_PATH = re.compile(r"\b(?:self|oldSelf)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)")
+
+
+@cache
+def cel_read_integers() -> frozenset[str]:
+    """Paths (`spec.scaling.maxReplicas`) of integer fields that the CRD's CEL rules read."""
+    from .crd import schema_for  # the CRD is generated from the same models
+
+    found: set[str] = set()
+
+    def leaf(node: dict[str, Any], parts: list[str]) -> dict[str, Any] | None:
+        for part in parts:
+            node = (node.get("properties") or {}).get(part) or {}
+        return node or None
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        for rule in node.get("x-kubernetes-validations") or []:
+            for match in _SELF_PATH.finditer(rule["rule"]):
+                parts = [p for p in match.group(1).split(".") if p]
+                target = leaf(node, parts)
+                if target and (
+                    target.get("type") == "integer" or target.get("x-kubernetes-int-or-string")
+                ):
+                    found.add(".".join([path, *parts]))
+        for name, child in (node.get("properties") or {}).items():
+            walk(child, f"{path}.{name}")
+        if "items" in node:
+            walk(node["items"], f"{path}[]")
+
+    walk(schema_for(MagistralEndpointSpec), "spec")
+    return frozenset(found)
 
 
 def check_against_config(endpoint: Endpoint, config: OperatorConfig) -> list[str]:
