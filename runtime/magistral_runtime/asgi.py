@@ -29,8 +29,17 @@ async def send_json(
 
 
 def dumps(value: Any) -> bytes:
-    """Compact JSON the way vLLM's pydantic models write it (UTF-8, no ASCII escaping)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    """Compact JSON the way vLLM's pydantic models write it (UTF-8, no ASCII escaping).
+
+    A lone UTF-16 surrogate (a request's `"\\ud800"`, which `json.loads` keeps as is) has
+    no UTF-8 form: such a value is written with every non-ASCII character escaped instead,
+    which is the same JSON, so vLLM reads exactly what the client sent.
+    """
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

@@ -7,10 +7,14 @@ is the outermost one and sees every request first.
 
 What it does:
 
-* POST /v1/chat/completions: checks and defaults the request (`request.py`: limits,
-  sampling defaults, system prompt, history policy) and, for think-text models (2506), moves
-  the `<think>` reasoning out of the response's content, streamed or not (`response.py`).
-  Requests whose API key is wrong are passed on untouched, so vLLM answers them 401
+* POST /v1/chat/completions and /v1/chat/completions/batch (one conversation per choice):
+  checks and defaults the request (`request.py`: limits, sampling defaults, system prompt,
+  history policy) and, for think-text models (2506), moves the `<think>` reasoning out of
+  the response's content, streamed or not (`response.py`).
+* /v1/responses (and its sub-paths): refused with 404; the Responses API's items and
+  events are not rewritten, so it would bypass the system prompt, the sampling defaults
+  and the reasoning split.
+* Requests whose API key is wrong are passed on untouched, so vLLM answers them 401
   without learning anything from our checks.
 * GET /magistral/ready and /magistral/live: deep readiness and liveness (`health.py`), with
   a one-token generation sent to vLLM's app in-process (no network hop) using the API key.
@@ -35,11 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from .asgi import ASGIApp, Message, Receive, Scope, Send, dumps, header, send_json, with_header
+from .body import check_body_size, check_declared_size
 from .config import API_KEY_ENV, CONFIG_ENV, CONFIG_PATH, RuntimeConfig, load_runtime_config
 from .drain import DrainController, install_sigterm_handler
 from .errors import RequestError, error_body
 from .health import HealthMonitor, HealthReport, ProbeError
-from .request import ChatPolicy, PreparedChat, check_body_size, prepare_chat_request
+from .request import ChatPolicy, PreparedChat, prepare_batch_chat_request, prepare_chat_request
 from .response import ChatStreamRewriter, rewrite_chat_completion
 from .system_prompt import SystemPromptError, load_system_prompt
 
@@ -48,14 +53,26 @@ log = logging.getLogger("magistral_runtime.middleware")
 READY_PATH = "/magistral/ready"
 LIVE_PATH = "/magistral/live"
 CHAT_PATH = "/v1/chat/completions"
+BATCH_PATH = "/v1/chat/completions/batch"
+RESPONSES_PATH = "/v1/responses"
 PROBE_PATH = "/v1/completions"
 # Paths that keep answering while draining (monitoring); everything else gets 503.
 DRAIN_EXEMPT = frozenset({"/health", "/metrics", "/ping", "/version", READY_PATH, LIVE_PATH})
 # vLLM's API-key middleware guards these prefixes (serve/middleware/authenticate.py).
 GUARDED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
 # Successful answers on these show the engine generating (readiness and liveness count them).
-GENERATION_PATHS = frozenset({CHAT_PATH, PROBE_PATH, "/v1/responses"})
+GENERATION_PATHS = frozenset({CHAT_PATH, BATCH_PATH, PROBE_PATH})
 RETRY_AFTER = ((b"retry-after", b"1"), (b"connection", b"close"))
+RESPONSES_REFUSAL = error_body(
+    message=f"{RESPONSES_PATH} is not served by this endpoint: its runtime applies the system "
+    f"prompt, the sampling defaults and the reasoning split to {CHAT_PATH} and {BATCH_PATH} "
+    f"only; use {CHAT_PATH}",
+    param=None,
+    status=404,
+    error_type="invalid_request_error",
+)
+
+Preparer = Callable[[bytes], PreparedChat]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +151,11 @@ class MagistralMiddleware:
         # (vLLM's handlers reach the engine through it): the probe's scope needs it too.
         self._asgi_app: Any = None
         self._restore_signal: Callable[[], None] | None = None
+        policy = self.settings.policy
+        self._preparers: dict[str, Preparer] = {
+            CHAT_PATH: lambda raw: prepare_chat_request(raw, policy=policy),
+            BATCH_PATH: lambda raw: prepare_batch_chat_request(raw, policy=policy),
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._asgi_app is None:
@@ -176,8 +198,11 @@ class MagistralMiddleware:
             return
         self.drain.enter()
         try:
-            if path == CHAT_PATH and scope.get("method") == "POST" and self._authorized(scope):
-                await self._chat(scope, receive, send)
+            prepare = self._preparers.get(path) if scope.get("method") == "POST" else None
+            if prepare is not None and self._authorized(scope):
+                await self._chat(scope, receive, send, prepare)
+            elif _is_responses(path) and self._authorized(scope):
+                await send_json(send, status=404, body=RESPONSES_REFUSAL)
             else:
                 wrapped = self._progress_send(send) if path in GENERATION_PATHS else send
                 await self.app(scope, receive, wrapped)
@@ -215,9 +240,7 @@ class MagistralMiddleware:
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
         """The whole request body (None: the client went away); 413 above the limit."""
         limit = self.settings.policy.max_body_bytes
-        declared = header(scope, b"content-length")
-        if declared is not None and declared.isdigit():
-            check_body_size(int(declared), limit=limit)
+        check_declared_size(header(scope, b"content-length"), limit=limit)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -231,12 +254,12 @@ class MagistralMiddleware:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _chat(self, scope: Scope, receive: Receive, send: Send, prepare: Preparer) -> None:
         try:
             raw = await self._read_body(scope, receive)
             if raw is None:
                 return
-            prepared = prepare_chat_request(raw, policy=self.settings.policy)
+            prepared = prepare(raw)
         except RequestError as exc:
             await send_json(send, status=exc.status, body=exc.body())
             return
@@ -265,6 +288,9 @@ class MagistralMiddleware:
                 elif content_type.startswith(b"text/event-stream"):
                     mode = "stream"
                     rewriter = ChatStreamRewriter(choices=prepared.n)
+                    # The rewrite changes the length (vLLM streams send none anyway).
+                    headers = with_header(list(message.get("headers", ())), b"content-length", None)
+                    message = {**message, "headers": headers}
                 elif content_type.startswith(b"application/json"):
                     mode, start = "json", message
                     return  # sent with the rewritten body (its length changes)
@@ -360,6 +386,10 @@ class MagistralMiddleware:
             raise ProbeError(f"unexpected answer: {answer[:200]!r}") from exc
         if not choices:
             raise ProbeError("the answer has no choices")
+
+
+def _is_responses(path: str) -> bool:
+    return path == RESPONSES_PATH or path.startswith(RESPONSES_PATH + "/")
 
 
 def _content_type(message: Message) -> bytes:

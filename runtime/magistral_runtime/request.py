@@ -1,32 +1,39 @@
 """Chat request checks and defaults, applied before vLLM sees the request (pure).
 
-`prepare_chat_request` takes the raw body of POST /v1/chat/completions and returns the body
-to forward, or raises `RequestError` (an OpenAI-style 4xx naming the field). Bad input
-never becomes a 500: every field this module touches is type-checked first; everything else
-is left to vLLM's own validation, which also answers 400.
+`prepare_chat_request` takes the raw body of POST /v1/chat/completions and
+`prepare_batch_chat_request` that of POST /v1/chat/completions/batch (`messages` is a list
+of conversations there, each prepared like a chat's); both return the body to forward, or
+raise `RequestError` (an OpenAI-style 4xx naming the field). Bad input never becomes a 500:
+the body's size and nesting are bounded (`body.py`), every field this module touches is
+type-checked first, the way vLLM reads it (`fields.py`); everything else is left to vLLM's
+own validation, which also answers 400.
 
 Limits and vLLM 0.33.0's own behaviour (vllm/renderers/params.py, get_max_tokens in
 vllm/entrypoints/serve/utils/api_utils.py): a `max_tokens` above `max_model_len` is an error
 there too, while one that only overflows the room the prompt leaves is clamped to it. So:
 
-* `max_tokens` / `max_completion_tokens` above `max_model_len`: 400 naming the field;
-* no `max_tokens`: the configured default, capped to `max_model_len` minus the prompt's
+* `max_completion_tokens` (or, when it is not set, `max_tokens`) above `max_model_len`:
+  400 naming the field;
+* neither set: the configured default, capped to `max_model_len` minus the prompt's
   token count; without a tokenizer the count is a lower bound (UTF-8 bytes over the longest
   Tekken token, plus the control tokens), so the cap never cuts the model's real room and
-  vLLM's exact clamp still applies;
-* a prompt whose lower bound alone fills the context: 400 naming `messages`.
+  vLLM's exact clamp still applies (a batch's one `max_tokens` is capped to the largest
+  room any of its conversations leaves, so it cuts none of them);
+* a prompt whose lower bound alone fills the context: 400 naming `messages`
+  (`messages[i]` in a batch).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .asgi import dumps
+from .body import check_body_size, parse_json_body
 from .errors import RequestError
+from .fields import Sampling, read_sampling
 from .history import apply_history_policy
 from .system_prompt import insert_system_prompt
 
@@ -63,46 +70,31 @@ class PreparedChat:
     n: int
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_messages(messages: Any) -> list[dict[str, Any]]:
+def _check_messages(messages: Any, *, where: str = "messages") -> list[dict[str, Any]]:
     if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' must be a non-empty array of messages", param="messages")
+        raise RequestError(f"'{where}' must be a non-empty array of messages", param=where)
     for i, message in enumerate(messages):
-        where = f"messages[{i}]"
+        at = f"{where}[{i}]"
         if not isinstance(message, dict):
-            raise RequestError(f"'{where}' must be an object", param=where)
+            raise RequestError(f"'{at}' must be an object", param=at)
         if not isinstance(message.get("role"), str):
-            raise RequestError(f"'{where}.role' must be a string", param=f"{where}.role")
+            raise RequestError(f"'{at}.role' must be a string", param=f"{at}.role")
         if not isinstance(message.get("content"), MESSAGE_CONTENT_TYPES):
             raise RequestError(
-                f"'{where}.content' must be a string, an array of content parts or null",
-                param=f"{where}.content",
+                f"'{at}.content' must be a string, an array of content parts or null",
+                param=f"{at}.content",
             )
     return messages
-
-
-def _optional(
-    body: dict[str, Any], name: str, *, check: Callable[[Any], bool], expected: str
-) -> Any:
-    value = body.get(name)
-    if value is not None and not check(value):
-        raise RequestError(f"'{name}' must be {expected}, got {value!r:.40}", param=name)
-    return value
 
 
 def _text_bytes(value: Any) -> int:
     """UTF-8 bytes of the text in a message's content (strings and text parts)."""
     if isinstance(value, str):
-        return len(value.encode())
+        # A lone surrogate (3 bytes here) reaches the tokenizer as U+FFFD (3 bytes too).
+        return len(value.encode("utf-8", "surrogatepass"))
     if isinstance(value, list):
-        return sum(_text_bytes(p.get("text")) for p in value if isinstance(p, dict))
+        texts = (p.get("text") for p in value if isinstance(p, dict))
+        return sum(_text_bytes(text) for text in texts if isinstance(text, str))
     return 0
 
 
@@ -119,25 +111,45 @@ def prompt_tokens_lower_bound(body: dict[str, Any]) -> int:
     return 1 + CONTROL_TOKENS_PER_MESSAGE * len(messages) + math.ceil(size / MAX_TOKEN_BYTES)
 
 
-def parse_json_body(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400."""
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise RequestError(f"the request body is not valid JSON: {exc}", param=None) from None
-    if not isinstance(body, dict):
-        raise RequestError("the request body must be a JSON object", param=None)
-    return body
+def _conversation(messages: list[dict[str, Any]], policy: ChatPolicy) -> list[Any]:
+    """The messages with the default system prompt and the history policy applied."""
+    if policy.system_prompt is not None:
+        messages = insert_system_prompt(messages, prompt=policy.system_prompt)
+    return apply_history_policy(
+        messages, policy=policy.history, reasoning_format=policy.reasoning_format
+    )
 
 
-def check_body_size(size: int, *, limit: int) -> None:
-    """413 for bodies above the limit (checked while reading, before parsing)."""
-    if size > limit:
+def _room(prompt_tokens: int, policy: ChatPolicy, *, param: str) -> int:
+    """The output tokens the context leaves at most; 400 when it leaves none."""
+    room = policy.max_model_len - prompt_tokens
+    if room < 1:
         raise RequestError(
-            f"the request body is larger than this endpoint's limit of {limit} bytes",
-            param=None,
-            status=413,
+            f"the messages take at least {prompt_tokens} tokens, which leaves no room in "
+            f"this model's context length of {policy.max_model_len} tokens",
+            param=param,
         )
+    return room
+
+
+def _read(raw: bytes, policy: ChatPolicy) -> dict[str, Any]:
+    check_body_size(len(raw), limit=policy.max_body_bytes)
+    return parse_json_body(raw)
+
+
+def _sampling(body: dict[str, Any], policy: ChatPolicy) -> Sampling:
+    return read_sampling(body, max_n=policy.max_n, max_model_len=policy.max_model_len)
+
+
+def _finish(body: dict[str, Any], sampling: Sampling, policy: ChatPolicy, room: int) -> bytes:
+    """The body to forward, with the sampling defaults the request leaves out."""
+    if sampling.temperature is None:
+        body["temperature"] = policy.temperature
+    if sampling.top_p is None:
+        body["top_p"] = policy.top_p
+    if sampling.max_tokens is None:
+        body["max_tokens"] = max(1, min(policy.max_tokens, room))
+    return dumps(body)
 
 
 def prepare_chat_request(
@@ -148,59 +160,38 @@ def prepare_chat_request(
     `count_tokens`, when given, counts the prompt's tokens exactly (with the model's
     tokenizer); otherwise a lower bound is used.
     """
-    check_body_size(len(raw), limit=policy.max_body_bytes)
-    body = parse_json_body(raw)
-    messages = _check_messages(body.get("messages"))
-
-    n = _optional(body, "n", check=_is_int, expected="an integer")
-    if n is not None and n < 1:
-        raise RequestError("'n' must be at least 1", param="n")
-    if n is not None and n > policy.max_n:
-        raise RequestError(
-            f"'n' is {n}; this endpoint serves at most {policy.max_n} choice(s) per request",
-            param="n",
-        )
-    stream = _optional(body, "stream", check=lambda v: isinstance(v, bool), expected="a boolean")
-    temperature = _optional(body, "temperature", check=_is_number, expected="a number")
-    if temperature is not None and not 0 <= temperature <= 2:
-        raise RequestError("'temperature' must be between 0 and 2", param="temperature")
-    top_p = _optional(body, "top_p", check=_is_number, expected="a number")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise RequestError("'top_p' must be above 0 and at most 1", param="top_p")
-    requested: int | None = None
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = _optional(body, name, check=_is_int, expected="an integer")
-        if value is None:
-            continue
-        if value < 1:
-            raise RequestError(f"'{name}' must be at least 1", param=name)
-        if value > policy.max_model_len:
-            raise RequestError(
-                f"'{name}' is {value}, above this model's context length of "
-                f"{policy.max_model_len} tokens",
-                param=name,
-            )
-        requested = value if requested is None else requested
-
-    if policy.system_prompt is not None:
-        messages = insert_system_prompt(messages, prompt=policy.system_prompt)
-    messages = apply_history_policy(
-        messages, policy=policy.history, reasoning_format=policy.reasoning_format
-    )
-    body["messages"] = messages
-
+    body = _read(raw, policy)
+    _check_messages(body.get("messages"))
+    sampling = _sampling(body, policy)
+    body["messages"] = _conversation(body["messages"], policy)
     prompt_tokens = count_tokens(body) if count_tokens else prompt_tokens_lower_bound(body)
-    room = policy.max_model_len - prompt_tokens
-    if room < 1:
+    room = _room(prompt_tokens, policy, param="messages")
+    return PreparedChat(
+        body=_finish(body, sampling, policy, room), stream=sampling.stream, n=sampling.n or 1
+    )
+
+
+def prepare_batch_chat_request(raw: bytes, *, policy: ChatPolicy) -> PreparedChat:
+    """Check a batch chat completion request (one conversation per choice) likewise."""
+    body = _read(raw, policy)
+    conversations = body.get("messages")
+    if not isinstance(conversations, list) or not conversations:
         raise RequestError(
-            f"the messages take at least {prompt_tokens} tokens, which leaves no room in "
-            f"this model's context length of {policy.max_model_len} tokens",
+            "'messages' must be a non-empty array of conversations (arrays of messages)",
             param="messages",
         )
-    if temperature is None:
-        body["temperature"] = policy.temperature
-    if top_p is None:
-        body["top_p"] = policy.top_p
-    if requested is None:
-        body["max_tokens"] = max(1, min(policy.max_tokens, room))
-    return PreparedChat(body=dumps(body), stream=bool(stream), n=n or 1)
+    for i, conversation in enumerate(conversations):
+        _check_messages(conversation, where=f"messages[{i}]")
+    sampling = _sampling(body, policy)
+    prepared: list[list[Any]] = []
+    rooms: list[int] = []
+    for i, conversation in enumerate(conversations):
+        where = f"messages[{i}]"
+        messages = _conversation(conversation, policy)
+        prepared.append(messages)
+        bound = prompt_tokens_lower_bound({"messages": messages, "tools": body.get("tools")})
+        rooms.append(_room(bound, policy, param=where))
+    body["messages"] = prepared
+    return PreparedChat(
+        body=_finish(body, sampling, policy, max(rooms)), stream=False, n=len(prepared)
+    )

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from magistral_runtime.asgi import Message, Receive, Scope, Send
 
 ANSWER = "<think>\nThe user asks 2+2. That is 4.\n</think>\n\nThe answer is **4**."
@@ -25,6 +27,9 @@ TOOL_REASONING = "<think>\nI need the weather tool for Paris.\n</think>\n"
 
 
 APP = object()  # stands for the Starlette application object
+# How vLLM's pydantic request models read `n` and `stream` (lax: 1.0 is 1, "false" False).
+LAX_INT: TypeAdapter[int | None] = TypeAdapter(int | None)
+LAX_BOOL: TypeAdapter[bool | None] = TypeAdapter(bool | None)
 
 
 def with_app(app: Any) -> Any:
@@ -85,6 +90,10 @@ class FakeVllm:
             request = json.loads(body)
             self.requests.append((path, request))
             await self._chat(request, send)
+        elif path == "/v1/chat/completions/batch":
+            request = json.loads(body)
+            self.requests.append((path, request))
+            await self._batch(request, send)
         elif path == "/v1/completions":
             self.requests.append((path, json.loads(body)))
             await self._completion(send)
@@ -154,13 +163,25 @@ class FakeVllm:
             "function": {"name": name, "arguments": _dumps({"city": "Paris"}).decode()},
         }
 
+    async def _batch(self, request: dict[str, Any], send: Send) -> None:
+        """vLLM's batch answer: one non-streamed choice per conversation."""
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": self.answer,
+                                     "reasoning": None},
+             "logprobs": None, "finish_reason": "stop"}
+            for i in range(len(request["messages"]))
+        ]  # fmt: skip
+        await self._json(send, 200, {"id": "chatcmpl-1", "created": int(time.time()),
+                                     "model": self.model, "object": "chat.completion",
+                                     "choices": choices})  # fmt: skip
+
     async def _chat(self, request: dict[str, Any], send: Send) -> None:
         tool_call = self._tool_call(request)
         text = TOOL_REASONING if tool_call else self.answer
         finish = "tool_calls" if tool_call else "stop"
         base = {"id": "chatcmpl-1", "created": int(time.time()), "model": self.model}
-        n = request.get("n") or 1
-        if not request.get("stream"):
+        n = LAX_INT.validate_python(request.get("n")) or 1
+        if not LAX_BOOL.validate_python(request.get("stream")):
             choices = []
             for i in range(n):
                 message: dict[str, Any] = {"role": "assistant", "content": text,
@@ -258,3 +279,39 @@ async def call(
     finally:
         done.set()
     return status, response_headers, b"".join(parts)
+
+
+async def accept_all(scope: Scope, receive: Receive, send: Send) -> None:
+    """A vLLM that answers 200 to whatever reaches it (to tell our failures from its own).
+
+    Chat paths get a chat completion whose content opens with `<think>` reasoning, streamed
+    when the forwarded body asks for it, so the response side is exercised too.
+    """
+    if scope["type"] != "http":
+        return
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    try:
+        request = json.loads(body)
+    except (ValueError, RecursionError):  # anything: /v1/completions bodies are not checked
+        request = None
+    stream = isinstance(request, dict) and request.get("stream") is True
+    if scope["path"].startswith("/v1/chat/completions") and stream:
+        chunks = [{"id": "c", "object": "chat.completion.chunk", "model": "m",
+                   "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+                  for text in ("<thi", "nk>\nwhy\n</th", "ink>\nSo.")]  # fmt: skip
+        data = b"".join(b"data: " + _dumps(chunk) + b"\n\n" for chunk in chunks)
+        content_type = b"text/event-stream"
+        data += b"data: [DONE]\n\n"
+    else:
+        choice = {"index": 0, "message": {"role": "assistant", "content": ANSWER},
+                  "finish_reason": "stop"}  # fmt: skip
+        data = _dumps({"id": "c", "object": "chat.completion", "model": "m", "choices": [choice]})
+        content_type = b"application/json"
+    headers = [(b"content-type", content_type), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": data})

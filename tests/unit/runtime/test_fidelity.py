@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,6 @@ from typing import Any
 import mistral_common
 import openai
 import pytest
-import uvicorn
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
@@ -34,6 +30,7 @@ from magistral_runtime.middleware import MagistralMiddleware, Settings
 from magistral_runtime.request import ChatPolicy, prepare_chat_request
 
 from .fake_vllm import FakeVllm, with_app
+from .http_server import serving
 
 Tokenizer = MistralTokenizer[Any, Any, Any, Any, Any]
 SYSTEM = "A user will ask you to solve a task. Think first, then answer."
@@ -81,6 +78,8 @@ ANSWERED = {"role": "assistant", "content": "<think>\nadd them\n</think>\nFour."
 # Our own response sent back as history: clean content plus the reasoning fields.
 ROUND_TRIP = {"role": "assistant", "content": "Four.", "reasoning": "add them",
               "reasoning_content": "add them"}  # fmt: skip
+# The same with content parts, as clients that always send parts do.
+ROUND_TRIP_PARTS = {**ROUND_TRIP, "content": [{"type": "text", "text": "Four."}]}
 
 
 def test_single_turn_gets_the_system_prompt(tokenizer: Tokenizer) -> None:
@@ -100,7 +99,7 @@ def test_mode_none_renders_no_system_prompt(tokenizer: Tokenizer) -> None:
     assert render(tokenizer, [Q1], system_prompt=None) == "<s>[INST]What is 2+2?[/INST]"
 
 
-@pytest.mark.parametrize("earlier", [ANSWERED, ROUND_TRIP])
+@pytest.mark.parametrize("earlier", [ANSWERED, ROUND_TRIP, ROUND_TRIP_PARTS])
 def test_multi_turn_strip_keeps_only_answers(tokenizer: Tokenizer, earlier: dict[str, Any]) -> None:
     assert render(tokenizer, [Q1, earlier, Q2], history="strip") == (
         f"<s>[SYSTEM_PROMPT]{SYSTEM}[/SYSTEM_PROMPT]"
@@ -108,7 +107,7 @@ def test_multi_turn_strip_keeps_only_answers(tokenizer: Tokenizer, earlier: dict
     )
 
 
-@pytest.mark.parametrize("earlier", [ANSWERED, ROUND_TRIP])
+@pytest.mark.parametrize("earlier", [ANSWERED, ROUND_TRIP, ROUND_TRIP_PARTS])
 def test_multi_turn_keep_keeps_the_reasoning_in_the_models_format(
     tokenizer: Tokenizer, earlier: dict[str, Any]
 ) -> None:
@@ -119,13 +118,6 @@ def test_multi_turn_keep_keeps_the_reasoning_in_the_models_format(
 
 
 # -- the openai client against the middleware, over HTTP -----------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -143,22 +135,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Fake
     fake = FakeVllm(api_key=KEY)
     settings = Settings.from_config(config, env={"VLLM_API_KEY": KEY}, install_signal_handler=False)
     app = MagistralMiddleware(fake, settings=settings)
-    port = free_port()
-    uv = uvicorn.Server(
-        uvicorn.Config(
-            with_app(app), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-        )
-    )
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/v1", fake
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with serving(with_app(app)) as base:
+        yield f"{base}/v1", fake
 
 
 @pytest.fixture

@@ -11,10 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from magistral_runtime.body import MAX_JSON_DEPTH, json_depth
 from magistral_runtime.errors import RequestError
+from magistral_runtime.fields import read_sampling
 from magistral_runtime.history import apply_history_policy
 from magistral_runtime.request import (
     ChatPolicy,
+    prepare_batch_chat_request,
     prepare_chat_request,
     prompt_tokens_lower_bound,
 )
@@ -116,10 +119,94 @@ def test_history_policy(policy: Any, message: dict[str, Any], expected: Any) -> 
     assert result == [USER, expected or message, USER]
 
 
-def test_keep_does_not_inline_for_think_token_models() -> None:
-    message = {"role": "assistant", "content": "Four.", "reasoning": "steps"}
-    result = apply_history_policy([message], policy="keep", reasoning_format="think-tokens")
-    assert result == [{"role": "assistant", "content": "Four."}]
+PARTS = [{"type": "text", "text": "Four."}]
+IMAGE = {"type": "image_url", "image_url": {"url": "data:,"}}
+THINKING = {"type": "thinking", "thinking": " steps "}
+
+
+@pytest.mark.parametrize(
+    ("message", "expected_content"),
+    [
+        # Our own response sent back, with content parts instead of a string.
+        ({"content": PARTS, "reasoning": "steps"},
+         [{"type": "text", "text": "<think>\nsteps\n</think>\nFour."}]),
+        ({"content": PARTS, "reasoning_content": "steps"},
+         [{"type": "text", "text": "<think>\nsteps\n</think>\nFour."}]),
+        ({"content": [*PARTS, {"type": "text", "text": " More."}], "reasoning": "steps"},
+         [{"type": "text", "text": "<think>\nsteps\n</think>\nFour."},
+          {"type": "text", "text": " More."}]),
+        # Content that starts with something other than text: the reasoning goes first.
+        ({"content": [IMAGE, *PARTS], "reasoning": "steps"},
+         [{"type": "text", "text": "<think>\nsteps\n</think>\n"}, IMAGE, *PARTS]),
+        ({"content": [], "reasoning": "steps"},
+         [{"type": "text", "text": "<think>\nsteps\n</think>\n"}]),
+        # Thinking parts are reasoning too.
+        ({"content": [THINKING, *PARTS]},
+         [{"type": "text", "text": "<think>\nsteps\n</think>\nFour."}]),
+        # Text that already holds its reasoning is left alone (no second <think>).
+        ({"content": [{"type": "text", "text": "<think>own</think>Four."}], "reasoning": "x"},
+         [{"type": "text", "text": "<think>own</think>Four."}]),
+        ({"content": "<think>own</think>Four.", "reasoning_content": "x"},
+         "<think>own</think>Four."),
+        # Only blank reasoning: nothing to keep, the fields still go.
+        ({"content": PARTS, "reasoning": "  ", "reasoning_content": None}, PARTS),
+        ({"content": None, "reasoning": "steps"}, "<think>\nsteps\n</think>\n"),
+    ],
+)  # fmt: skip
+def test_keep_puts_the_reasoning_in_front_of_any_content(
+    message: dict[str, Any], expected_content: Any
+) -> None:
+    earlier = {"role": "assistant", **message}
+    before = copy.deepcopy(earlier)
+    [result] = apply_history_policy([earlier], policy="keep", reasoning_format="think-text")
+    assert result == {"role": "assistant", "content": expected_content}
+    assert earlier == before  # not mutated
+
+
+@pytest.mark.parametrize(
+    ("message", "expected_content"),
+    [
+        ({"content": [{"type": "text", "text": "<think>s</think>Four."}], "reasoning": "s"},
+         PARTS),
+        ({"content": [THINKING, *PARTS], "reasoning_content": "s"}, PARTS),
+        ({"content": [IMAGE, {"type": "text", "text": "<think>s</think>Four."}]},
+         [IMAGE, *PARTS]),
+        ({"content": "<think>s</think>Four.", "reasoning": "s", "reasoning_content": "s"},
+         "Four."),
+    ],
+)  # fmt: skip
+def test_strip_removes_the_reasoning_from_any_content(
+    message: dict[str, Any], expected_content: Any
+) -> None:
+    earlier = {"role": "assistant", **message}
+    for reasoning_format in ("think-text", "think-tokens"):
+        [result] = apply_history_policy(
+            [earlier], policy="strip", reasoning_format=reasoning_format
+        )
+        assert result == {"role": "assistant", "content": expected_content}
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        # vLLM hands `reasoning` to mistral-common, which renders it as a [THINK] chunk.
+        ({"content": "Four.", "reasoning": "steps"}, None),
+        ({"content": PARTS, "reasoning": "steps"}, None),
+        # vLLM drops `reasoning_content`: it is moved to `reasoning`.
+        ({"content": "Four.", "reasoning_content": "steps"},
+         {"content": "Four.", "reasoning": "steps"}),
+        ({"content": PARTS, "reasoning": "steps", "reasoning_content": "steps"},
+         {"content": PARTS, "reasoning": "steps"}),
+        ({"content": "Four.", "reasoning": None, "reasoning_content": "steps"},
+         {"content": "Four.", "reasoning": "steps"}),
+    ],
+)  # fmt: skip
+def test_keep_leaves_the_reasoning_field_for_think_token_models(
+    message: dict[str, Any], expected: dict[str, Any] | None
+) -> None:
+    earlier = {"role": "assistant", **message}
+    result = apply_history_policy([earlier], policy="keep", reasoning_format="think-tokens")
+    assert result == [{"role": "assistant", **(expected or message)}]
 
 
 def test_user_messages_are_never_touched() -> None:
@@ -202,19 +289,31 @@ def test_the_lower_bound_never_exceeds_the_bytes(text: str, turns: int) -> None:
         ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content", 400),
         ({"messages": [USER], "n": 2}, "n", 400),
         ({"messages": [USER], "n": 0}, "n", 400),
-        ({"messages": [USER], "n": "1"}, "n", 400),
-        ({"messages": [USER], "n": True}, "n", 400),
+        ({"messages": [USER], "n": "one"}, "n", 400),
+        ({"messages": [USER], "n": 1.5}, "n", 400),
+        ({"messages": [USER], "n": [1]}, "n", 400),
         ({"messages": [USER], "temperature": "hot"}, "temperature", 400),
         ({"messages": [USER], "temperature": 3}, "temperature", 400),
+        ({"messages": [USER], "temperature": float("inf")}, "temperature", 400),
+        ({"messages": [USER], "top_p": float("nan")}, "top_p", 400),
         ({"messages": [USER], "top_p": 0}, "top_p", 400),
         ({"messages": [USER], "max_tokens": 40961}, "max_tokens", 400),
         ({"messages": [USER], "max_tokens": 0}, "max_tokens", 400),
         ({"messages": [USER], "max_tokens": 1.5}, "max_tokens", 400),
+        ({"messages": [USER], "max_tokens": "1e3"}, "max_tokens", 400),
         ({"messages": [USER], "max_completion_tokens": 10**6}, "max_completion_tokens", 400),
-        ({"messages": [USER], "stream": "yes"}, "stream", 400),
+        # max_completion_tokens wins, but max_tokens must still be an integer, as in vLLM.
+        ({"messages": [USER], "max_completion_tokens": 5, "max_tokens": 0.5}, "max_tokens", 400),
+        ({"messages": [USER], "max_completion_tokens": 0, "max_tokens": 5}, "max_completion_tokens",
+         400),
+        ({"messages": [USER], "stream": "maybe"}, "stream", 400),
+        ({"messages": [USER], "stream": 2}, "stream", 400),
+        # Nested deeper than the middleware reads (json.loads itself gives up further on).
+        (b'{"messages": ' + b"[" * 200 + b"]" * 200 + b"}", None, 400),
+        (b"[" * 60_000, None, 400),  # RecursionError in json.loads
         ({"messages": [{"role": "user", "content": "x" * 70000}]}, None, 413),
     ],
-)
+)  # fmt: skip
 def test_bad_requests_are_4xx_naming_the_field(body: Any, param: str | None, status: int) -> None:
     err = error(body)
     assert (err.param, err.status) == (param, status)
@@ -227,6 +326,68 @@ def test_bad_requests_are_4xx_naming_the_field(body: Any, param: str | None, sta
             "code": status,
         }
     }
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "effective"),
+    [
+        # vLLM reads these fields with pydantic's lax int/float/bool: what it serves, we do.
+        ({"max_tokens": 100.0}, "max_tokens", 100),
+        ({"max_tokens": "100"}, "max_tokens", 100),
+        ({"max_completion_tokens": 100.0}, "max_completion_tokens", 100),
+        # max_completion_tokens wins; max_tokens is then not range-checked (vLLM ignores it).
+        ({"max_completion_tokens": 100, "max_tokens": 10**6}, "max_completion_tokens", 100),
+        ({"max_completion_tokens": 100, "max_tokens": 0}, "max_completion_tokens", 100),
+        ({"max_completion_tokens": None, "max_tokens": 7}, "max_tokens", 7),
+        ({"n": 1.0, "stream": "true", "temperature": "0.5", "top_p": 1}, None, None),
+        ({"n": True, "stream": 0}, None, None),
+    ],
+)
+def test_fields_are_read_like_vllm_reads_them(
+    fields: dict[str, Any], param: str | None, effective: int | None
+) -> None:
+    body = prepare({"messages": [USER], **fields})
+    for name, value in fields.items():
+        assert body[name] == value  # forwarded as sent; vLLM coerces it the same way
+    if param is None:
+        assert body["max_tokens"] > 40000  # the default was added
+    assert read_sampling(body, max_n=1, max_model_len=40960).max_tokens == (
+        effective or body["max_tokens"]
+    )
+
+
+def test_a_streamed_request_is_known_as_such_when_vllm_would_stream_it() -> None:
+    for value, stream in (("true", True), (1, True), ("off", False), (None, False)):
+        raw = json.dumps({"messages": [USER], "stream": value}).encode()
+        assert prepare_chat_request(raw, policy=POLICY).stream is stream
+
+
+def test_lone_surrogates_are_forwarded_as_sent() -> None:
+    # vLLM keeps them (json.loads) and its Tekken tokenizer reads them as U+FFFD: served.
+    raw = b'{"messages": [{"role": "user", "content": "a\\ud800b"}], "user": "\\udfff"}'
+    forwarded = prepare_chat_request(raw, policy=POLICY).body
+    forwarded.decode("utf-8")  # valid UTF-8: the surrogates are escaped
+    body = json.loads(forwarded)
+    assert body["messages"][-1]["content"] == "a\ud800b"
+    assert body["user"] == "\udfff"
+
+
+def test_json_depth() -> None:
+    assert json_depth(1, limit=10) == 0
+    assert json_depth({"a": [1, {"b": []}]}, limit=10) == 4
+    deep: Any = []
+    for _ in range(50):
+        deep = [deep]
+    assert json_depth(deep, limit=10) == 11  # counted only just past the limit
+
+
+def test_the_depth_limit_is_exact() -> None:
+    def nested(levels: int) -> bytes:  # the body is level 1, `messages` 2, a message 3
+        inner = b"[" * (levels - 3) + b"]" * (levels - 3)
+        return b'{"messages": [{"role": "user", "content": "x", "x": ' + inner + b"}]}"
+
+    assert prepare(nested(MAX_JSON_DEPTH))
+    assert error(nested(MAX_JSON_DEPTH + 1)).param is None
 
 
 def test_a_prompt_that_cannot_fit_is_refused() -> None:
@@ -279,3 +440,55 @@ def outcome_of(raw: bytes) -> RequestError | None:
     except RequestError as err:
         return err
     return None
+
+
+# -- /v1/chat/completions/batch ------------------------------------------------------
+
+
+def prepare_batch(body: Any, policy: ChatPolicy = POLICY) -> dict[str, Any]:
+    raw = json.dumps(body).encode()
+    result: dict[str, Any] = json.loads(prepare_batch_chat_request(raw, policy=policy).body)
+    return result
+
+
+def test_each_conversation_of_a_batch_is_prepared_like_a_chat() -> None:
+    own = [{"role": "system", "content": "mine"}, USER]
+    history = [USER, EARLIER, USER]
+    body = prepare_batch({"messages": [[USER], own, history]})
+    assert body["messages"] == [
+        [{"role": "system", "content": "SYSTEM"}, USER],
+        own,
+        [{"role": "system", "content": "SYSTEM"}, USER, {"role": "assistant", "content": "Four."},
+         USER],
+    ]  # fmt: skip
+    assert (body["temperature"], body["top_p"]) == (0.7, 0.95)
+    # One max_tokens for all: the largest room, so that no conversation's room is cut.
+    rooms = [40960 - prompt_tokens_lower_bound({"messages": m}) for m in body["messages"]]
+    assert body["max_tokens"] == max(rooms)
+
+
+def test_a_batch_keeps_what_the_request_sets() -> None:
+    body = prepare_batch({"messages": [[USER]], "temperature": 0, "max_completion_tokens": 9})
+    assert (body["temperature"], body["max_completion_tokens"]) == (0, 9)
+    assert "max_tokens" not in body
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": [USER]}, "messages[0]"),  # a chat's messages, not conversations
+        ({"messages": []}, "messages"),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": [[USER], []]}, "messages[1]"),
+        ({"messages": [[USER], [{"content": "x"}]]}, "messages[1][0].role"),
+        ({"messages": [[USER], [{"role": "user", "content": 1}]]}, "messages[1][0].content"),
+        ({"messages": [[USER], [{"role": "user", "content": "x" * 128 * 1100}]]}, "messages[1]"),
+        ({"messages": [[USER]], "n": 2}, "n"),
+        ({"messages": [[USER]], "max_tokens": 2048}, "max_tokens"),
+    ],
+)
+def test_bad_batches_are_400_naming_the_field(body: Any, param: str) -> None:
+    policy = replace(POLICY, max_model_len=1024, max_body_bytes=1 << 20)
+    with pytest.raises(RequestError) as caught:
+        prepare_batch_chat_request(json.dumps(body).encode(), policy=policy)
+    assert (caught.value.param, caught.value.status) == (param, 400)
