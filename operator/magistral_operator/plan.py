@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from .api.config import GPUPool, OperatorConfig
 from .api.endpoint import Endpoint, check_against_config, endpoint_pools
-from .sizing.profiles import ModelProfile, UnknownModelError, resolve_profile
+from .sizing.capability import pool_capability
+from .sizing.profiles import ModelProfile, PrecisionError, UnknownModelError, resolve_profile
 from .sizing.tensor_parallel import SizingRequest, SizingResult, choose_tp
 
 
@@ -72,6 +73,7 @@ def sizing_request(
         min_full_length_sequences=spec.gpu.min_full_length_sequences,
         per_gpu_overhead_gib=config.sizing.per_gpu_overhead_gib,
         requested_tp=None if requested == "auto" else int(requested),
+        compute_capability=pool_capability(pool.compute_capability, pool.gpu_product),
     )
 
 
@@ -94,7 +96,7 @@ def plan_endpoint(
         return EndpointPlan(profile=None, pools=(), desired_replicas=0, problems=tuple(problems))
     try:
         profile = resolve_profile(endpoint.spec.model)
-    except UnknownModelError as exc:
+    except (UnknownModelError, PrecisionError) as exc:
         return EndpointPlan(profile=None, pools=(), desired_replicas=0, problems=(str(exc),))
     scaling = endpoint.spec.scaling
     wanted = scaling.min_replicas if desired_replicas is None else desired_replicas
@@ -117,10 +119,11 @@ def plan_endpoint(
     )
     if primary is None:
         reasons = "; ".join(f"pool {p.pool.name}: {p.sizing.message}" for p in pools)
-        return EndpointPlan(
-            profile=profile,
-            pools=pools,
-            desired_replicas=0,
-            problems=(f"the model fits on none of the endpoint's GPU pools: {reasons}",),
+        # Only when no pool can run it at all is it the spec's precision, not memory.
+        problem = (
+            f"none of the endpoint's GPU pools can run the model as specified: {reasons}"
+            if pools and all(p.sizing.unsupported for p in pools)
+            else f"the model fits on none of the endpoint's GPU pools: {reasons}"
         )
+        return EndpointPlan(profile=profile, pools=pools, desired_replicas=0, problems=(problem,))
     return EndpointPlan(profile=profile, pools=pools, desired_replicas=desired, problems=())

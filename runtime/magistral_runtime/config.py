@@ -84,6 +84,9 @@ class RuntimeConfig(BaseModel):
     max_model_len: int = Field(ge=1024, le=131072)
     gpu_memory_utilization: float = Field(gt=0, le=1)
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    # Quantize the checkpoint's weights while loading: "fp8" serves a bf16 checkpoint in fp8.
+    # None: the weights are served as the checkpoint stores them (bf16, or an FP8 checkpoint).
+    quantization: Literal["fp8"] | None = None
     max_num_seqs: int | None = Field(default=None, ge=1)
     reasoning_format: Literal["think-text", "think-tokens"] = "think-text"
     tool_calling: bool = True
@@ -102,7 +105,7 @@ class RuntimeConfig(BaseModel):
 # Fields added after the first config version: written only when they differ from their
 # defaults, so the canonical JSON (and the pod-template hash built from it) of configs that
 # do not use them stays byte-for-byte the same.
-_WRITTEN_WHEN_SET = ("limits", "health")
+_WRITTEN_WHEN_SET = ("limits", "health", "quantization")
 
 
 def parse_runtime_config(text: str, *, source: str) -> RuntimeConfig:

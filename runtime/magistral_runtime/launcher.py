@@ -4,6 +4,11 @@ The model card's flags are always passed; so is `--max-model-len`, which the car
 explicitly. Sampling defaults go through `--override-generation-config` (temperature and top_p
 only: a `max_new_tokens` there would be a server-wide cap, not a default; max_tokens defaults are
 applied per request by the middleware).
+
+Online quantization (a bf16 checkpoint served in fp8) is vLLM 0.33.0's `fp8_per_tensor`: the
+linear layers are quantized one at a time while loading, the embeddings and LM head stay bf16.
+(`--quantization fp8` does the same there, deprecated: vLLM maps it to fp8_per_tensor with a
+warning.)
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ MODEL_CARD_FLAGS = (
 )
 TOOL_FLAGS = ("--tool-call-parser", "mistral", "--enable-auto-tool-choice")
 QUIET_ENDPOINTS = "/health,/metrics,/ping"
+# RuntimeConfig.quantization -> vLLM's --quantization value.
+QUANTIZATION_METHODS = {"fp8": "fp8_per_tensor"}
 # The project's ASGI middleware, loaded into vLLM's own app (no extra network hop).
 MIDDLEWARE = "magistral_runtime.middleware.MagistralMiddleware"
 
@@ -40,9 +47,12 @@ def build_vllm_args(config: RuntimeConfig) -> list[str]:
     if config.reasoning_format == "think-tokens":
         # [THINK]...[/THINK] special tokens (2507, 2509): vLLM's own parser handles them.
         args += ["--reasoning-parser", "mistral"]
+    if config.quantization is not None:
+        args += ["--quantization", QUANTIZATION_METHODS[config.quantization]]
     args += ["--tensor-parallel-size", str(config.tensor_parallel_size)]
     args += ["--max-model-len", str(config.max_model_len)]
-    args += ["--gpu-memory-utilization", f"{config.gpu_memory_utilization:g}"]
+    # repr: the shortest text that parses back to the same float (`:g` would round 0.9123456).
+    args += ["--gpu-memory-utilization", repr(config.gpu_memory_utilization)]
     if config.kv_cache_dtype != "auto":
         args += ["--kv-cache-dtype", config.kv_cache_dtype]
     if config.max_num_seqs is not None:

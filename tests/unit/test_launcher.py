@@ -79,3 +79,32 @@ def test_config_round_trip_and_errors() -> None:
         )
     with pytest.raises(RuntimeConfigError, match="not valid JSON"):
         parse_runtime_config("{", source="x")
+
+
+def test_online_fp8_quantization_flag() -> None:
+    assert "--quantization" not in build_vllm_args(config())
+    args = build_vllm_args(config(quantization="fp8"))
+    assert flag_value(args, "--quantization") == "fp8_per_tensor"
+    assert args.count("--quantization") == 1
+    with pytest.raises(RuntimeConfigError, match="quantization"):
+        parse_runtime_config(
+            json.dumps({**config().model_dump(), "quantization": "int8"}), source="x"
+        )
+
+
+def test_quantization_is_written_only_when_set() -> None:
+    # Configs without it keep their canonical JSON (and the pod-template hash) byte for byte.
+    plain = dump_runtime_config(config())
+    assert '"quantization"' not in plain
+    quantized = dump_runtime_config(config(quantization="fp8"))
+    assert json.loads(quantized)["quantization"] == "fp8"
+    assert parse_runtime_config(quantized, source="x") == config(quantization="fp8")
+    assert parse_runtime_config(plain, source="x").quantization is None
+
+
+@pytest.mark.parametrize("utilization", [0.9, 0.95, 0.5, 0.9123456789, 0.1 + 0.2, 0.98])
+def test_gpu_memory_utilization_reaches_vllm_exactly(utilization: float) -> None:
+    args = build_vllm_args(config(gpu_memory_utilization=utilization))
+    assert float(flag_value(args, "--gpu-memory-utilization")) == utilization
+    if utilization == 0.9:
+        assert flag_value(args, "--gpu-memory-utilization") == "0.9"

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from magistral_operator.sizing.profiles import BUILTIN_PROFILES, GIB, ModelProfile
+from magistral_operator.api.config import parse_operator_config
+from magistral_operator.api.errors import ConfigError
+from magistral_operator.api.spec import ModelSpec
+from magistral_operator.sizing.capability import (
+    capability_of_product,
+    parse_capability,
+    pool_capability,
+)
+from magistral_operator.sizing.profiles import (
+    BUILTIN_PROFILES,
+    GB,
+    GIB,
+    ONLINE_FP8_WEIGHTS,
+    ModelProfile,
+    PrecisionError,
+    resolve_profile,
+)
 from magistral_operator.sizing.tensor_parallel import (
     SizingRequest,
     choose_tp,
@@ -185,3 +202,222 @@ def test_kv_tokens_are_whole_blocks(req: SizingRequest, tp: int) -> None:
     assert ev.kv_cache_tokens % 16 == 0
     assert ev.kv_cache_tokens >= 0
     assert math.isclose(ev.full_length_sequences, ev.kv_cache_tokens / req.max_model_len)
+
+
+# --------------------------------------------------------------------------------------
+# Profiles: precision and parametersBillions
+
+
+def model(repo: str, **fields: object) -> ModelSpec:
+    return ModelSpec.model_validate({"repo": repo, **fields})
+
+
+ARCH = {"layers": 40, "attentionHeads": 32, "kvHeads": 8, "headDim": 128}
+
+
+# (weights on the GPUs, checkpoint downloaded and read), in GB
+@pytest.mark.parametrize(
+    ("repo", "precision", "weights", "served", "quantization"),
+    [
+        ("mistralai/Magistral-Small-2506", None, (47.1, 47.1), "bf16", None),
+        ("mistralai/Magistral-Small-2506", "bf16", (47.1, 47.1), "bf16", None),
+        ("mistralai/Magistral-Small-2506", "fp8", (24.9, 47.1), "fp8", "fp8"),
+        ("mistralai/Magistral-Small-2507", "fp8", (24.9, 47.1), "fp8", "fp8"),
+        # 2509's vision encoder stays bf16 when the text stack is quantized
+        ("mistralai/Magistral-Small-2509", None, (47.9, 47.9), "bf16", None),
+        ("mistralai/Magistral-Small-2509", "fp8", (25.7, 47.9), "fp8", "fp8"),
+        ("RedHatAI/Magistral-Small-2506-FP8", None, (24.9, 24.9), "fp8", None),
+        ("RedHatAI/Magistral-Small-2506-FP8", "fp8", (24.9, 24.9), "fp8", None),
+    ],
+)
+def test_served_precision_and_weights(
+    repo: str,
+    precision: str | None,
+    weights: tuple[float, float],
+    served: str,
+    quantization: str | None,
+) -> None:
+    fields = {"precision": precision} if precision else {}
+    profile = resolve_profile(model(repo, **fields))
+    assert profile.weight_bytes == pytest.approx(weights[0] * GB)
+    assert profile.stored_bytes == pytest.approx(weights[1] * GB)
+    assert profile.precision == served
+    assert profile.quantization == quantization
+
+
+def test_an_fp8_checkpoint_cannot_be_served_in_bf16() -> None:
+    for fields in ({}, {"profile": {"parametersBillions": 23.57, **ARCH}}):
+        with pytest.raises(PrecisionError, match=r"^spec\.model\.precision bf16: "):
+            resolve_profile(model("RedHatAI/Magistral-Small-2506-FP8", precision="bf16", **fields))
+
+
+def test_every_bf16_builtin_has_online_fp8_weights() -> None:
+    bf16 = {repo for repo, p in BUILTIN_PROFILES.items() if p.precision == "bf16"}
+    assert set(ONLINE_FP8_WEIGHTS) == bf16
+
+
+# spec.model.profile without weightGigabytes: parametersBillions x bytes per parameter of the
+# served precision; with it, weightGigabytes as given. A built-in repo keeps its checkpoint's
+# precision (so fp8 on 2506 is quantized while loading); another repo's precision is its own.
+@pytest.mark.parametrize(
+    ("repo", "precision", "params_b", "weight_gb", "expected_gb", "quantization"),
+    [
+        ("acme/model", None, 10.0, None, 20.0, None),
+        ("acme/model", "bf16", 10.0, None, 20.0, None),
+        ("acme/model", "fp8", 10.0, None, 10.0, None),
+        ("acme/model", "fp8", 10.0, 12.5, 12.5, None),
+        ("acme/model", None, 7.5, 16.0, 16.0, None),
+        ("mistralai/Magistral-Small-2506", None, 23.57, None, 47.14, None),
+        ("mistralai/Magistral-Small-2506", "fp8", 23.57, None, 23.57, "fp8"),
+        ("RedHatAI/Magistral-Small-2506-FP8", None, 23.57, None, 23.57, None),
+    ],
+)
+def test_profile_override_weights_from_parameters(
+    repo: str,
+    precision: str | None,
+    *,
+    params_b: float,
+    weight_gb: float | None,
+    expected_gb: float,
+    quantization: str | None,
+) -> None:
+    override: dict[str, object] = {"parametersBillions": params_b, **ARCH}
+    if weight_gb is not None:
+        override["weightGigabytes"] = weight_gb
+    fields: dict[str, object] = {"profile": override}
+    if precision:
+        fields["precision"] = precision
+    profile = resolve_profile(model(repo, **fields))
+    assert profile.weight_bytes == pytest.approx(expected_gb * GB)
+    assert profile.quantization == quantization
+    assert profile.parameters_billions == params_b
+    # quantized while loading: the bf16 checkpoint is what is downloaded and read
+    stored = params_b * 2 if quantization else expected_gb
+    assert profile.stored_bytes == pytest.approx(stored * GB)
+
+
+# --------------------------------------------------------------------------------------
+# Compute capability
+
+
+@pytest.mark.parametrize(
+    ("product", "capability"),
+    [
+        ("NVIDIA-H100-80GB-HBM3", (9, 0)),
+        ("NVIDIA-H100-PCIe", (9, 0)),
+        ("NVIDIA-H200", (9, 0)),
+        ("NVIDIA-H20", (9, 0)),
+        ("NVIDIA-GH200-480GB", (9, 0)),
+        ("NVIDIA-L40S", (8, 9)),
+        ("NVIDIA-L40", (8, 9)),
+        ("NVIDIA-L4", (8, 9)),
+        ("NVIDIA-GeForce-RTX-4090", (8, 9)),
+        ("NVIDIA-RTX-6000-Ada-Generation", (8, 9)),
+        ("NVIDIA-A100-SXM4-40GB", (8, 0)),
+        ("NVIDIA-A100-80GB-PCIe-MIG-1g.10gb", (8, 0)),
+        ("NVIDIA-A30", (8, 0)),
+        ("NVIDIA-A10", (8, 6)),
+        ("NVIDIA-A10G", (8, 6)),
+        ("NVIDIA-A40", (8, 6)),
+        ("NVIDIA-GeForce-RTX-3090", (8, 6)),
+        ("Tesla-T4", (7, 5)),
+        ("Tesla-V100-SXM2-16GB", (7, 0)),
+        ("NVIDIA-B200", (10, 0)),
+        ("NVIDIA-GB200", (10, 0)),
+        ("NVIDIA-H100-80GB-HBM3-SHARED", (9, 0)),
+        # not to be confused
+        ("Quadro-RTX-6000", None),  # Turing, not the Ada RTX 6000
+        ("NVIDIA-RTX-A6000", None),
+        ("NVIDIA-A1000", None),
+        ("ACME-Tensor-1", None),
+        ("GPU", None),
+    ],
+)
+def test_capability_of_product(product: str, capability: tuple[int, int] | None) -> None:
+    assert capability_of_product(product) == capability
+
+
+def test_configured_capability_wins_over_the_product() -> None:
+    assert pool_capability("8.6", "NVIDIA-H100-80GB-HBM3") == (8, 6)
+    assert pool_capability(None, "NVIDIA-H100-80GB-HBM3") == (9, 0)
+    assert pool_capability(None, "ACME-Tensor-1") is None
+    assert pool_capability("10.0", "ACME-Tensor-1") == (10, 0)
+    with pytest.raises(ValueError, match=r"major\.minor"):
+        parse_capability("8")
+
+
+POOL = {"name": "p", "tier": "spot", "gpuProduct": "X", "gpuMemoryGiB": 48, "gpusPerNode": 8}
+
+
+@pytest.mark.parametrize("value", ["8.9", "9.0", "10.0", "12.1", "7.5"])
+def test_pool_accepts_a_capability_string(value: str) -> None:
+    config = parse_operator_config(
+        {"defaultImage": "i", "pools": [{**POOL, "computeCapability": value}]}
+    )
+    assert config.pools[0].compute_capability == value
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        (8.9, "quote 8.9 in YAML"),
+        (9, "quote 9 in YAML"),
+        ("8", "should match pattern"),
+        ("8.10", "should match pattern"),
+        ("08.9", "should match pattern"),
+        ("sm_89", "should match pattern"),
+    ],
+)
+def test_pool_refuses_a_bad_capability_naming_the_field(value: object, fragment: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_operator_config(
+            {"defaultImage": "i", "pools": [{**POOL, "computeCapability": value}]}
+        )
+    assert "pools[0].computeCapability" in str(exc.value)
+    assert fragment in str(exc.value)
+
+
+def with_capability(req: SizingRequest, capability: tuple[int, int] | None) -> SizingRequest:
+    return replace(req, gpu_product="Tesla-X", compute_capability=capability)
+
+
+@pytest.mark.parametrize(
+    ("profile", "kv", "capability", "fields"),
+    [
+        (FP8, "auto", (7, 0), ["spec.model.precision fp8"]),
+        (FP8, "fp8", (7, 0), ["spec.model.precision fp8", "spec.runtime.kvCacheDtype fp8"]),
+        (FP8, "fp8", (7, 5), ["spec.runtime.kvCacheDtype fp8"]),
+        (BF16, "fp8_e5m2", (7, 5), ["spec.runtime.kvCacheDtype fp8_e5m2"]),
+        (BF16, "fp8_e4m3", (7, 9), ["spec.runtime.kvCacheDtype fp8_e4m3"]),
+        (FP8, "auto", (7, 5), []),
+        (BF16, "fp8", (8, 0), []),
+        (FP8, "fp8", (8, 6), []),
+        (BF16, "auto", (7, 0), []),  # bf16 weights and KV: no fp8 requirement
+        (FP8, "fp8", None, []),  # unknown: not checked
+    ],
+)
+def test_fp8_needs_compute_capability(
+    profile: ModelProfile, kv: str, capability: tuple[int, int] | None, fields: list[str]
+) -> None:
+    result = choose_tp(with_capability(request(profile, 80.0, kv=kv), capability))
+    assert [u.split(" needs")[0].removesuffix(" (fp8 weights)") for u in result.unsupported] == (
+        fields
+    )
+    assert len(result.unsupported) == len(fields)
+    assert result.fits is not bool(fields)
+    if fields:
+        assert capability is not None
+        assert f"Tesla-X has {capability[0]}.{capability[1]}" in result.message
+        assert result.evaluations == ()
+
+
+def test_unknown_capability_is_said_when_fp8_goes_unchecked() -> None:
+    fp8 = choose_tp(with_capability(request(FP8, 80.0), None))
+    assert fp8.fits
+    assert "compute capability of Tesla-X unknown, not checked" in fp8.message
+    assert "spec.model.precision fp8 (fp8 weights) needs >= 7.5" in fp8.message
+    bf16 = choose_tp(with_capability(request(BF16, 80.0), None))
+    assert "unknown" not in bf16.message
+    known = choose_tp(with_capability(request(FP8, 80.0), (9, 0)))
+    assert "unknown" not in known.message
+    assert "compute capability" not in known.message  # the usual message when fp8 runs

@@ -17,6 +17,9 @@ from .base import ApiModel
 from .errors import ConfigError, format_validation_error
 from .spec import DNS_LABEL
 
+# CUDA compute capability, major.minor: 7.0 (V100) ... 10.0 (B200), 12.0 (RTX 50xx).
+COMPUTE_CAPABILITY = r"^[1-9][0-9]?\.[0-9]$"
+
 
 class CapacityTier(StrEnum):
     """How GPU capacity is bought; placement prefers reserved, then on-demand, then spot."""
@@ -47,6 +50,16 @@ class GPUPool(ApiModel):
         alias="gpuMemoryGiB", gt=0, le=1024, description="Memory of one GPU, in GiB."
     )
     gpus_per_node: int = Field(ge=1, le=64, description="GPUs on one node (TP stays in a node).")
+    compute_capability: str | None = Field(
+        default=None,
+        pattern=COMPUTE_CAPABILITY,
+        description="CUDA compute capability of the pool's GPUs, 'major.minor' as "
+        "`nvidia-smi --query-gpu=compute_cap` prints it (a string: quote it in YAML). Unset: "
+        "looked up from gpuProduct (H100/H200/H20/GH200 9.0, L40S/L40/L4/RTX 4090/RTX 6000 Ada "
+        "8.9, A100/A30 8.0, A10/A10G/A40/RTX 3090 8.6, T4 7.5, V100 7.0, B200/GB200 10.0), "
+        "unknown for other products. Sizing refuses fp8 weights below 7.5 and an fp8 KV cache "
+        "below 8.0 (vLLM's kernels); with an unknown capability it does not check.",
+    )
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Node labels that select the pool's nodes."
     )
@@ -74,6 +87,13 @@ class GPUPool(ApiModel):
         le=86400,
         description="Overflow delay of an elastic pool: how long a new node may take to join.",
     )
+
+    @field_validator("compute_capability", mode="before")
+    @classmethod
+    def _capability_is_a_string(cls, value: object) -> object:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise ValueError(f"must be a string such as '8.9' (quote {value} in YAML)")
+        return value
 
     @property
     def overflow_delay_seconds(self) -> int:

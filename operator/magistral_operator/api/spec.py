@@ -335,8 +335,11 @@ class ModelSpec(ApiModel):
     )
     precision: Precision | None = Field(
         default=None,
-        description="Weights precision of the checkpoint: bf16 or fp8 (an FP8 checkpoint such "
-        "as RedHatAI/Magistral-Small-2506-FP8). Taken from the built-in profile when unset.",
+        description="Precision the weights are served in: bf16 or fp8. A built-in bf16 "
+        "checkpoint served in fp8 is quantized by vLLM while loading (about half the GPU "
+        "memory); an FP8 checkpoint (RedHatAI/Magistral-Small-2506-FP8) cannot be served in "
+        "bf16. For a repository without a built-in profile: the checkpoint's own precision. "
+        "Taken from the built-in profile when unset.",
     )
     source: WeightsSource = Field(
         default_factory=lambda: WeightsSource(hub=HubSource()),

@@ -47,14 +47,15 @@ def render_config_map(endpoint: Endpoint, configs: dict[str, RuntimeConfig]) -> 
     }
 
 
-# Pool settings that only steer placement: changing them must not restart pods.
-PLACEMENT_ONLY_POOL_FIELDS = frozenset(
-    {"overflowAfterSeconds", "elastic", "elasticOverflowAfterSeconds"}
+# Pool settings no pod starts from: changing them must not restart pods. Placement's, and the
+# compute capability (it decides whether a pool is usable, never what its pods run).
+NOT_POD_FACING_POOL_FIELDS = frozenset(
+    {"overflowAfterSeconds", "elastic", "elasticOverflowAfterSeconds", "computeCapability"}
 )
 
 
 def _pod_facing(pool: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in pool.items() if k not in PLACEMENT_ONLY_POOL_FIELDS}
+    return {k: v for k, v in pool.items() if k not in NOT_POD_FACING_POOL_FIELDS}
 
 
 def render_endpoint(
@@ -78,7 +79,7 @@ def render_endpoint(
     }
     budget = startup_budget(
         model=endpoint.spec.model,
-        weight_bytes=profile.weight_bytes,
+        weight_bytes=profile.stored_bytes,  # downloaded and read as stored, then quantized
         startup=config.startup,
         cache_warm=cache_warm,
     )

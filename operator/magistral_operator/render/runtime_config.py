@@ -39,6 +39,7 @@ def runtime_config(*, endpoint: Endpoint, profile: ModelProfile, tp: int) -> Run
         max_model_len=spec.runtime.max_model_len,
         gpu_memory_utilization=spec.runtime.gpu_memory_utilization,
         kv_cache_dtype=spec.runtime.kv_cache_dtype,
+        quantization=profile.quantization,
         max_num_seqs=spec.runtime.max_num_seqs,
         reasoning_format=profile.reasoning_tags,
         tool_calling=spec.inference.tool_calling,

@@ -8,7 +8,8 @@ rest is KV cache, split in blocks of 16 tokens. One token's KV on one GPU is
 `kv_heads / TP` (at least 1: vLLM replicates KV heads when TP exceeds them).
 
 Valid TPs divide the attention heads (vLLM's QKVParallelLinear requires it), are 1, 2, 4 or 8,
-and fit on one node (no multi-node tensor parallelism).
+and fit on one node (no multi-node tensor parallelism). A GPU whose compute capability is too
+low for fp8 weights or an fp8 KV cache (capability.py) fits at no TP.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..api.spec import Precision
+from .capability import Capability, fp8_problems
 from .profiles import GB, GIB, ModelProfile
 
 TP_CANDIDATES = (1, 2, 4, 8)
@@ -36,6 +39,7 @@ class SizingRequest:
     min_full_length_sequences: int
     per_gpu_overhead_gib: float
     requested_tp: int | None = None
+    compute_capability: Capability | None = None  # None: unknown
 
     @property
     def kv_dtype_bytes(self) -> int:
@@ -77,6 +81,8 @@ class SizingResult:
     tp: int | None
     evaluations: tuple[TPEvaluation, ...]
     message: str
+    # What the GPU cannot run at any TP (fp8 below its compute capability), each naming a field.
+    unsupported: tuple[str, ...] = ()
 
     @property
     def fits(self) -> bool:
@@ -142,6 +148,17 @@ def choose_tp(request: SizingRequest) -> SizingResult:
     where = (
         f"{request.gpu_product} ({request.gpu_memory_gib:g} GiB, {request.gpus_per_node} per node)"
     )
+    unsupported, unchecked = fp8_problems(
+        fp8_weights=profile.precision == Precision.FP8,
+        kv_cache_dtype=request.kv_cache_dtype,
+        capability=request.compute_capability,
+        gpu_product=request.gpu_product,
+    )
+    if unsupported:
+        return SizingResult(
+            tp=None, evaluations=(), message="; ".join(unsupported), unsupported=unsupported
+        )
+    note = f" ({unchecked})" if unchecked else ""
     if request.requested_tp is not None and request.requested_tp not in valid:
         return SizingResult(
             tp=None,
@@ -149,7 +166,7 @@ def choose_tp(request: SizingRequest) -> SizingResult:
             message=(
                 f"spec.gpu.tensorParallelSize {request.requested_tp} is not possible on {where}: "
                 f"valid sizes there are {', '.join(map(str, valid)) or 'none'} (TP must divide "
-                f"{profile.attention_heads} attention heads and fit on one node)"
+                f"{profile.attention_heads} attention heads and fit on one node){note}"
             ),
         )
     candidates = valid if request.requested_tp is None else (request.requested_tp,)
@@ -166,13 +183,20 @@ def choose_tp(request: SizingRequest) -> SizingResult:
             tp=None,
             evaluations=evaluations,
             message=(
-                f"{profile.repo} ({profile.precision}, weights {profile.weight_bytes / GB:.1f} GB)"
-                f" does not fit on {where}: needs KV for {request.min_full_length_sequences} x "
-                f"{request.max_model_len} tokens = {kv_need / GIB:.2f} GiB; {tried}"
+                f"{_weights(profile)} does not fit on {where}: needs KV for "
+                f"{request.min_full_length_sequences} x {request.max_model_len} tokens = "
+                f"{kv_need / GIB:.2f} GiB; {tried}{note}"
             ),
         )
     return SizingResult(
         tp=chosen.tp,
         evaluations=evaluations,
-        message=f"{where}: {chosen.explain()}",
+        message=f"{where}: {chosen.explain()}{note}",
+    )
+
+
+def _weights(profile: ModelProfile) -> str:
+    loaded = ", quantized while loading" if profile.quantization else ""
+    return (
+        f"{profile.repo} ({profile.precision}{loaded}, weights {profile.weight_bytes / GB:.1f} GB)"
     )

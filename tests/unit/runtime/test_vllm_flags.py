@@ -61,7 +61,7 @@ def shlex_id(config: RuntimeConfig) -> str:
     return (
         f"tp{config.tensor_parallel_size}-{config.reasoning_format}-"
         f"tools{int(config.tool_calling)}-{config.kv_cache_dtype}-"
-        f"{'opts' if config.revision else 'plain'}"
+        f"{'opts' if config.revision else 'plain'}-q{config.quantization}"
     )
 
 
@@ -83,7 +83,10 @@ CONFIGS = [
         itertools.cycle([(None, None, None), ("2506-rev", 64, "/cache/models")]),
         strict=False,
     )
-] + [_config(kv_cache_dtype=kv) for kv in ("fp8_e4m3", "fp8_e5m2")]
+] + [
+    _config(kv_cache_dtype=kv, quantization=quantization)
+    for kv, quantization in (("fp8_e4m3", None), ("fp8_e5m2", None), ("fp8", "fp8"))
+]
 
 
 def test_the_source_reader_finds_the_serve_command(
