@@ -5,7 +5,7 @@ Upstream's stage files ship inside the ``sigs.k8s.io/kwok`` Go module under
 this repository). Our own stages live next to this file in ``stages/``. Upstream's
 ``pod-ready`` gets one change at run time: it skips pods that our stages own (those
 labelled ``magistral.dev/sim-unready=true`` or ``magistral.dev/sim-fail=true``, annotated
-``magistral.dev/sim-startup``, or with a container env ``MAGISTRAL_SIM_FAIL=true``).
+``magistral.dev/sim-startup``, or with a container env ``E2E_SIM_FAIL=true``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ SIM_UNREADY_LABEL = "magistral.dev/sim-unready"
 """Label a pod ``true`` to keep it Running but not Ready."""
 SIM_FAIL_LABEL = "magistral.dev/sim-fail"
 """Label a pod ``true`` to make it fail (crash-loop, or phase Failed with restartPolicy Never)."""
-SIM_FAIL_ENV = "MAGISTRAL_SIM_FAIL"
+SIM_FAIL_ENV = "E2E_SIM_FAIL"  # not MAGISTRAL_*: endpoints may not set those (env_policy)
 """Give a pod's container this environment variable ``true`` to make it crash-loop
 (``restartCount`` 3); endpoints set it through ``spec.runtime.env``."""
 SIM_STARTUP_ANNOTATION = "magistral.dev/sim-startup"

@@ -66,10 +66,12 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
         raise _too_deep() from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise RequestError(f"the request body is not valid JSON: {exc}", param=None) from None
-    if not isinstance(body, dict):
-        raise RequestError("the request body must be a JSON object", param=None)
+    # Depth first: whether json.loads gives up on a deep body depends on the interpreter's
+    # recursion limit and the stack already in use, so a parsed deep array must say the same.
     # Fewer brackets than the limit cannot nest deeper: most bodies skip the walk.
     brackets = raw.count(b"[") + raw.count(b"{")
     if brackets > MAX_JSON_DEPTH and json_depth(body, limit=MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise _too_deep()
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object", param=None)
     return body

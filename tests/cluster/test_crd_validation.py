@@ -64,3 +64,36 @@ def test_name_too_long_for_children_is_refused(api: client.ApiClient, namespace:
     with pytest.raises(ApiException) as exc:
         create(api, namespace, endpoint_manifest("x" * 41, namespace))
     assert "at most 40 characters" in json.loads(exc.value.body)["message"]
+
+
+RENAME = "(servedModelName, or the repo's name when unset) is immutable"
+
+
+@pytest.mark.parametrize(
+    ("patch", "refused"),
+    [
+        ({"servedModelName": "magistral"}, True),  # clients called Magistral-Small-2506
+        ({"repo": "mistralai/Magistral-Small-2507"}, True),  # the default name changes
+        ({"servedModelName": "Magistral-Small-2506"}, False),  # the same name, now explicit
+        (
+            {"repo": "mistralai/Magistral-Small-2507", "servedModelName": "Magistral-Small-2506"},
+            False,  # a new checkpoint under the name clients use
+        ),
+    ],
+)
+def test_the_served_name_of_an_endpoint_without_one_never_changes(
+    api: client.ApiClient, namespace: str, patch: dict[str, str], refused: bool
+) -> None:
+    body = endpoint_manifest("unnamed", namespace)
+    body["spec"]["model"].pop("servedModelName", None)
+    create(api, namespace, body)
+    send = {"spec": {"model": patch}}
+    objects = client.CustomObjectsApi(api)
+    if refused:
+        with pytest.raises(ApiException) as exc:
+            objects.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, "unnamed", send
+            )
+        assert RENAME in json.loads(exc.value.body)["message"]
+    else:
+        objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "unnamed", send)

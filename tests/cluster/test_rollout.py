@@ -3,7 +3,7 @@ to the last healthy one without ever dropping below the desired ready replicas, 
 spec rolls out and becomes healthy (docs/rollout.md).
 
 The new revision's pods are made to crash-loop through an ordinary spec field: the env
-variable MAGISTRAL_SIM_FAIL=true (spec.runtime.env, part of the revision) matches the kwok
+variable E2E_SIM_FAIL=true (spec.runtime.env, part of the revision) matches the kwok
 stage e2e/cluster/stages/pod-sim-fail-env.yaml.
 """
 

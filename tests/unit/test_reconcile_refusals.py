@@ -9,6 +9,7 @@ pass is reported as Degraded=ReconcileError, written once.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -132,3 +133,26 @@ def test_unexpected_failure_is_reported_once(
     again = kube.get("MagistralEndpoint", namespace=NS, name=NAME)
     assert again is not None
     assert report_failure(kube, copy.deepcopy(again), error) is False  # no second write
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "gone"),
+    [
+        (404, 'namespaces "t-1" not found', True),
+        (
+            403,
+            'services "x" is forbidden: unable to create new content in namespace t-1 '
+            "because it is being terminated",
+            True,
+        ),
+        (404, 'configmaps "p" not found', False),
+        (403, 'services "x" is forbidden: exceeded quota: no-lb', False),
+    ],
+)
+def test_a_vanished_namespace_is_not_a_failure(status: int, message: str, gone: bool) -> None:
+    from magistral_operator.handlers.operator import namespace_gone
+
+    error = KubeError(
+        status=status, method="PATCH", path="/x", body=json.dumps({"message": message})
+    )
+    assert namespace_gone(error) is gone

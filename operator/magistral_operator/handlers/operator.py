@@ -12,6 +12,7 @@ import kopf
 
 from ..api import GROUP, PLURAL, VERSION
 from ..api.labels import ENDPOINT_LABEL, MANAGER
+from ..kube.client import KubeError
 from .diffbase import DigestDiffBaseStorage
 from .metrics import CHILD_WRITES, RECONCILE_SECONDS, RECONCILES
 from .reconcile import Outcome, reconcile, report_failure
@@ -49,18 +50,38 @@ def _run(memo: kopf.Memo, body: Mapping[str, Any]) -> Outcome:
             return Outcome()
         try:
             outcome = reconcile(memo.kube, memo.config, fresh, refusals=_refusals)
+        except KubeError as exc:
+            if namespace_gone(exc):  # the endpoint goes with its namespace: nothing to report
+                log.info("%s/%s: namespace is gone or terminating; skipped", namespace, name)
+                _refusals.forget((namespace, name))
+                return Outcome()
+            RECONCILES.labels(result="error").inc()
+            _report(memo, fresh, exc)
+            raise
         except Exception as exc:
             RECONCILES.labels(result="error").inc()
-            try:
-                report_failure(memo.kube, fresh, exc)
-            except Exception:
-                log.warning("%s/%s: cannot report the failure in status", namespace, name)
+            _report(memo, fresh, exc)
             raise
     RECONCILES.labels(result="invalid" if outcome.problem else "ok").inc()
     for action, names in (("apply", outcome.applied), ("delete", outcome.deleted)):
         for name in names:
             CHILD_WRITES.labels(kind=name.split("/", 1)[0], action=action).inc()
     return outcome
+
+
+def namespace_gone(exc: KubeError) -> bool:
+    """A write into a namespace that was deleted, or is being deleted, with the endpoint."""
+    return (exc.status == 404 and "namespaces" in exc.message and "not found" in exc.message) or (
+        exc.status == 403 and "because it is being terminated" in exc.message
+    )
+
+
+def _report(memo: kopf.Memo, body: Mapping[str, Any], exc: Exception) -> None:
+    meta = body["metadata"]
+    try:
+        report_failure(memo.kube, dict(body), exc)
+    except Exception:
+        log.warning("%s/%s: cannot report the failure in status", meta["namespace"], meta["name"])
 
 
 @kopf.on.startup()
