@@ -1,5 +1,6 @@
 """Graceful draining: on SIGTERM readiness fails first, new requests are refused, and
-requests already running are left to finish.
+requests already running are left to finish until shortly before vLLM's own deadline,
+when those still running are ended cleanly (cutoff.py).
 
 vLLM 0.33.0 handles SIGTERM itself (vllm/entrypoints/launchers/launcher.py: an asyncio
 signal handler that shuts the engine down in "drain" mode for `--shutdown-timeout` seconds,
@@ -12,6 +13,7 @@ shutdown goes on as before and the previous handler is called too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -27,12 +29,27 @@ SignalHandler = Callable[[int, FrameType | None], object]
 class DrainController:
     """Whether the server drains, and how many requests are still in flight."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        cutoff_seconds: float | None = None,
+    ) -> None:
         self._clock = clock
         self._draining_since: float | None = None
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # Set `cutoff_seconds` after draining begins: requests still in flight are ended then
+        # (cutoff.py). None: never (requests are left to vLLM).
+        self._cutoff_seconds = cutoff_seconds
+        self.cutoff = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind_loop(self) -> None:
+        """Remember the running event loop (the signal handler may run outside it)."""
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
 
     @property
     def draining(self) -> bool:
@@ -47,8 +64,19 @@ class DrainController:
         if self._draining_since is None:
             self._draining_since = self._clock()
             log.info("draining: %d request(s) in flight", self._in_flight)
+            if self._cutoff_seconds is not None and self._loop is not None:
+                # Thread-safe: SIGTERM's Python handler is not a loop callback.
+                self._loop.call_soon_threadsafe(self._arm_cutoff)
+
+    def _arm_cutoff(self) -> None:
+        assert self._loop is not None
+        assert self._cutoff_seconds is not None
+        log.info("requests still in flight in %.1f s will be ended", self._cutoff_seconds)
+        self._loop.call_later(self._cutoff_seconds, self.cutoff.set)
 
     def enter(self) -> None:
+        if self._loop is None:
+            self.bind_loop()
         self._in_flight += 1
         self._idle.clear()
 

@@ -19,7 +19,8 @@ What it does:
 * GET /magistral/ready and /magistral/live: deep readiness and liveness (`health.py`), with
   a one-token generation sent to vLLM's app in-process (no network hop) using the API key.
 * SIGTERM: draining (`drain.py`): readiness fails, new requests get 503, requests in flight
-  go on; vLLM ends them after `--shutdown-timeout`.
+  go on until shortly before `--shutdown-timeout`, when those still running are ended
+  cleanly (`cutoff.py`: a final SSE error event and `[DONE]`, or 503 with Retry-After).
 
 The config comes from the file named by MAGISTRAL_RUNTIME_CONFIG.
 """
@@ -41,6 +42,7 @@ from typing import Any
 from .asgi import ASGIApp, Message, Receive, Scope, Send, dumps, header, send_json, with_header
 from .body import check_body_size, check_declared_size
 from .config import API_KEY_ENV, CONFIG_ENV, CONFIG_PATH, RuntimeConfig, load_runtime_config
+from .cutoff import cutoff_after, run_until_cutoff
 from .drain import DrainController, install_sigterm_handler
 from .errors import RequestError, error_body
 from .health import HealthMonitor, HealthReport, ProbeError
@@ -133,7 +135,9 @@ class MagistralMiddleware:
         self.app = app
         self.settings = settings if settings is not None else Settings.from_env(os.environ)
         config = self.settings.config
-        self.drain = DrainController(clock=clock)
+        self.drain = DrainController(
+            clock=clock, cutoff_seconds=cutoff_after(config.shutdown_timeout_seconds)
+        )
         self.health = HealthMonitor(
             clock=clock,
             probe=self._generate_one_token,
@@ -169,6 +173,7 @@ class MagistralMiddleware:
         await self.app(scope, receive, send)
 
     def _on_lifespan(self, scope: Scope) -> None:
+        self.drain.bind_loop()
         state = scope.get("state")
         if isinstance(state, dict):
             self._lifespan_state = state
@@ -198,16 +203,23 @@ class MagistralMiddleware:
             return
         self.drain.enter()
         try:
-            prepare = self._preparers.get(path) if scope.get("method") == "POST" else None
-            if prepare is not None and self._authorized(scope):
-                await self._chat(scope, receive, send, prepare)
-            elif _is_responses(path) and self._authorized(scope):
-                await send_json(send, status=404, body=RESPONSES_REFUSAL)
-            else:
-                wrapped = self._progress_send(send) if path in GENERATION_PATHS else send
-                await self.app(scope, receive, wrapped)
+            await run_until_cutoff(
+                lambda guarded: self._guarded(scope, receive, guarded, path),
+                send,
+                cutoff=self.drain.cutoff,
+            )
         finally:
             self.drain.leave()
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        prepare = self._preparers.get(path) if scope.get("method") == "POST" else None
+        if prepare is not None and self._authorized(scope):
+            await self._chat(scope, receive, send, prepare)
+        elif _is_responses(path) and self._authorized(scope):
+            await send_json(send, status=404, body=RESPONSES_REFUSAL)
+        else:
+            wrapped = self._progress_send(send) if path in GENERATION_PATHS else send
+            await self.app(scope, receive, wrapped)
 
     async def _report(self, send: Send, report: HealthReport) -> None:
         await send_json(send, status=200 if report.ok else 503, body=report.body())

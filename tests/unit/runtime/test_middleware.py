@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from magistral_runtime.asgi import Receive, Scope, Send
 from magistral_runtime.config import RuntimeConfig
 from magistral_runtime.middleware import MagistralMiddleware, Settings
 
@@ -342,3 +343,62 @@ async def _lifespan_startup(app: MagistralMiddleware) -> None:
 
     scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}, "app": APP}
     await app(scope, receive, send)
+
+
+async def test_streams_still_running_at_the_drain_deadline_end_cleanly(tmp_path: Path) -> None:
+    # vLLM stops its engine at --shutdown-timeout and may leave the stream open forever: the
+    # middleware ends it first, with an error event and [DONE] that clients can retry on.
+    fake = FakeVllm(api_key=KEY, gate=asyncio.Event())  # the stream never finishes by itself
+    app, _ = build(tmp_path, fake=fake, shutdown_timeout_seconds=1)
+    stream = asyncio.create_task(
+        call(
+            app,
+            method="POST",
+            path="/v1/chat/completions",
+            body=chat({"messages": [USER], "stream": True}),
+            headers=AUTH,
+        )
+    )
+    await fake.streaming.wait()
+    app.drain.begin()
+    assert not stream.done()
+    status, _, body = await asyncio.wait_for(stream, timeout=5)  # cut at 0.5 s
+    assert status == 200  # the stream had started
+    events = [e for e in body.decode().split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    error = json.loads(events[-2].removeprefix("data: "))["error"]
+    assert (error["type"], error["code"]) == ("service_unavailable", 503)
+    assert "retry" in error["message"]
+    assert await app.drain.wait_idle(timeout=1)
+
+
+async def test_responses_not_started_at_the_drain_deadline_get_503(tmp_path: Path) -> None:
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def stuck(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        started.set()
+        try:
+            await asyncio.Event().wait()  # an engine that never answers
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    settings = Settings.from_config(
+        config(shutdown_timeout_seconds=1, system_prompt={"mode": "none"}),
+        env={"VLLM_API_KEY": KEY},
+        install_signal_handler=False,
+    )
+    app = MagistralMiddleware(stuck, settings=settings, clock=Clock())
+    request = asyncio.create_task(
+        call(app, method="POST", path="/v1/completions", body=b"{}", headers=AUTH)
+    )
+    await started.wait()
+    app.drain.begin()
+    status, headers, body = await asyncio.wait_for(request, timeout=5)
+    assert status == 503
+    assert headers[b"retry-after"] == b"1"
+    assert json.loads(body)["error"]["type"] == "service_unavailable"
+    assert cancelled.is_set()  # the handler (vLLM's generation) was cancelled
