@@ -17,9 +17,7 @@ The request's handler in vLLM is cancelled, which aborts the generation in the e
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import Awaitable, Callable
 
 from .asgi import Message, Send, send_json
 from .errors import error_body
@@ -36,7 +34,7 @@ def cutoff_after(shutdown_timeout_seconds: float) -> float:
     return max(0.0, shutdown_timeout_seconds - margin)
 
 
-class _Tracker:
+class Tracker:
     """Forwards what the app sends, noting how far the response got; silent after cutoff."""
 
     def __init__(self, send: Send) -> None:
@@ -83,33 +81,42 @@ class _Tracker:
         await self._send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
-async def run_until_cutoff(
-    run: Callable[[Send], Awaitable[None]], send: Send, *, cutoff: asyncio.Event
-) -> bool:
-    """Run `run(send)`; if `cutoff` is set first, cancel it and end the response cleanly.
+class InFlight:
+    """The requests in flight, each with its task and tracker, so all can be cut at once.
 
-    Returns True when the response was cut.
+    Registering costs a dict entry: no task or timer per request until the cutoff comes.
     """
-    if cutoff.is_set():
-        tracker = _Tracker(send)
-        await tracker.end()
-        return True
-    tracker = _Tracker(send)
-    app = asyncio.ensure_future(run(tracker.send))
-    deadline = asyncio.ensure_future(cutoff.wait())
-    try:
-        done, _ = await asyncio.wait({app, deadline}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        app.cancel()
-        raise
-    finally:
-        deadline.cancel()
-    if app in done:
-        app.result()
+
+    def __init__(self) -> None:
+        self._requests: dict[int, tuple[asyncio.Task[object], Tracker]] = {}
+
+    def add(self, tracker: Tracker) -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        self._requests[id(tracker)] = (task, tracker)
+        return id(tracker)
+
+    def discard(self, token: int) -> None:
+        self._requests.pop(token, None)
+
+    def cut_all(self) -> None:
+        """Mark every request cut and cancel its task (the handler ends the response)."""
+        for task, tracker in list(self._requests.values()):
+            if not tracker.cut:
+                tracker.cut = True
+                task.cancel()
+
+
+async def end_if_cut(tracker: Tracker) -> bool:
+    """In a request's CancelledError handler: end the response if the cutoff cancelled it.
+
+    Returns True when it did (the cancellation is then absorbed), False for any other
+    cancellation (which the caller re-raises).
+    """
+    if not tracker.cut:
         return False
-    tracker.cut = True  # nothing the cancelled handler still sends reaches the client
-    app.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await app
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
     await tracker.end()
     return True

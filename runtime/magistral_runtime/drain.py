@@ -34,6 +34,7 @@ class DrainController:
         *,
         clock: Callable[[], float] = time.monotonic,
         cutoff_seconds: float | None = None,
+        on_cutoff: Callable[[], None] | None = None,
     ) -> None:
         self._clock = clock
         self._draining_since: float | None = None
@@ -43,7 +44,8 @@ class DrainController:
         # Set `cutoff_seconds` after draining begins: requests still in flight are ended then
         # (cutoff.py). None: never (requests are left to vLLM).
         self._cutoff_seconds = cutoff_seconds
-        self.cutoff = asyncio.Event()
+        self._on_cutoff = on_cutoff
+        self.cut = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind_loop(self) -> None:
@@ -72,7 +74,13 @@ class DrainController:
         assert self._loop is not None
         assert self._cutoff_seconds is not None
         log.info("requests still in flight in %.1f s will be ended", self._cutoff_seconds)
-        self._loop.call_later(self._cutoff_seconds, self.cutoff.set)
+        self._loop.call_later(self._cutoff_seconds, self._cut)
+
+    def _cut(self) -> None:
+        self.cut = True
+        log.info("drain deadline: ending %d request(s) still in flight", self._in_flight)
+        if self._on_cutoff is not None:
+            self._on_cutoff()
 
     def enter(self) -> None:
         if self._loop is None:

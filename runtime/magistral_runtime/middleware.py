@@ -42,7 +42,7 @@ from typing import Any
 from .asgi import ASGIApp, Message, Receive, Scope, Send, dumps, header, send_json, with_header
 from .body import check_body_size, check_declared_size
 from .config import API_KEY_ENV, CONFIG_ENV, CONFIG_PATH, RuntimeConfig, load_runtime_config
-from .cutoff import cutoff_after, run_until_cutoff
+from .cutoff import InFlight, Tracker, cutoff_after, end_if_cut
 from .drain import DrainController, install_sigterm_handler
 from .errors import RequestError, error_body
 from .health import HealthMonitor, HealthReport, ProbeError
@@ -135,8 +135,11 @@ class MagistralMiddleware:
         self.app = app
         self.settings = settings if settings is not None else Settings.from_env(os.environ)
         config = self.settings.config
+        self.in_flight = InFlight()
         self.drain = DrainController(
-            clock=clock, cutoff_seconds=cutoff_after(config.shutdown_timeout_seconds)
+            clock=clock,
+            cutoff_seconds=cutoff_after(config.shutdown_timeout_seconds),
+            on_cutoff=self.in_flight.cut_all,
         )
         self.health = HealthMonitor(
             clock=clock,
@@ -202,13 +205,15 @@ class MagistralMiddleware:
             await self.app(scope, receive, send)
             return
         self.drain.enter()
+        tracker = Tracker(send)
+        token = self.in_flight.add(tracker)
         try:
-            await run_until_cutoff(
-                lambda guarded: self._guarded(scope, receive, guarded, path),
-                send,
-                cutoff=self.drain.cutoff,
-            )
+            await self._guarded(scope, receive, tracker.send, path)
+        except asyncio.CancelledError:
+            if not await end_if_cut(tracker):
+                raise
         finally:
+            self.in_flight.discard(token)
             self.drain.leave()
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
