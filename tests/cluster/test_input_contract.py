@@ -22,6 +22,13 @@ from .audit import OPERATOR_USER, log_size, writes
 from .conftest import apply_manifest, condition, endpoint_manifest, get_endpoint, wait_for
 
 
+def _has_pods(api: client.ApiClient, namespace: str, name: str) -> bool:
+    pods = client.CoreV1Api(api).list_namespaced_pod(
+        namespace, label_selector=f"magistral.dev/endpoint={name}"
+    )
+    return bool(pods.items)
+
+
 def _degraded(api: client.ApiClient, namespace: str, name: str, reason: str) -> Any:
     def check() -> dict[str, Any] | None:
         cond = condition(get_endpoint(api, namespace, name), "Degraded")
@@ -137,20 +144,15 @@ def test_missing_prompt_configmap_holds_pods_until_it_exists(
         timeout=operator.resync_seconds + 15,
     )
     assert "spec.inference.systemPrompt.configMapRef" in cond["message"], cond
-    pods = client.CoreV1Api(api).list_namespaced_pod(
-        namespace, label_selector="magistral.dev/endpoint=later"
-    )
-    assert pods.items == []
+    assert not _has_pods(api, namespace, "later")
 
     client.CoreV1Api(api).create_namespaced_config_map(
         namespace, {"metadata": {"name": "team-prompt"}, "data": {"prompt": "Be brief."}}
     )
 
-    def serving() -> bool:
-        pods = client.CoreV1Api(api).list_namespaced_pod(
-            namespace, label_selector="magistral.dev/endpoint=later"
-        )
-        return bool(pods.items)
-
     # The next pass (kopf's retry back-off, or the resync) finds it and creates the pods.
-    wait_for("pods once the ConfigMap exists", serving, timeout=operator.resync_seconds + 30)
+    wait_for(
+        "pods once the ConfigMap exists",
+        lambda: _has_pods(api, namespace, "later"),
+        timeout=operator.resync_seconds + 30,
+    )

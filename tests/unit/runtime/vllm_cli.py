@@ -309,27 +309,9 @@ class VllmSource:
 
     def _add_argument_flags(self, function: ast.FunctionDef, *, origin: str) -> list[Flag]:
         """Flags of every `*.add_argument(...)` call in a function body."""
-        kwargs_of: dict[str, str] = {}  # variable -> config class (x = get_kwargs(Cls))
-        field_of: dict[str, tuple[str, str]] = {}  # variable -> (class, field)
+        # variable -> config class (x = get_kwargs(Cls)); variable -> (class, field)
+        kwargs_of, field_of = _kwargs_variables(function)
         flags: list[Flag] = []
-        assignments = [
-            (node.targets[0].id, node.value)
-            for node in ast.walk(function)
-            if isinstance(node, ast.Assign)
-            and len(node.targets) == 1
-            and isinstance(node.targets[0], ast.Name)
-        ]
-        for target, value in assignments:
-            if _is_get_kwargs(value):
-                kwargs_of[target] = _get_kwargs_class(value)
-        for target, value in assignments:
-            if not isinstance(value, ast.Subscript) or not isinstance(value.slice, ast.Constant):
-                continue
-            key = str(value.slice.value)
-            if _is_get_kwargs(value.value):  # x = get_kwargs(Cls)["field"]
-                field_of[target] = (_get_kwargs_class(value.value), key)
-            elif isinstance(value.value, ast.Name) and value.value.id in kwargs_of:
-                field_of[target] = (kwargs_of[value.value.id], key)  # x = cls_kwargs["field"]
         for node in ast.walk(function):
             if not (
                 isinstance(node, ast.Call)
