@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lint typecheck unit cluster-test test crds render binaries cluster-up cluster-down demo demo-down image bench clean
+.PHONY: help venv lint typecheck unit cluster-test vllm-env vllm-test test crds render binaries cluster-up cluster-down demo demo-down image bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -26,16 +26,23 @@ lint: $(STAMP) ## ruff and import-linter (layering)
 typecheck: $(STAMP) ## mypy --strict on our packages
 	$(BIN)/mypy
 
-unit: $(STAMP) ## unit tests only (no cluster)
-	$(BIN)/pytest -q -m "not cluster"
+unit: $(STAMP) ## unit tests only (no cluster, no real engine)
+	$(BIN)/pytest -q -m "not cluster and not vllm"
 
 cluster-test: $(STAMP) binaries ## tests against the real local control plane only
 	$(BIN)/pytest -q -m cluster
 
-test: $(STAMP) ## lint, types and every test (builds the cluster binaries on a cold cache)
+vllm-env: $(STAMP) ## install or reuse the real vLLM engine's CPU venv (cached outside the repo)
+	$(BIN)/python -m e2e.real_engine.env
+
+vllm-test: vllm-env ## tests against the real vLLM engine only (marker vllm)
+	$(BIN)/pytest -q -m vllm
+
+test: $(STAMP) ## lint, types and every test (builds the cluster binaries and the engine venv on a cold cache)
 	$(MAKE) lint
 	$(MAKE) typecheck
 	$(MAKE) binaries
+	$(MAKE) vllm-env
 	$(BIN)/pytest -q
 
 binaries: $(STAMP) ## build or reuse kube-apiserver, etcd, kwok, helm ... (cached outside the repo)
