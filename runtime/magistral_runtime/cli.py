@@ -81,6 +81,9 @@ def serve(
     if dry_run:
         print(shlex.join(argv))
         return 0
+    # The middleware, loaded inside the exec'd vLLM, reads the config from $CONFIG_ENV (or
+    # the default path): point it at the file this command validated.
+    os.environ[CONFIG_ENV] = str(config_path.resolve())
     sys.stdout.flush()
     sys.stderr.flush()
     execvp(argv[0], argv)

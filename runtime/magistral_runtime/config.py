@@ -94,6 +94,8 @@ class RuntimeConfig(BaseModel):
     system_prompt: SystemPrompt = Field(default_factory=SystemPrompt)
     reasoning_history: Literal["keep", "strip"] = "strip"
     api_key_required: bool = True
+    # The address vLLM listens on: every interface in a pod; loopback in local tests.
+    host: str = Field(default="0.0.0.0", min_length=1, max_length=253)
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     shutdown_timeout_seconds: int = Field(default=60, ge=0, le=3600)
     download_dir: str | None = None
@@ -105,7 +107,7 @@ class RuntimeConfig(BaseModel):
 # Fields added after the first config version: written only when they differ from their
 # defaults, so the canonical JSON (and the pod-template hash built from it) of configs that
 # do not use them stays byte-for-byte the same.
-_WRITTEN_WHEN_SET = ("limits", "health", "quantization")
+_WRITTEN_WHEN_SET = ("limits", "health", "host", "quantization")
 
 
 def parse_runtime_config(text: str, *, source: str) -> RuntimeConfig:

@@ -40,7 +40,7 @@ def build_vllm_args(config: RuntimeConfig) -> list[str]:
     if config.revision:
         args += ["--revision", config.revision]
     args += ["--served-model-name", config.served_model_name]
-    args += ["--host", "0.0.0.0", "--port", str(config.port)]
+    args += ["--host", config.host, "--port", str(config.port)]
     args += list(MODEL_CARD_FLAGS)
     if config.tool_calling:
         args += list(TOOL_FLAGS)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from magistral_runtime import cli
-from magistral_runtime.config import RuntimeConfig
+from magistral_runtime.config import CONFIG_ENV, RuntimeConfig
 from magistral_runtime.launcher import MIDDLEWARE, build_vllm_args
 
 BASE: dict[str, Any] = {
@@ -134,3 +134,26 @@ def test_the_model_prompt_is_fetched_for_hub_models(
     )
     assert fetched == ["mistralai/Magistral-Small-2506"]
     assert len(execvp.calls) == 1
+
+
+def test_the_execd_middleware_reads_the_config_serve_validated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `serve --config FILE`: vLLM's process builds our middleware, which finds its config
+    # through $MAGISTRAL_RUNTIME_CONFIG; it must be the file that was validated.
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    seen: list[str | None] = []
+
+    def execvp(file: str, argv: list[str]) -> None:
+        seen.append(os.environ.get(CONFIG_ENV))
+
+    path = write(tmp_path)
+    cli.serve(config_path=path, env={"VLLM_API_KEY": "k"}, execvp=execvp)
+    assert seen == [str(path.resolve())]
+
+
+def test_the_listen_address_comes_from_the_config(tmp_path: Path) -> None:
+    default = build_vllm_args(RuntimeConfig.model_validate(BASE))
+    assert default[default.index("--host") + 1] == "0.0.0.0"
+    local = build_vllm_args(RuntimeConfig.model_validate({**BASE, "host": "127.0.0.1"}))
+    assert local[local.index("--host") + 1] == "127.0.0.1"
