@@ -1,4 +1,4 @@
-"""Every catalogue case through the real API server, with the operator running.
+"""Every catalogue case through every reader: pydantic, render, the real API server, the operator.
 
 Each case is sent twice, as `kubectl apply` sends it (strict field validation): once as a
 server-side dry run and once for real. Cases the API server accepts are then left to the
@@ -21,12 +21,17 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from e2e.operator_process import OperatorProcess
+from e2e.operator_process import DEFAULT_CONFIG, OperatorProcess
+from magistral_operator.api.config import load_operator_config
+from magistral_operator.api.endpoint import parse_endpoint
+from magistral_operator.api.errors import ConfigError
+from magistral_operator.render import render_endpoint
 from tests.catalogue.loader import Case, catalogue
 
 from .conftest import GROUP, PLURAL, VERSION, condition, get_endpoint, wait_for
 
 CASES = catalogue()
+CONFIG = load_operator_config(DEFAULT_CONFIG)  # the operator under test runs with this file
 
 
 @dataclass
@@ -110,11 +115,29 @@ def seen(api: client.ApiClient, operator: OperatorProcess) -> Iterator[dict[str,
         core.delete_namespace(namespace)
 
 
+def _offline(case: Case) -> str | None:
+    """What pydantic and render say (the refusal, or None), as `magistral-operator render`."""
+    try:
+        endpoint = parse_endpoint(case.manifest(name="c", namespace="team"))
+    except ConfigError as exc:
+        return str(exc)
+    rendered = render_endpoint(endpoint, CONFIG)
+    return "; ".join(rendered.plan.problems) if not rendered.plan.ok else None
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.case)
-def test_api_server_and_operator_agree_with_the_catalogue(
+def test_every_reader_agrees_with_the_catalogue(
     case: Case, seen: dict[str, Seen], api: client.ApiClient
 ) -> None:
+    """pydantic, render, the API server (dry run and create) and the operator, for one case."""
     record = seen[case.case]
+    offline = _offline(case)
+    if case.offline_rejects:
+        assert offline is not None, f"pydantic and render accepted {case.case}"
+        for fragment in case.expect:
+            assert fragment in offline, f"{fragment!r} not in {offline!r}"
+    else:
+        assert offline is None, offline
     if case.outcome == "rejected":
         for message in (record.dry_run, record.create):
             assert message is not None, f"the API server accepted {case.case}"
