@@ -7,6 +7,13 @@ vLLM's own app in-process) with a timeout, and caches the result for `cache_seco
 frequent probes cost at most one tiny generation per period. Output that real requests
 produce counts as a success too, so a busy engine is not asked for more work.
 
+A saturated engine (every slot taken, requests waiting) queues the one-token generation
+behind the others, so it can time out while the engine works flat out, and with
+non-streamed requests no output reaches the client for minutes. So when the generation
+times out, `engine_tokens` (vLLM's own count of generated tokens, when available) decides:
+if the engine generated tokens while the probe waited, it is busy, not wedged, and counts
+as serving.
+
 * readiness fails before the first success (loading, warming up), while draining, when
   the last generation failed or timed out, and when `blocker` reports a problem (e.g. the
   system prompt cannot be read);
@@ -51,6 +58,7 @@ class HealthMonitor:
         liveness_budget_seconds: float,
         is_draining: Callable[[], bool],
         blocker: Callable[[], str | None] = lambda: None,
+        engine_tokens: Callable[[], float | None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._probe = probe
@@ -59,6 +67,7 @@ class HealthMonitor:
         self._budget = liveness_budget_seconds
         self._is_draining = is_draining
         self._blocker = blocker
+        self._engine_tokens = engine_tokens
         self._clock = clock
         self._started = clock()
         self._last_success: float | None = None
@@ -83,14 +92,25 @@ class HealthMonitor:
         return await asyncio.shield(self._running)
 
     async def _run_probe(self) -> HealthReport:
+        tokens_before = self._engine_tokens()
         try:
             await asyncio.wait_for(self._probe(), self._timeout)
         except TimeoutError:
-            report = HealthReport(
-                ok=False,
-                status="unready",
-                detail=f"one-token generation did not finish within {self._timeout:g}s",
-            )
+            generated = _increase(tokens_before, self._engine_tokens())
+            if generated:
+                self.note_progress()
+                report = HealthReport(
+                    ok=True,
+                    status="serving",
+                    detail=f"busy: one-token generation did not finish within {self._timeout:g}s "
+                    f"but the engine generated {generated:.0f} tokens meanwhile",
+                )
+            else:
+                report = HealthReport(
+                    ok=False,
+                    status="unready",
+                    detail=f"one-token generation did not finish within {self._timeout:g}s",
+                )
         except Exception as exc:  # any failure of the engine call is a failed check
             report = HealthReport(
                 ok=False, status="unready", detail=f"one-token generation failed: {exc}"
@@ -134,3 +154,10 @@ class HealthMonitor:
             status="wedged",
             detail=f"no successful generation for {age:.0f}s (budget {self._budget:g}s)",
         )
+
+
+def _increase(before: float | None, after: float | None) -> float:
+    """How much a counter grew (0 when unknown)."""
+    if before is None or after is None:
+        return 0.0
+    return max(0.0, after - before)

@@ -18,6 +18,8 @@ What it does:
   without learning anything from our checks.
 * GET /magistral/ready and /magistral/live: deep readiness and liveness (`health.py`), with
   a one-token generation sent to vLLM's app in-process (no network hop) using the API key.
+  When it times out (a saturated engine queues it), vLLM's generated-token counter, read
+  from the process's Prometheus registry, tells a busy engine from a wedged one.
 * SIGTERM: draining (`drain.py`): readiness fails, new requests get 503, requests in flight
   go on until shortly before `--shutdown-timeout`, when those still running are ended
   cleanly (`cutoff.py`: a final SSE error event and `[DONE]`, or 503 with Retry-After).
@@ -58,6 +60,11 @@ CHAT_PATH = "/v1/chat/completions"
 BATCH_PATH = "/v1/chat/completions/batch"
 RESPONSES_PATH = "/v1/responses"
 PROBE_PATH = "/v1/completions"
+# vLLM's counter of generated tokens (vllm/v1/metrics/loggers.py), in this process's default
+# Prometheus registry: it grows every engine step, streamed requests or not.
+GENERATION_TOKENS = "vllm:generation_tokens_total"
+# How long an abandoned (timed-out) readiness generation may take to hear the disconnect.
+PROBE_ABANDON_SECONDS = 1.0
 # Paths that keep answering while draining (monitoring); everything else gets 503.
 DRAIN_EXEMPT = frozenset({"/health", "/metrics", "/ping", "/version", READY_PATH, LIVE_PATH})
 # vLLM's API-key middleware guards these prefixes (serve/middleware/authenticate.py).
@@ -149,6 +156,7 @@ class MagistralMiddleware:
             liveness_budget_seconds=config.health.liveness_budget_seconds,
             is_draining=lambda: self.drain.draining,
             blocker=lambda: self.settings.system_prompt_error,
+            engine_tokens=engine_generation_tokens,
         )
         self._split = config.reasoning_format == "think-text"
         key = self.settings.api_key
@@ -390,8 +398,18 @@ class MagistralMiddleware:
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
 
+        call = asyncio.ensure_future(self.app(scope, _replay(body, _wait_for(done)), send))
         try:
-            await self.app(scope, _replay(body, _wait_for(done)), send)
+            await asyncio.shield(call)
+        except asyncio.CancelledError:
+            # Timed out (a full queue, a wedged engine). vLLM's route handlers abort a request
+            # when its client disconnects, not when the call is cancelled (`with_cancellation`
+            # leaves the handler task running: the request would stay queued in the engine).
+            # So disconnect first, give the handler a moment to abort, then cancel.
+            done.set()
+            await asyncio.wait({call}, timeout=PROBE_ABANDON_SECONDS)
+            call.cancel()
+            raise
         finally:
             done.set()
         answer = b"".join(chunks)
@@ -403,6 +421,20 @@ class MagistralMiddleware:
             raise ProbeError(f"unexpected answer: {answer[:200]!r}") from exc
         if not choices:
             raise ProbeError("the answer has no choices")
+
+
+def engine_generation_tokens() -> float | None:
+    """vLLM's generated-token count in this process (None outside vLLM, e.g. in unit tests)."""
+    try:
+        from prometheus_client import REGISTRY
+    except ImportError:  # pragma: no cover - vLLM ships prometheus_client
+        return None
+    total: float | None = None
+    for family in REGISTRY.restricted_registry([GENERATION_TOKENS]).collect():
+        for sample in family.samples:
+            if sample.name == GENERATION_TOKENS:
+                total = (total or 0.0) + sample.value
+    return total
 
 
 def _is_responses(path: str) -> bool:
