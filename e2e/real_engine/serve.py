@@ -332,6 +332,23 @@ class RealEngine:
     def log_tail(self, lines: int = 40) -> str:
         return tail(self.log_path, lines)
 
+    def terminate(self) -> float:
+        """SIGTERM the serve process alone, as the kubelet signals a container's main process
+        (vLLM then stops its engine core and worker itself); returns the monotonic time sent."""
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGTERM)
+        return time.monotonic()
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds for the serve process to exit; its exit code, or None
+        if it still runs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.process.exited()
+            if code is not None or time.monotonic() >= deadline:
+                return code
+            time.sleep(0.05)
+
     def stop(self, *, grace: float = 30.0) -> None:
         """SIGTERM the group (vLLM drains for up to its shutdown timeout), then SIGKILL."""
         if self._reaper is not None:

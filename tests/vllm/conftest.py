@@ -1,17 +1,27 @@
 """Fixtures for tests against the real vLLM engine (CPU build; docs/real-engine.md).
 
 The session installs or reuses the engine venv (e2e/real_engine/env.py, cached outside the
-repository), generates the tiny model once per generator version, and starts one
-`magistral-runtime serve` process on 127.0.0.1 that every test shares. These tests never skip:
-an environment that cannot be built or an engine that does not start fails them with the
-reason (the install step's output, the engine log's tail).
+repository), generates the tiny model once per generator version, and runs
+`magistral-runtime serve` processes on 127.0.0.1. Two engine configurations are used, one at
+a time (an engine takes about a minute to start and 4.6 GiB; the machine is shared):
+
+* ``engine``: the runtime's defaults (system prompt mode none), plus ``max_num_seqs`` and a
+  download dir so that every flag the launcher writes for a think-text model reaches vLLM;
+* ``options_engine``: non-default runtime options whose effects the tests observe (a custom
+  system prompt, sampling defaults, ``max_num_seqs: 2`` to saturate it, a 6 s shutdown
+  timeout for the drain test, which takes this engine and stops it).
+
+Test modules that use the default engine sort before those that use the other
+(test_engine, test_engine_calibration < test_runtime_options, test_shutdown), so each starts once.
+These tests never skip: an environment that cannot be built or an engine that does not start
+fails them with the reason (the install step's output, the engine log's tail).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +31,14 @@ from e2e.real_engine.env import EngineEnv, ensure_env
 from e2e.real_engine.serve import RealEngine, ensure_model
 
 _STATS: dict[str, str] = {}
+
+SYSTEM_PROMPT = "You are a careful assistant for the real engine tests. Answer briefly.\n"
+"""The options engine's custom system prompt (its trailing newline is part of it)."""
+OPTIONS_SAMPLING = {"temperature": 0.0, "top_p": 1e-6, "max_tokens": 24}
+"""Sampling defaults with visible effects: greedy; top_p so small that only the most likely
+token is left (sampling at any temperature is then greedy); answers cut at 24 tokens."""
+OPTIONS_MAX_NUM_SEQS = 2
+OPTIONS_SHUTDOWN_TIMEOUT = 6
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -37,11 +55,85 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(f"{key}: {value}")
 
 
+def record(key: str, value: str) -> None:
+    """A measurement, printed at the end of the session (docs/real-engine.md quotes them)."""
+    _STATS[key] = value
+
+
+def _default_config(workdir: Path) -> dict[str, Any]:
+    return {"max_num_seqs": 8, "download_dir": str(workdir / "downloads")}
+
+
+def _options_config(workdir: Path) -> dict[str, Any]:
+    prompt = workdir / "system-prompt.txt"
+    prompt.write_text(SYSTEM_PROMPT)
+    return {
+        "system_prompt": {"mode": "custom", "path": str(prompt)},
+        "sampling": OPTIONS_SAMPLING,
+        "max_num_seqs": OPTIONS_MAX_NUM_SEQS,
+        "shutdown_timeout_seconds": OPTIONS_SHUTDOWN_TIMEOUT,
+    }
+
+
+CONFIGS: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "default": _default_config,
+    "options": _options_config,
+}
+
+
+class Engines:
+    """Starts the engine a test asks for, stopping the one that ran before: at most one
+    engine of this session runs at any time."""
+
+    def __init__(self, env: EngineEnv, model: Path, tmp: pytest.TempPathFactory) -> None:
+        self._env = env
+        self._model = model
+        self._tmp = tmp
+        self._name: str | None = None
+        self._engine: RealEngine | None = None
+
+    def get(self, name: str) -> RealEngine:
+        if self._name != name or self._engine is None:
+            self.close()
+            self._engine = self._start(name)
+            self._name = name
+        return self._engine
+
+    def take(self, name: str) -> RealEngine:
+        """The engine ``name``, handed over: the caller stops it (``RealEngine.stop``)."""
+        engine = self.get(name)
+        self._engine = self._name = None
+        return engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.stop()
+        self._engine = self._name = None
+
+    def _start(self, name: str) -> RealEngine:
+        workdir = self._tmp.mktemp(f"real-engine-{name}")
+        real = RealEngine(self._env, workdir, model=self._model, **CONFIGS[name](workdir))
+        real.start()
+        try:
+            seconds = real.wait_ready()
+        except BaseException:
+            real.stop()
+            raise
+        mem = real.memory()
+        record(f"{name} engine start-up", f"{seconds:.1f} s to /health 200 ({real.url})")
+        record(
+            f"{name} engine memory",
+            f"RSS {mem['rss'] / 2**30:.2f} GiB, PSS {mem['pss'] / 2**30:.2f} GiB "
+            f"over {len(real.pids())} processes",
+        )
+        return real
+
+
 @pytest.fixture(scope="session")
 def engine_env() -> EngineEnv:
     started = time.monotonic()
     env = ensure_env()
-    _STATS["engine venv"] = f"{env.root} (ready in {time.monotonic() - started:.1f} s)"
+    record("engine venv", f"{env.root} (ready in {time.monotonic() - started:.1f} s)")
     return env
 
 
@@ -58,28 +150,23 @@ def expected(tiny_model: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def engine(
+def engines(
     engine_env: EngineEnv, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RealEngine]:
-    """One engine for the session: default runtime options plus max_num_seqs and a download
-    dir, so that every flag the launcher writes for a think-text model reaches vLLM."""
-    workdir = tmp_path_factory.mktemp("real-engine")
-    real = RealEngine(
-        engine_env,
-        workdir,
-        model=tiny_model,
-        max_num_seqs=8,
-        download_dir=str(workdir / "downloads"),
-    )
-    real.start()
+) -> Iterator[Engines]:
+    pool = Engines(engine_env, tiny_model, tmp_path_factory)
     try:
-        seconds = real.wait_ready()
-        mem = real.memory()
-        _STATS["engine start-up"] = f"{seconds:.1f} s to /health 200 ({real.url})"
-        _STATS["engine memory"] = (
-            f"RSS {mem['rss'] / 2**30:.2f} GiB, PSS {mem['pss'] / 2**30:.2f} GiB "
-            f"over {len(real.pids())} processes"
-        )
-        yield real
+        yield pool
     finally:
-        real.stop()
+        pool.close()
+
+
+@pytest.fixture
+def engine(engines: Engines) -> RealEngine:
+    """The runtime's defaults (system prompt mode none), max_num_seqs 8, a download dir."""
+    return engines.get("default")
+
+
+@pytest.fixture
+def options_engine(engines: Engines) -> RealEngine:
+    """Custom system prompt, OPTIONS_SAMPLING, max_num_seqs 2, shutdown timeout 6 s."""
+    return engines.get("options")

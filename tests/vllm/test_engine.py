@@ -11,13 +11,13 @@ from typing import Any
 
 from mistral_common.protocol.instruct.messages import UserMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
+from mistral_common.protocol.instruct.tool_calls import Function, Tool
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
-from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.real_engine.env import EngineEnv
 from e2e.real_engine.serve import SERVED_MODEL_NAME, RealEngine, parse_with_vllm, runtime_config
 from magistral_runtime.launcher import MIDDLEWARE, build_serve_argv
-from tests.vllm.client import call, stream_events
+from tests.vllm.client import call, families, stream_events
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -92,15 +92,33 @@ def test_the_engine_listens_on_loopback_only(engine: RealEngine) -> None:
     assert [a for a in listening if not a.startswith("127.0.0.1:")] == []
 
 
+def wait_ready(engine: RealEngine, timeout: float = 60) -> Any:
+    """/magistral/ready without a key, until it answers 200 (the first generation ran)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = call(engine, "/magistral/ready", key=None)
+        if resp.status == 200 or time.monotonic() > deadline:
+            return resp
+        time.sleep(1)
+
+
 def test_api_key_is_enforced(engine: RealEngine) -> None:
+    """vLLM's key check guards /v1; the probes and the operator's scraper need no key."""
     body = {"model": SERVED_MODEL_NAME, "messages": HI, "max_tokens": 1}
-    assert call(engine, "/v1/chat/completions", body, key=None).status == 401
-    assert call(engine, "/v1/chat/completions", body, key="sk-wrong").status == 401
-    assert call(engine, "/v1/models", key=None).status == 401
+    text = {"model": SERVED_MODEL_NAME, "prompt": "hi", "max_tokens": 1}
+    for key in (None, "sk-wrong"):
+        assert call(engine, "/v1/chat/completions", body, key=key).status == 401
+        assert call(engine, "/v1/completions", text, key=key).status == 401
+        assert call(engine, "/v1/models", key=key).status == 401
+    unauthorized = call(engine, "/v1/chat/completions", {"messages": "not a list"}, key=None)
+    assert (unauthorized.status, unauthorized.json()) == (401, {"error": "Unauthorized"})
     assert call(engine, "/v1/chat/completions", body).status == 200
-    # vLLM leaves these open; the probes and the operator's scraper need no key.
-    for path in ("/health", "/metrics", "/magistral/live"):
-        assert call(engine, path, key=None).status in (200, 503), path
+    assert call(engine, "/v1/completions", text).status == 200
+    ready = wait_ready(engine)
+    assert ready.status == 200, ready.body  # its generation goes in with the server's key
+    for path in ("/health", "/metrics", "/magistral/live", "/magistral/ready", "/version"):
+        assert call(engine, path, key=None).status == 200, path
+        assert call(engine, path, key="sk-wrong").status == 200, path
 
 
 def test_chat_completion_through_the_middleware(
@@ -155,32 +173,27 @@ def test_text_completion(engine: RealEngine) -> None:
     assert again["choices"][0]["text"] == data["choices"][0]["text"]
 
 
-def _families(engine: RealEngine) -> dict[str, Any]:
-    text = call(engine, "/metrics", key=None).body.decode()
-    return {f.name: f for f in text_string_to_metric_families(text)}
-
-
 def test_metrics_the_operator_reads(engine: RealEngine) -> None:
     """The queue gauges the autoscaler scrapes and the KV cache gauge, with their labels."""
     assert (
         call(engine, "/v1/chat/completions", {"model": SERVED_MODEL_NAME, "messages": HI}).status
         == 200
     )
-    families = _families(engine)
+    found = families(engine)
     for name in (
         "vllm:num_requests_waiting",
         "vllm:num_requests_running",
         "vllm:kv_cache_usage_perc",
     ):
-        family = families.get(name)
+        family = found.get(name)
         assert family is not None, f"{name} missing from /metrics"
         assert family.type == "gauge"
         (sample,) = family.samples
         assert sample.labels == {"engine": "0", "model_name": SERVED_MODEL_NAME}
         assert sample.value >= 0
-    assert families["vllm:kv_cache_usage_perc"].samples[0].value <= 1
-    assert "vllm:gpu_cache_usage_perc" not in families
-    success = families["vllm:request_success"]
+    assert found["vllm:kv_cache_usage_perc"].samples[0].value <= 1
+    assert "vllm:gpu_cache_usage_perc" not in found
+    success = found["vllm:request_success"]
     assert success.type == "counter"
     stops = [
         s.value
@@ -193,10 +206,43 @@ def test_metrics_the_operator_reads(engine: RealEngine) -> None:
 
 def test_deep_readiness_answers_on_the_engine(engine: RealEngine) -> None:
     """The middleware's /magistral/ready (a one-token generation in vLLM's app) turns 200."""
-    deadline = time.monotonic() + 60
-    while True:
-        resp = call(engine, "/magistral/ready", key=None)
-        if resp.status == 200 or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+    resp = wait_ready(engine)
     assert resp.status == 200, resp.body
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_tool_requests_are_accepted(engine: RealEngine, tiny_model: Path) -> None:
+    """With the mistral tool parser on (`--tool-call-parser mistral --enable-auto-tool-choice`),
+    a request with `tools` and `tool_choice: auto` is served, streamed or not, and the tools
+    reach the prompt exactly as mistral-common renders them ([AVAILABLE_TOOLS] …)."""
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    body = {"model": SERVED_MODEL_NAME, "messages": messages, "tools": [WEATHER]}
+    resp = call(engine, "/v1/chat/completions", {**body, "tool_choice": "auto"})
+    assert resp.status == 200, resp.body
+    data = resp.json()
+    assert data["choices"][0]["finish_reason"] == "stop"  # the tiny model calls no tool
+    assert data["choices"][0]["message"]["content"]
+    tokenizer = MistralTokenizer.from_file(str(tiny_model / "tekken.json"))
+    prompt = tokenizer.encode_chat_completion(
+        ChatCompletionRequest(
+            messages=[UserMessage(content=messages[0]["content"])],
+            tools=[Tool(function=Function(**WEATHER["function"]))],
+        )
+    )
+    assert data["usage"]["prompt_tokens"] == len(prompt.tokens)
+    events = stream_events(engine, "/v1/chat/completions", {**body, "tool_choice": "auto"})
+    assert events[-1] == "[DONE]"
+    assert [c["choices"][0]["finish_reason"] for c in events[:-1] if c["choices"]][-1] == "stop"
