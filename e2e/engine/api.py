@@ -12,14 +12,17 @@ bodies follow vLLM's shapes (``chat.completion``, ``chat.completion.chunk``,
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from e2e.engine.config import SimConfig
 from e2e.engine.engine import Engine, EngineClosedError, Sequence, Sink
@@ -37,6 +40,9 @@ SSE = "text/event-stream; charset=utf-8"
 GUARDED_PREFIXES = ("/v1", "/v2", "/inference")
 VERSION = "0.0.0+magistral-sim"
 DONE = b"data: [DONE]\n\n"
+# vLLM's request models read integers in pydantic's lax mode ("100" and 100.0 are 100).
+_LAX_INT: TypeAdapter[int | None] = TypeAdapter(int | None)
+NOT_AN_OBJECT = "Input should be a valid dictionary or object to extract fields from"
 
 
 class ApiError(Exception):
@@ -59,8 +65,52 @@ class ApiError(Exception):
         )
 
 
-def _bad(message: str, *, param: str | None = None) -> ApiError:
-    return ApiError(400, message, kind="BadRequestError", param=param)
+def _bad(message: str, *, param: str | None = None, value: Any = None) -> ApiError:
+    """vLLM's VLLMValidationError as its server answers it: the parameter and the value
+    rejected are appended to the message."""
+    extras = [f"{k}={v}" for k, v in (("parameter", param), ("value", value)) if v is not None]
+    text = f"{message} ({', '.join(extras)})" if extras else message
+    return ApiError(400, text, kind="BadRequestError", param=param)
+
+
+def _invalid(loc: str, error: Mapping[str, Any]) -> ApiError:
+    """A request that fails vLLM's pydantic models: FastAPI's validation error, which vLLM
+    answers with the HTTP phrase as its type and the field's location as `param`."""
+    detail = {"type": error.get("type"), "loc": loc, "msg": error.get("msg")}
+    if "input" in error:
+        detail["input"] = error["input"]
+    return ApiError(400, f"1 validation error:\n  {detail}", kind="Bad Request", param=loc)
+
+
+_LAX_FLOAT: TypeAdapter[float | None] = TypeAdapter(float | None)
+
+
+def _check_sampling(body: dict[str, Any]) -> None:
+    """vLLM's checks of the sampling parameters the simulator reads (SamplingParams)."""
+    temperature = _lax_float(body.get("temperature"), name="temperature")
+    top_p = _lax_float(body.get("top_p"), name="top_p")
+    if temperature is not None and temperature < 0:
+        raise _bad(
+            f"temperature must be non-negative, got {temperature}.",
+            param="temperature",
+            value=temperature,
+        )
+    if top_p is not None and not 0 < top_p <= 1:
+        raise _bad(f"top_p must be in (0, 1], got {top_p}.", param="top_p", value=top_p)
+
+
+def _lax_float(value: Any, *, name: str) -> float | None:
+    try:
+        return _LAX_FLOAT.validate_python(value)
+    except ValidationError as err:
+        raise _invalid(f"body.{name}", err.errors(include_url=False)[0]) from None
+
+
+def _lax_int(value: Any, *, name: str) -> int | None:
+    try:
+        return _LAX_INT.validate_python(value)
+    except ValidationError as err:
+        raise _invalid(f"body.{name}", err.errors(include_url=False)[0]) from None
 
 
 def _dumps(obj: Any) -> bytes:
@@ -114,22 +164,29 @@ class _ChatStream:
         head: bytes,
         finish_reason: str,
         split_reasoning: bool,
+        fingerprint: str | None,
     ) -> None:
         self._resp = resp
         self._tokens = tokens
         self._head = head
         self._split = split_reasoning
-        self._tail = b',"logprobs":null,"finish_reason":null}]}\n\n'
+        # vLLM 0.32: the role chunk carries the (null) prompt fields, the others a null
+        # `token_ids`; the finish chunk gets `system_fingerprint` unless a usage chunk follows.
+        self._first_tail = (
+            b',"logprobs":null,"finish_reason":null}],"prompt_token_ids":null,'
+            b'"prompt_text":null}\n\n'
+        )
+        self._tail = b',"logprobs":null,"finish_reason":null,"token_ids":null}]}\n\n'
         self._last_tail = (
-            b',"logprobs":null,"finish_reason":"%b","stop_reason":null}]}\n\n'
-            % finish_reason.encode()
+            b',"logprobs":null,"finish_reason":"%b","stop_reason":null,"token_ids":null}]%b}\n\n'
+            % (finish_reason.encode(), _fingerprint_field(fingerprint))
         )
 
     def on_token(self, index: int, *, last: bool) -> None:
         token = next(self._tokens, Token(Kind.CONTENT, ""))
         out = b""
         if index == 0:
-            out = self._head + b'{"role":"assistant","content":""}' + self._tail
+            out = self._head + b'{"role":"assistant","content":""}' + self._first_tail
         if self._split and token.kind is Kind.TAG:
             delta = b"{}" if last else b""
         elif self._split and token.kind is Kind.REASONING:
@@ -141,6 +198,10 @@ class _ChatStream:
         self._resp.write(out)
 
 
+def _fingerprint_field(fingerprint: str | None) -> bytes:
+    return b',"system_fingerprint":' + _text(fingerprint) if fingerprint else b""
+
+
 class _CompletionStream:
     def __init__(
         self,
@@ -150,15 +211,18 @@ class _CompletionStream:
         head: bytes,
         finish_reason: str,
         skip_tags: bool,
+        fingerprint: str | None,
     ) -> None:
         self._resp = resp
         self._tokens = tokens
         self._head = head
         self._skip_tags = skip_tags
-        self._tail = b',"logprobs":null,"finish_reason":null,"stop_reason":null}]}\n\n'
-        self._last_tail = (
-            b',"logprobs":null,"finish_reason":"%b","stop_reason":null}]}\n\n'
-            % finish_reason.encode()
+        ids = b',"prompt_token_ids":null,"token_ids":null}]'
+        self._tail = b',"logprobs":null,"finish_reason":null,"stop_reason":null%b}\n\n' % ids
+        self._last_tail = b',"logprobs":null,"finish_reason":"%b","stop_reason":null%b%b}\n\n' % (
+            finish_reason.encode(),
+            ids,
+            _fingerprint_field(fingerprint),
         )
 
     def on_token(self, index: int, *, last: bool) -> None:
@@ -180,6 +244,9 @@ class OpenAIApp:
         self._rng = random.Random(config.seed)
         self._keys = [f"Bearer {key}".encode() for key in config.api_keys]
         self._created = int(time.time())
+        # vLLM: "vllm-<version>-<8 hex of the config's hash>" (serve/utils/fingerprint.py).
+        digest = hashlib.sha256(repr(config).encode()).hexdigest()[:8]
+        self.system_fingerprint = f"vllm-{VERSION}-{digest}"
         self._routes = {
             "/health": {"GET": self._health},
             "/ping": {"GET": self._health, "POST": self._health},
@@ -233,7 +300,22 @@ class OpenAIApp:
                 "root": cfg.model,
                 "parent": None,
                 "max_model_len": cfg.max_model_len,
-                "permission": [],
+                "permission": [
+                    {
+                        "id": f"modelperm-{uuid.uuid4().hex[:16]}",
+                        "object": "model_permission",
+                        "created": self._created,
+                        "allow_create_engine": False,
+                        "allow_sampling": True,
+                        "allow_logprobs": True,
+                        "allow_search_indices": False,
+                        "allow_view": True,
+                        "allow_fine_tuning": False,
+                        "organization": "*",
+                        "group": None,
+                        "is_blocking": False,
+                    }
+                ],
             }
             for name in cfg.model_names
         ]
@@ -245,14 +327,22 @@ class OpenAIApp:
             raise ApiError(503, "The server is shutting down.", kind="ServiceUnavailableError")
         try:
             body = json.loads(req.body)
+        except json.JSONDecodeError as err:
+            raise _invalid(
+                f"body.{err.pos}", {"type": "json_invalid", "msg": "JSON decode error"}
+            ) from None
         except (ValueError, UnicodeDecodeError):
-            raise _bad("The request body is not valid JSON.") from None
+            raise _invalid("body", {"type": "json_invalid", "msg": "JSON decode error"}) from None
         if not isinstance(body, dict):
-            raise _bad("The request body must be a JSON object.")
+            raise _invalid("body", {"type": "model_attributes_type", "msg": NOT_AN_OBJECT})
         model = body.get("model")
         if model is not None and model not in self.config.model_names:
             raise ApiError(
-                404, f"The model `{model}` does not exist.", kind="NotFoundError", param="model"
+                404,
+                f"The model `{model}` does not exist. "
+                f"Valid aliases: {', '.join(self.config.model_names)}.",
+                kind="NotFoundError",
+                param="model",
             )
         n = body.get("n", 1)
         if n not in (None, 1):
@@ -268,17 +358,23 @@ class OpenAIApp:
         """
         cfg = self.config
         limit_len = cfg.max_model_len
-        raw = body.get("max_completion_tokens") if chat else None
+        raw = (
+            _lax_int(body.get("max_completion_tokens"), name="max_completion_tokens")
+            if chat
+            else None
+        )
         name = "max_completion_tokens" if raw is not None else "max_tokens"
         if raw is None:
-            raw = body.get("max_tokens")
-        if raw is not None and (not isinstance(raw, int) or isinstance(raw, bool) or raw < 1):
-            raise _bad(f"{name} must be at least 1, got {raw}.", param=name)
+            raw = _lax_int(body.get("max_tokens"), name="max_tokens")
+        _check_sampling(body)
+        if raw is not None and raw < 1:
+            raise _bad(f"max_tokens must be at least 1, got {raw}.", param="max_tokens", value=raw)
         if raw is not None and raw > limit_len:
             raise _bad(
                 f"{name}={raw} cannot be greater than max_model_len={limit_len}. "
                 "Please request fewer output tokens.",
                 param=name,
+                value=raw,
             )
         if prompt_tokens >= limit_len:
             raise _bad(
@@ -334,13 +430,18 @@ class OpenAIApp:
         return await seq.done
 
     @staticmethod
-    def _usage(*, prompt: int, completion: int) -> dict[str, Any]:
-        return {
+    def _usage(*, prompt: int, completion: int, details: bool = True) -> dict[str, Any]:
+        """``details``: the (null) details fields non-streamed answers carry; vLLM's stream
+        usage chunks leave them out."""
+        usage: dict[str, Any] = {
             "prompt_tokens": prompt,
             "total_tokens": prompt + completion,
             "completion_tokens": completion,
-            "prompt_tokens_details": None,
         }
+        if details:
+            usage["prompt_tokens_details"] = None
+            usage["completion_tokens_details"] = None
+        return usage
 
     # -------------------------------------------------------- chat completions
     async def _stream(
@@ -369,7 +470,10 @@ class OpenAIApp:
                 "created": created,
                 "model": model,
                 "choices": [],
-                "usage": self._usage(prompt=plan.prompt_tokens, completion=seq.generated),
+                "usage": self._usage(
+                    prompt=plan.prompt_tokens, completion=seq.generated, details=False
+                ),
+                "system_fingerprint": self.system_fingerprint,
             }
             tail = b"data: " + _dumps(usage) + b"\n\n"
         resp.end(tail + DONE)
@@ -398,6 +502,7 @@ class OpenAIApp:
                 head=head,
                 finish_reason=plan.finish_reason,
                 split_reasoning=split,
+                fingerprint=None if include_usage else self.system_fingerprint,
             )
             await self._stream(
                 resp,
@@ -423,7 +528,7 @@ class OpenAIApp:
             "annotations": None,
             "audio": None,
             "function_call": None,
-            "tool_calls": [],
+            # vLLM leaves out an empty `tool_calls` (ChatMessage's serializer).
             "reasoning": "".join(collect.reasoning) if split else None,
         }
         out = {
@@ -438,13 +543,19 @@ class OpenAIApp:
                     "logprobs": None,
                     "finish_reason": reason,
                     "stop_reason": None,
+                    "token_ids": None,
+                    "routed_experts": None,
                 }
             ],
             "service_tier": None,
-            "system_fingerprint": None,
+            "system_fingerprint": self.system_fingerprint,
             "usage": self._usage(prompt=plan.prompt_tokens, completion=seq.generated),
             "prompt_logprobs": None,
+            "prompt_token_ids": None,
+            "prompt_text": None,
             "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "metrics": None,
         }
         resp.send(200, _dumps(out))
 
@@ -460,7 +571,7 @@ class OpenAIApp:
             count = len(prompt)
         else:
             raise _bad(
-                "prompt must be a string or a list of token ids (one prompt).", param="prompt"
+                "Either prompt or prompt_embeds must be provided and non-empty.", param="prompt"
             )
         plan = self._plan(body, prompt_tokens=count, chat=False)
         skip_tags = self.config.reasoning_parser is not None
@@ -474,7 +585,12 @@ class OpenAIApp:
                 b'"choices":[{"index":0,"text":' % (request_id.encode(), created, _text(model))
             )
             stream = _CompletionStream(
-                resp, plan.tokens, head=head, finish_reason=plan.finish_reason, skip_tags=skip_tags
+                resp,
+                plan.tokens,
+                head=head,
+                finish_reason=plan.finish_reason,
+                skip_tags=skip_tags,
+                fingerprint=None if include_usage else self.system_fingerprint,
             )
             await self._stream(
                 resp,
@@ -505,10 +621,17 @@ class OpenAIApp:
                     "logprobs": None,
                     "finish_reason": reason,
                     "stop_reason": None,
+                    "token_ids": None,
                     "prompt_logprobs": None,
+                    "prompt_token_ids": None,
+                    "routed_experts": None,
                 }
             ],
+            "service_tier": None,
+            "system_fingerprint": self.system_fingerprint,
             "usage": self._usage(prompt=plan.prompt_tokens, completion=seq.generated),
             "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "metrics": None,
         }
         resp.send(200, _dumps(out))
