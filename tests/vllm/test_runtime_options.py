@@ -1,0 +1,234 @@
+"""Runtime options on the real engine (vLLM 0.32.0 CPU, the tiny model): the options engine.
+
+Its config (conftest.py): a custom system prompt, sampling defaults temperature 0, top_p 1e-6,
+max_tokens 24, and max_num_seqs 2 (so that four requests saturate it). Each test names what
+it proves and how the effect is observed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mistral_common.protocol.instruct.messages import SystemMessage, UserMessage
+from mistral_common.protocol.instruct.request import ChatCompletionRequest
+from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+from e2e.real_engine.serve import SERVED_MODEL_NAME, RealEngine
+from tests.vllm.client import Background, call, gauge
+from tests.vllm.conftest import (
+    OPTIONS_MAX_NUM_SEQS,
+    OPTIONS_SAMPLING,
+    SYSTEM_PROMPT,
+    record,
+)
+
+HI = [{"role": "user", "content": "hi"}]
+PROMPT = "Hello there"
+"""A text prompt whose continuation is not planted: its first tokens are close calls, so
+sampling at temperature 1 varies while greedy decoding is repeatable."""
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model: Path) -> MistralTokenizer:
+    return MistralTokenizer.from_file(str(tiny_model / "tekken.json"))
+
+
+def prompt_tokens(tokenizer: MistralTokenizer, messages: list[Any]) -> int:
+    request = ChatCompletionRequest(messages=messages)
+    return len(tokenizer.encode_chat_completion(request).tokens)
+
+
+def test_the_custom_system_prompt_reaches_the_model(
+    options_engine: RealEngine, tokenizer: MistralTokenizer
+) -> None:
+    """usage.prompt_tokens rises by exactly the prompt's tokens (mistral-common's count of the
+    file's text, plus [SYSTEM_PROMPT] and [/SYSTEM_PROMPT]) over the bare user turn, which is
+    what the default engine (mode none) counts for the same request
+    (test_engine.py::test_chat_completion_through_the_middleware)."""
+    body = {"model": SERVED_MODEL_NAME, "messages": HI}
+    resp = call(options_engine, "/v1/chat/completions", body)
+    assert resp.status == 200, resp.body
+    counted = resp.json()["usage"]["prompt_tokens"]
+    bare = prompt_tokens(tokenizer, [UserMessage(content="hi")])
+    text = tokenizer.instruct_tokenizer.tokenizer.encode(SYSTEM_PROMPT, bos=False, eos=False)
+    assert counted - bare == len(text) + 2
+    assert counted == prompt_tokens(
+        tokenizer, [SystemMessage(content=SYSTEM_PROMPT), UserMessage(content="hi")]
+    )
+    # A request with its own system message gets none inserted.
+    own = [{"role": "system", "content": "Be brief."}, *HI]
+    resp = call(options_engine, "/v1/chat/completions", {**body, "messages": own})
+    assert resp.json()["usage"]["prompt_tokens"] == prompt_tokens(
+        tokenizer, [SystemMessage(content="Be brief."), UserMessage(content="hi")]
+    )
+
+
+def complete(engine: RealEngine, **params: Any) -> str:
+    body = {"model": SERVED_MODEL_NAME, "prompt": PROMPT, "max_tokens": 16, **params}
+    resp = call(engine, "/v1/completions", body)
+    assert resp.status == 200, resp.body
+    text: str = resp.json()["choices"][0]["text"]
+    return text
+
+
+def test_sampling_defaults_reach_the_engine(options_engine: RealEngine) -> None:
+    """`--override-generation-config {"temperature":0.0,"top_p":1e-06}` is what vLLM samples
+    with when a request sets neither. Observed on /v1/completions, which the middleware passes
+    through untouched, so only the flag can act there (vLLM's own default is temperature 1)."""
+    greedy = complete(options_engine, temperature=0)
+    # The control: at temperature 1 (top_p 1) this prompt's continuation varies.
+    samples = [complete(options_engine, temperature=1.0, top_p=1.0) for _ in range(3)]
+    assert any(s != greedy for s in samples), samples
+    # No temperature: the default 0 applies, so decoding is greedy, every time.
+    assert [complete(options_engine, top_p=1.0) for _ in range(2)] == [greedy, greedy]
+    # A temperature but no top_p: the default 1e-6 leaves only the likeliest token.
+    assert [complete(options_engine, temperature=1.5) for _ in range(2)] == [greedy, greedy]
+    # vLLM says so at start-up.
+    log = options_engine.log_path.read_text()
+    assert (
+        "Default vLLM sampling parameters have been overridden by the model's "
+        "`generation_config.json`: `{'temperature': 0.0, 'top_p': 1e-06}`"
+    ) in log
+
+
+def test_max_tokens_default_from_the_middleware(
+    options_engine: RealEngine, expected: dict[str, Any]
+) -> None:
+    """sampling.max_tokens (24) is applied by the middleware to chat requests that set none:
+    the 41-token answer is cut at 24 (vLLM's own default would be the context's room)."""
+    body = {"model": SERVED_MODEL_NAME, "messages": HI}
+    data = call(options_engine, "/v1/chat/completions", body).json()
+    assert data["choices"][0]["finish_reason"] == "length"
+    assert data["usage"]["completion_tokens"] == OPTIONS_SAMPLING["max_tokens"]
+    data = call(options_engine, "/v1/chat/completions", {**body, "max_tokens": 100}).json()
+    assert data["choices"][0]["finish_reason"] == "stop"
+    assert data["usage"]["completion_tokens"] == expected["completion_tokens"]
+    # /v1/completions is not the middleware's: vLLM's own default of 16 tokens applies.
+    body = {"model": SERVED_MODEL_NAME, "prompt": PROMPT}
+    data = call(options_engine, "/v1/completions", body).json()
+    assert data["usage"]["completion_tokens"] == 16
+
+
+# ----------------------------------------------------------------------- readiness under load
+
+LONG = 4000
+"""Tokens per load request (ignore_eos): minutes at 2 sequences on 2 cores; cancelled after."""
+
+
+def ready(engine: RealEngine) -> tuple[int, dict[str, Any], float]:
+    resp = call(engine, "/magistral/ready", key=None, timeout=30)
+    return resp.status, resp.json(), resp.seconds
+
+
+@pytest.fixture
+def load(options_engine: RealEngine) -> Iterator[list[Background]]:
+    started: list[Background] = []
+    yield started
+    for request in started:
+        request.cancel()
+
+
+def saturate(engine: RealEngine, load: list[Background], *, stream: bool, count: int) -> None:
+    """``count`` long requests: ``max_num_seqs`` run, the others wait."""
+    body = {
+        "model": SERVED_MODEL_NAME,
+        "messages": HI,
+        "max_tokens": LONG,
+        "ignore_eos": True,
+        "stream": stream,
+    }
+    for _ in range(count):
+        load.append(Background(engine, "/v1/chat/completions", body).start())
+    waiting = count - OPTIONS_MAX_NUM_SEQS
+    deadline = time.monotonic() + 60
+    while (
+        gauge(engine, "vllm:num_requests_running") < OPTIONS_MAX_NUM_SEQS
+        or gauge(engine, "vllm:num_requests_waiting") < waiting
+    ):
+        assert time.monotonic() < deadline, "the engine did not fill up"
+        time.sleep(0.2)
+
+
+def unload(engine: RealEngine, load: list[Background]) -> None:
+    for request in load:
+        request.cancel()
+    load.clear()
+    deadline = time.monotonic() + 30
+    while gauge(engine, "vllm:num_requests_running") or gauge(engine, "vllm:num_requests_waiting"):
+        assert time.monotonic() < deadline, "cancelled requests still in the engine"
+        time.sleep(0.2)
+
+
+def test_readiness_idle_and_under_load(options_engine: RealEngine, load: list[Background]) -> None:
+    """/magistral/ready stays 200 while the engine is saturated (2 requests running, 2
+    waiting), with streamed load (its output counts as progress) and with non-streamed load
+    (no output reaches any client for minutes: the one-token generation times out in the
+    queue, and vLLM's generated-token counter shows the engine busy, not wedged). A timed-out
+    generation is aborted in the engine: the queue does not grow. Latencies are recorded."""
+    engine = options_engine
+    # Idle: once the last result is older than health.cache_seconds (5 s), an answer runs
+    # the one-token generation.
+    time.sleep(5.2)
+    status, report, seconds = ready(engine)
+    assert (status, report["status"]) == (200, "ready"), report
+    idle = [seconds]
+    probe = call(
+        engine,
+        "/v1/completions",
+        {"model": SERVED_MODEL_NAME, "prompt": "Hi", "max_tokens": 1, "temperature": 0},
+    )
+    assert probe.status == 200
+    record(
+        "readiness, idle",
+        f"{idle[0] * 1000:.0f} ms (with its one-token generation); "
+        f"a one-token /v1/completions request {probe.seconds * 1000:.0f} ms",
+    )
+
+    saturate(engine, load, stream=True, count=OPTIONS_MAX_NUM_SEQS + 1)
+    answers = [ready(engine) for _ in range(3)]
+    assert [(s, r["status"]) for s, r, _ in answers] == [(200, "serving")] * 3, answers
+    record(
+        "readiness, saturated by streams",
+        f"{max(t for _, _, t in answers) * 1000:.0f} ms at most (output counts as progress)",
+    )
+    unload(engine, load)
+
+    saturate(engine, load, stream=False, count=OPTIONS_MAX_NUM_SEQS + 2)
+    # What a one-token generation costs now: it waits for a slot (minutes here).
+    with pytest.raises(TimeoutError):
+        call(
+            engine,
+            "/v1/completions",
+            {"model": SERVED_MODEL_NAME, "prompt": "Hi", "max_tokens": 1},
+            timeout=3,
+        )
+    polls: list[tuple[int, dict[str, Any], float, float]] = []
+    busy_seen = None
+    deadline = time.monotonic() + 40
+    while busy_seen is None or len(polls) < busy_seen + 3:
+        assert time.monotonic() < deadline, polls
+        status, report, seconds = ready(engine)
+        polls.append((status, report, seconds, gauge(engine, "vllm:num_requests_waiting")))
+        if busy_seen is None and report["detail"].startswith("busy:"):
+            busy_seen = len(polls)
+        time.sleep(0.5)
+    assert [(s, r["status"]) for s, r, _, _ in polls] == [(200, "serving")] * len(polls), polls
+    waiting = [w for *_, w in polls]
+    assert max(waiting) <= 2 + 1, waiting  # the load's, and the readiness generation's
+    assert waiting[busy_seen:] == [2, 2, 2], "a timed-out readiness generation stayed queued"
+    latencies = [t for _, _, t, _ in polls]
+    record(
+        "readiness, saturated by non-streamed requests",
+        f"{len(polls)} answers, all 200; {max(latencies):.2f} s when the one-token generation "
+        f"had to time out (health.generation_timeout_seconds 5), median "
+        f"{statistics.median(latencies) * 1000:.0f} ms; waiting {min(waiting):.0f}-"
+        f"{max(waiting):.0f}, back to 2 after the timeout; a one-token request sent to the "
+        f"full engine had no answer within 3 s",
+    )
+    assert max(latencies) < 8, "slower than the suggested readiness probe timeout (8 s)"
+    unload(engine, load)

@@ -1,0 +1,102 @@
+"""Draining on the real engine (vLLM 0.32.0 CPU): SIGTERM to an engine with streams in flight.
+
+The options engine (conftest.py: shutdown_timeout_seconds 6, max_num_seqs 2) is taken from
+the session and stopped here. vLLM drains its engine for up to `--shutdown-timeout` seconds;
+the middleware ends whatever is still in flight 2 s before that (cutoff.py). Before the
+cutoff, a stream that outlived the shutdown timeout could hang with no more bytes until the
+client went away (issue 9: 2 of 3 trials, once for 9.5 minutes).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+
+from e2e.real_engine.serve import SERVED_MODEL_NAME, RealEngine
+from magistral_runtime.cutoff import cutoff_after
+from tests.vllm.client import Background, call
+from tests.vllm.conftest import OPTIONS_SHUTDOWN_TIMEOUT, Engines, record
+
+HI = [{"role": "user", "content": "hi"}]
+GRACE = OPTIONS_SHUTDOWN_TIMEOUT + 10
+"""A pod's terminationGracePeriodSeconds must cover the shutdown timeout and a margin."""
+
+
+def stream(engine: RealEngine, max_tokens: int) -> Background:
+    body = {
+        "model": SERVED_MODEL_NAME,
+        "messages": HI,
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    return Background(engine, "/v1/chat/completions", body).start()
+
+
+def test_draining_on_the_real_engine(engines: Engines) -> None:
+    engine = engines.take("options")
+    try:
+        host, port = engine.url.removeprefix("http://").split(":")
+        auth = {"Content-Type": "application/json", "Authorization": f"Bearer {engine.api_key}"}
+        chat = json.dumps({"model": SERVED_MODEL_NAME, "messages": HI})
+        # A client's connection, kept alive from before the SIGTERM.
+        kept = http.client.HTTPConnection(host, int(port), timeout=30)
+        kept.request("GET", "/v1/models", headers=auth)
+        first = kept.getresponse()
+        first.read()
+        assert first.status == 200
+
+        long = stream(engine, 4000)  # minutes: outlives the shutdown timeout
+        long.wait_for_events(2)
+        short = stream(engine, 40)  # about a second or two left when SIGTERM comes
+        short.wait_for_events(2)
+        sent = engine.terminate()
+
+        time.sleep(0.3)
+        kept.request("POST", "/v1/chat/completions", chat, auth)
+        refused = kept.getresponse()
+        body = json.loads(refused.read())
+        assert refused.status == 503
+        assert refused.getheader("Retry-After") == "1"
+        assert body["error"]["type"] == "service_unavailable"
+        fresh = call(engine, "/v1/chat/completions", {"model": SERVED_MODEL_NAME, "messages": HI})
+        assert (fresh.status, fresh.headers.get("retry-after")) == (503, "1")
+        readiness = call(engine, "/magistral/ready", key=None)
+        assert (readiness.status, readiness.json()["status"]) == (503, "draining")
+
+        short.join(30)
+        assert short.error is None
+        assert short.payloads[-1] == "[DONE]"
+        finishes = [c["choices"][0]["finish_reason"] for c in short.payloads[:-1] if c["choices"]]
+        assert finishes[-1] == "length"
+        assert not [c for c in short.payloads[:-1] if "error" in c]
+        assert short.ended is not None
+        assert short.ended - sent < cutoff_after(OPTIONS_SHUTDOWN_TIMEOUT)
+
+        long.join(30)
+        assert long.error is None
+        *_, error, done = long.payloads
+        assert done == "[DONE]"
+        assert error["error"]["type"] == "service_unavailable"
+        assert error["error"]["code"] == 503
+        assert long.ended is not None
+        cut = long.ended - sent
+        assert cutoff_after(OPTIONS_SHUTDOWN_TIMEOUT) - 0.5 < cut < OPTIONS_SHUTDOWN_TIMEOUT
+
+        code = engine.wait_exit(GRACE - (time.monotonic() - sent))
+        exited = time.monotonic() - sent
+        assert code is not None, f"still running {GRACE} s after SIGTERM"
+        deadline = time.monotonic() + 10
+        while engine.pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert engine.pids() == [], "engine core or worker outlived the API server"
+        record(
+            "drain (shutdown timeout 6 s)",
+            f"{len(long.payloads) - 2} chunks of the long stream, then its error event and "
+            f"[DONE] {cut:.2f} s after SIGTERM; the short stream finished "
+            f"{short.ended - sent:.2f} s after; the process exited (code {code}) "
+            f"{exited:.2f} s after SIGTERM (grace period {GRACE} s)",
+        )
+    finally:
+        engine.stop()
