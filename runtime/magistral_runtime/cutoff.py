@@ -12,6 +12,12 @@ itself, in a form clients and the router recognise as retryable:
 * a non-streamed response already started (its body is sent whole, so this is rare) ends.
 
 The request's handler in vLLM is cancelled, which aborts the generation in the engine.
+
+A request that reaches vLLM's handler just as vLLM starts shutting down (it passed our drain
+check a moment before the SIGTERM) is not generated at all: vLLM 0.32 streams a role chunk,
+zero completion tokens and `[DONE]`, with no finish reason and no error, which reads as an
+empty answer. So a stream that reaches `[DONE]` without any finish reason or error event gets
+the same final error event as a cut one, just before its `[DONE]`.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ from .errors import error_body
 CUTOFF_MESSAGE = (
     "this replica shut down before the response was complete; retry the request on another"
 )
+_DONE = b"data: [DONE]"
+_FINISHED = b'"finish_reason":"'  # a non-null finish reason, as vLLM writes it (compact)
+_ERROR = b'data: {"error"'
+
 RETRY_HEADERS = ((b"retry-after", b"1"), (b"connection", b"close"))
 
 
@@ -43,6 +53,7 @@ class Tracker:
         self.streaming = False
         self.finished = False
         self.cut = False
+        self._concluded = False  # a stream carried a finish reason or an error event
 
     async def send(self, message: Message) -> None:
         if self.cut:
@@ -52,9 +63,26 @@ class Tracker:
             for key, value in message.get("headers", ()):
                 if key.lower() == b"content-type":
                     self.streaming = bytes(value).lower().startswith(b"text/event-stream")
-        elif message["type"] == "http.response.body" and not message.get("more_body", False):
-            self.finished = True
+        elif message["type"] == "http.response.body":
+            if self.streaming:
+                message = self._conclude(message)
+            if not message.get("more_body", False):
+                self.finished = True
         await self._send(message)
+
+    def _conclude(self, message: Message) -> Message:
+        """A stream's body, with the error event put before a `[DONE]` that ends it unfinished."""
+        body: bytes = message.get("body", b"")
+        if self._concluded or not body:
+            return message
+        if _FINISHED in body or _ERROR in body:
+            self._concluded = True
+            return message
+        done = body.find(_DONE)
+        if done < 0:
+            return message
+        self._concluded = True
+        return {**message, "body": body[:done] + _error_event() + body[done:]}
 
     async def end(self) -> None:
         """End the response as the drain deadline requires."""
@@ -67,18 +95,16 @@ class Tracker:
             )
             await send_json(self._send, status=503, body=body, extra_headers=RETRY_HEADERS)
             return
-        tail = b""
-        if self.streaming:
-            event = json.loads(
-                error_body(
-                    message=CUTOFF_MESSAGE,
-                    param=None,
-                    status=503,
-                    error_type="service_unavailable",
-                )
-            )
-            tail = b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n"
+        tail = _error_event() + _DONE + b"\n\n" if self.streaming else b""
         await self._send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def _error_event() -> bytes:
+    """The final SSE error event of a stream this replica could not finish (OpenAI's shape)."""
+    event = json.loads(
+        error_body(message=CUTOFF_MESSAGE, param=None, status=503, error_type="service_unavailable")
+    )
+    return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
 class InFlight:

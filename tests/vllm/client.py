@@ -116,6 +116,7 @@ class Background:
         if engine.api_key:
             self._headers["Authorization"] = f"Bearer {engine.api_key}"
         self.status: int | None = None
+        self.headers: dict[str, str] = {}
         self.events: list[tuple[float, Any]] = []
         self.body = b""
         self.error: BaseException | None = None
@@ -131,7 +132,8 @@ class Background:
             self._conn.request("POST", self._path, json.dumps(self._body), self._headers)
             resp = self._conn.getresponse()
             self.status = resp.status
-            if not self._body.get("stream"):
+            self.headers = {k.lower(): v for k, v in resp.getheaders()}
+            if not self._body.get("stream") or resp.status != 200:
                 self.body = resp.read()
                 return
             for raw in resp:

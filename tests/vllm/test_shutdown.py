@@ -5,6 +5,12 @@ the session and stopped here. vLLM drains its engine for up to `--shutdown-timeo
 the middleware ends whatever is still in flight 2 s before that (cutoff.py). Before the
 cutoff, a stream that outlived the shutdown timeout could hang with no more bytes until the
 client went away (issue 9: 2 of 3 trials, once for 9.5 minutes).
+
+A request sent just before the SIGTERM races it: it is refused by the middleware (503), or
+served or cut like the others, or it reaches vLLM's handler as vLLM starts shutting down, and
+vLLM 0.32 then streams nothing but a role chunk and `[DONE]` (no finish reason, no error); the
+middleware adds the cutoff's error event before that `[DONE]` (cutoff.py). Whichever way it
+goes, the client can tell that it has to retry.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ def test_draining_on_the_real_engine(engines: Engines) -> None:
         long.wait_for_events(2)
         short = stream(engine, 40)  # about a second or two left when SIGTERM comes
         short.wait_for_events(2)
+        racing = stream(engine, 30)
+        time.sleep(0.05)
         sent = engine.terminate()
 
         time.sleep(0.3)
@@ -84,6 +92,9 @@ def test_draining_on_the_real_engine(engines: Engines) -> None:
         cut = long.ended - sent
         assert cutoff_after(OPTIONS_SHUTDOWN_TIMEOUT) - 0.5 < cut < OPTIONS_SHUTDOWN_TIMEOUT
 
+        racing.join(30)
+        outcome = raced(racing)
+
         code = engine.wait_exit(GRACE - (time.monotonic() - sent))
         exited = time.monotonic() - sent
         assert code is not None, f"still running {GRACE} s after SIGTERM"
@@ -96,7 +107,26 @@ def test_draining_on_the_real_engine(engines: Engines) -> None:
             f"{len(long.payloads) - 2} chunks of the long stream, then its error event and "
             f"[DONE] {cut:.2f} s after SIGTERM; the short stream finished "
             f"{short.ended - sent:.2f} s after; the process exited (code {code}) "
-            f"{exited:.2f} s after SIGTERM (grace period {GRACE} s)",
+            f"{exited:.2f} s after SIGTERM (grace period {GRACE} s); a stream sent 50 ms "
+            f"before SIGTERM: {outcome}",
         )
     finally:
         engine.stop()
+
+
+def raced(request: Background) -> str:
+    """How a request that raced the SIGTERM ended; fails unless a client can tell."""
+    assert request.error is None
+    if request.status == 503:
+        assert request.headers.get("retry-after") == "1"
+        return "503 with Retry-After (refused by the middleware)"
+    assert request.status == 200
+    payloads = request.payloads
+    assert payloads[-1] == "[DONE]"
+    chunks = payloads[:-1]
+    if chunks and "error" in chunks[-1]:
+        assert chunks[-1]["error"]["type"] == "service_unavailable"
+        return f"{len(chunks) - 1} chunks, then the error event and [DONE]"
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices")]
+    assert finishes[-1] in ("stop", "length"), payloads
+    return f"served to the end (finish_reason {finishes[-1]})"
