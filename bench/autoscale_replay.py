@@ -702,6 +702,8 @@ class Grid:
     kubeai_targets: list[float]
     events: int
     demand_overrides: dict[str, float] = field(default_factory=dict)
+    rate_window: float = 60.0
+    trend_window: float = 300.0
 
 
 def run_cold_start(
@@ -724,9 +726,11 @@ def run_cold_start(
     ours: RunResult | None = None
     if "demand" in grid.policies:
         settings = {**bounds, **grid.demand_overrides}
-        ours = run(DemandPolicy(demand_config(grid.engine, cold_start=cold, **settings)))
+        windows = {"rate_window": grid.rate_window, "trend_window": grid.trend_window}
+        ours = run(DemandPolicy(demand_config(grid.engine, cold_start=cold, **settings), **windows))
         no_trend = DemandPolicy(
-            demand_config(grid.engine, cold_start=cold, **{**settings, "max_growth": 1.0})
+            demand_config(grid.engine, cold_start=cold, **{**settings, "max_growth": 1.0}),
+            **windows,
         )
         no_trend.label = "demand, no trend (maxGrowth 1)"
         shown += [ours, run(no_trend)]
@@ -823,6 +827,12 @@ def main(argv: list[str] | None = None) -> int:
         help="demand policy settings other than its defaults, e.g. headroom=1.5,"
         "target_utilisation=1.0 (DemandConfig field names)",
     )
+    parser.add_argument(
+        "--rate-window", type=float, default=60.0, help="the demand reader's rate window (s)"
+    )
+    parser.add_argument(
+        "--trend-window", type=float, default=300.0, help="each of its two trend windows (s)"
+    )
     parser.add_argument("--speedup", type=float, default=1.0, help="compress arrival times")
     parser.add_argument(
         "--ramp", action="store_true", help="thin each load to grow linearly from 1/load to 1"
@@ -865,6 +875,8 @@ def main(argv: list[str] | None = None) -> int:
         keda_thresholds=[float(x) for x in args.keda_thresholds.split(",")],
         kubeai_targets=[float(x) for x in args.kubeai_targets.split(",")],
         events=args.events,
+        rate_window=args.rate_window,
+        trend_window=args.trend_window,
         demand_overrides={
             key.strip(): float(value)
             for key, _, value in (item.partition("=") for item in args.demand.split(",") if item)
