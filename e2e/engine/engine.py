@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from prometheus_client import CollectorRegistry
+
 from e2e.engine.config import SimConfig, blocks_for
 from e2e.engine.metrics import EngineMetrics
 
@@ -77,7 +79,8 @@ class EngineClosedError(RuntimeError):
 class Engine:
     """vLLM's engine core, simulated. Create and use it inside one running event loop."""
 
-    def __init__(self, config: SimConfig) -> None:
+    def __init__(self, config: SimConfig, *, registry: CollectorRegistry | None = None) -> None:
+        """``registry``: where the metrics go (default: a registry of their own)."""
         self.config = config
         self.total_blocks = max(1, config.num_gpu_blocks)
         self._free_blocks = self.total_blocks
@@ -104,6 +107,7 @@ class Engine:
                 "gpu_memory_utilization": f"{config.gpu_memory_utilization:g}",
                 "num_gpu_blocks": str(config.num_gpu_blocks),
             },
+            registry=registry,
         )
 
     # ------------------------------------------------------------------ state

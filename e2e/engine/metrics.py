@@ -4,6 +4,11 @@ Names, documentation strings and buckets follow ``vllm/v1/metrics/loggers.py``
 (``PrometheusStatLogger``); labels are ``model_name`` and ``engine`` (``"0"``), plus
 ``finished_reason`` on ``vllm:request_success``. The gauges are read from the engine at
 scrape time, so a scrape always sees the scheduler's current state.
+
+A simulator process registers them in prometheus_client's default registry, as vLLM does
+(its API server's): the runtime middleware reads ``vllm:generation_tokens_total`` there to
+tell a busy engine from a wedged one. In-process simulators (tests run several) get a
+registry each.
 """
 
 from __future__ import annotations
@@ -57,8 +62,9 @@ class EngineMetrics:
         waiting: Callable[[], float],
         kv_usage: Callable[[], float],
         cache_info: dict[str, str],
+        registry: CollectorRegistry | None = None,
     ) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
         reg = self.registry
         names = ["model_name", "engine"]
         values = (model_name, "0")

@@ -20,6 +20,8 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from prometheus_client import REGISTRY, CollectorRegistry
+
 from e2e.engine.api import OpenAIApp
 from e2e.engine.asgi import AsgiBridge, SimulatorAsgi, load_middlewares
 from e2e.engine.config import SimConfig, config_from_args
@@ -46,11 +48,12 @@ def is_loopback(host: str) -> bool:
 class Simulator:
     """The engine, the API and the HTTP server of one replica, in the running event loop."""
 
-    def __init__(self, config: SimConfig) -> None:
+    def __init__(self, config: SimConfig, *, registry: CollectorRegistry | None = None) -> None:
+        """``registry``: for the engine's metrics (the process main passes the default one)."""
         if not is_loopback(config.host):
             raise ValueError(f"refusing to bind {config.host!r}: only 127.0.0.0/8 is allowed")
         self.config = config
-        self.engine = Engine(config)
+        self.engine = Engine(config, registry=registry)
         self.app = OpenAIApp(config=config, engine=self.engine)
         handler: Handler = self.app
         self.bridge: AsgiBridge | None = None
@@ -141,7 +144,8 @@ async def serve(config: SimConfig) -> int:
             log.info("stopped while loading")
             return 0
     try:
-        sim = Simulator(config)
+        # One replica per process: its metrics in the default registry, as vLLM's are.
+        sim = Simulator(config, registry=REGISTRY)
         sim.app.healthy = health[0]
         port = await sim.start()
     except OSError as err:

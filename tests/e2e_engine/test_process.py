@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import signal
@@ -216,3 +217,54 @@ def test_runtime_middleware_runs_inside_like_in_vllm(
     assert status == 200, raw
     proc.proc.send_signal(signal.SIGTERM)
     assert proc.proc.wait(timeout=30) == 0
+
+
+def test_a_saturated_simulator_with_the_middleware_stays_ready(
+    processes: list[SimProcess], tmp_path: Path
+) -> None:
+    """As on the real engine (tests/vllm/test_runtime_options.py): with every slot taken by
+    non-streamed requests, the readiness generation waits in the queue and times out, but the
+    engine's `vllm:generation_tokens_total` (in the process's default registry, as in vLLM)
+    grows, so the replica is busy, not unready; the timed-out generation leaves the queue."""
+    config = {
+        "model": "mistralai/Magistral-Small-2506",
+        "served_model_name": "magistral-test",
+        "tensor_parallel_size": 1,
+        "max_model_len": 4096,
+        "gpu_memory_utilization": 0.9,
+        "system_prompt": {"mode": "none"},
+        "api_key_required": False,
+        "health": {"generation_timeout_seconds": 0.5, "cache_seconds": 0},
+    }
+    path = tmp_path / "runtime.json"
+    path.write_text(json.dumps(config))
+    proc = SimProcess(
+        "--port", "0", "--served-model-name", "magistral-test", "--itl-ms", "5",
+        "--max-num-seqs", "1", "--middleware", "magistral_runtime.middleware.MagistralMiddleware",
+        *FAST, env={"MAGISTRAL_RUNTIME_CONFIG": str(path)},
+    )  # fmt: skip
+    processes.append(proc)
+    url = proc.wait_listening()
+    long = json.dumps(
+        {"model": "magistral-test", "messages": MESSAGES, "max_tokens": 2000, "ignore_eos": True}
+    ).encode()
+
+    def request() -> None:
+        with contextlib.suppress(OSError):  # the process is killed at the end of the test
+            fetch(url + "/v1/chat/completions", method="POST", body=long, timeout=60)
+
+    threads = [threading.Thread(target=request, daemon=True) for _ in range(2)]  # 1 runs, 1 waits
+    for thread in threads:
+        thread.start()
+    samples = metrics(url)
+    for _ in range(100):
+        if value(samples, "vllm:num_requests_waiting") == 1:
+            break
+        threading.Event().wait(0.05)
+        samples = metrics(url)
+    assert value(samples, "vllm:num_requests_waiting") == 1
+    status, raw = fetch(url + "/magistral/ready")
+    report = json.loads(raw)
+    assert (status, report["status"]) == (200, "serving"), report
+    assert report["detail"].startswith("busy:")
+    assert value(metrics(url), "vllm:num_requests_waiting") == 1  # the generation was aborted
