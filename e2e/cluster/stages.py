@@ -5,7 +5,8 @@ Upstream's stage files ship inside the ``sigs.k8s.io/kwok`` Go module under
 this repository). Our own stages live next to this file in ``stages/``. Upstream's
 ``pod-ready`` gets one change at run time: it skips pods that our stages own (those
 labelled ``magistral.dev/sim-unready=true`` or ``magistral.dev/sim-fail=true``, annotated
-``magistral.dev/sim-startup``, or with a container env ``E2E_SIM_FAIL=true``).
+``magistral.dev/sim-startup``, or with a container env ``E2E_SIM_FAIL=true`` or
+``E2E_SIM_READINESS=supervisor``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ SIM_FAIL_ENV = "E2E_SIM_FAIL"  # not MAGISTRAL_*: endpoints may not set those (e
 (``restartCount`` 3); endpoints set it through ``spec.runtime.env``."""
 SIM_STARTUP_ANNOTATION = "magistral.dev/sim-startup"
 """Annotate a pod with a Go duration (``"45s"``): Running but not Ready for that long."""
+SIM_READINESS_ENV = "E2E_SIM_READINESS"
+"""Give a pod's container this environment variable ``supervisor`` and it stays Running but not
+Ready until labelled :data:`SIM_READY_LABEL` ``true``: the pod supervisor plays its readiness
+probe (``e2e/engine/supervisor.py``). Fixed at creation, so no stage can show it Ready first."""
+SIM_READINESS_SUPERVISOR = "supervisor"
+SIM_READY_LABEL = "magistral.dev/sim-ready"
+"""Set ``true`` by the pod supervisor on a gated pod (:data:`SIM_READINESS_ENV`) whose readiness
+probe passed; from then on :data:`SIM_UNREADY_LABEL` turns it unready and Ready again."""
 
 UPSTREAM_STAGES: tuple[str, ...] = (
     "node/fast/node-initialize.yaml",
@@ -49,6 +58,11 @@ _EXCLUDE_SIMULATED = "".join(
     "      operator: 'NotIn'\n"
     "      values:\n"
     "      - 'true'\n"
+    "    - key: '.spec.containers.[].env.[]? | "
+    f'select(.name == "{SIM_READINESS_ENV}") | .value\'\n'
+    "      operator: 'NotIn'\n"
+    "      values:\n"
+    f"      - '{SIM_READINESS_SUPERVISOR}'\n"
 )
 
 _PATCHES: dict[str, str] = {"pod/fast/pod-ready.yaml": _EXCLUDE_SIMULATED}

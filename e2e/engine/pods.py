@@ -5,7 +5,9 @@ not being deleted, has a loopback pod IP, a container with a port named ``http``
 kwok reports container states) that container running. The kwok simulation knobs of
 ``e2e/cluster/stages.py`` map onto the engine: ``magistral.dev/sim-startup`` delays the port
 opening (model loading) until about when kwok turns the pod Ready, and
-``magistral.dev/sim-unready=true`` makes ``/health`` answer 503 (the failing readiness probe).
+``magistral.dev/sim-unready=true`` makes ``/health`` answer 503 (the failing readiness probe),
+except on pods whose readiness the supervisor plays (``E2E_SIM_READINESS=supervisor``, or the
+real engine's pod): there the labels are the supervisor's verdict, not an input.
 The files the container mounts from ConfigMaps are recorded too (``ConfigMapMount``), so the
 supervisor can find the runtime config and the custom system prompt an operator pod reads.
 """
@@ -20,7 +22,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from e2e.cluster.stages import SIM_STARTUP_ANNOTATION, SIM_UNREADY_LABEL
+from e2e.cluster.stages import (
+    SIM_READINESS_ENV,
+    SIM_READINESS_SUPERVISOR,
+    SIM_STARTUP_ANNOTATION,
+    SIM_UNREADY_LABEL,
+)
 from e2e.engine.config import API_KEY_ENV, simulator_args_from_vllm
 
 JSON = dict[str, Any]
@@ -126,6 +133,34 @@ def configmap_key_for(mounts: Sequence[ConfigMapMount], path: str) -> ConfigMapK
 
 
 @dataclass(frozen=True, slots=True)
+class ReadinessProbe:
+    """The ``http`` container's readiness probe (an ``httpGet``), with the kubelet's defaults."""
+
+    path: str = "/health"
+    """Without an ``httpGet`` readiness probe: vLLM's ``/health`` (the engine is up)."""
+    period_s: float = 10.0
+    timeout_s: float = 1.0
+    failure_threshold: int = 3
+    success_threshold: int = 1
+    initial_delay_s: float = 0.0
+
+
+def readiness_probe(container: JSON) -> ReadinessProbe:
+    """What the kubelet would probe for readiness (its defaults where the pod sets nothing)."""
+    probe = container.get("readinessProbe") or {}
+    http_get = probe.get("httpGet") or {}
+    default = ReadinessProbe()
+    return ReadinessProbe(
+        path=str(http_get.get("path") or default.path),
+        period_s=float(probe.get("periodSeconds") or default.period_s),
+        timeout_s=float(probe.get("timeoutSeconds") or default.timeout_s),
+        failure_threshold=int(probe.get("failureThreshold") or default.failure_threshold),
+        success_threshold=int(probe.get("successThreshold") or default.success_threshold),
+        initial_delay_s=float(probe.get("initialDelaySeconds") or 0),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class PodSim:
     """The simulator a pod asks for."""
 
@@ -145,6 +180,11 @@ class PodSim:
     """The ConfigMap files the serving container mounts."""
     runtime_config_path: str = RUNTIME_CONFIG_PATH
     """Where the runtime reads its config in the container (``$MAGISTRAL_RUNTIME_CONFIG``)."""
+    readiness: ReadinessProbe = ReadinessProbe()
+    """The container's readiness probe (played by the supervisor for a real engine)."""
+    readiness_gated: bool = False
+    """``E2E_SIM_READINESS=supervisor``: kwok shows the pod Ready only when the supervisor's
+    readiness probe passes (then its sim-ready/sim-unready labels are the supervisor's)."""
 
     @property
     def runtime_config_source(self) -> ConfigMapKey | None:
@@ -261,6 +301,14 @@ def _literal_env(container: JSON, name: str) -> str | None:
     return None
 
 
+def readiness_gated(pod: JSON) -> bool:
+    """The pod's ``http`` container has ``E2E_SIM_READINESS=supervisor`` (see PodSim)."""
+    found = _http_container(pod)
+    if found is None:
+        return False
+    return _literal_env(found[0], SIM_READINESS_ENV) == SIM_READINESS_SUPERVISOR
+
+
 def vllm_argv(pod: JSON) -> list[str]:
     """The pod's ``vllm serve`` argv from its annotation (empty if absent or unparsable)."""
     text = ((pod.get("metadata") or {}).get("annotations") or {}).get(ARGS_ANNOTATION)
@@ -321,6 +369,8 @@ def decide(pod: JSON, *, now: datetime | None = None) -> Decision:
             healthy=labels.get(SIM_UNREADY_LABEL) != "true",
             config_maps=_config_map_mounts(pod, container),
             runtime_config_path=_literal_env(container, RUNTIME_CONFIG_ENV) or RUNTIME_CONFIG_PATH,
+            readiness=readiness_probe(container),
+            readiness_gated=_literal_env(container, SIM_READINESS_ENV) == SIM_READINESS_SUPERVISOR,
         )
     )
 

@@ -18,6 +18,15 @@ a simulated model cache (``runtime_files.py``), and starts the simulator with ``
 magistral_runtime.middleware.MagistralMiddleware`` and ``$MAGISTRAL_RUNTIME_CONFIG``. Anything
 missing is logged and the plain simulator runs; ``runtime_middleware=False`` turns it off.
 
+With ``real_engine`` (a predicate on pod JSON; CLI ``--real-engine GLOB``) one selected pod at a
+time is served by the real vLLM engine instead (``real_pods.py``, ``e2e/real_engine``): the
+engine venv's ``magistral-runtime serve`` with the pod's runtime config adapted to the tiny
+model. The supervisor plays the kubelet's readiness probe (the pod's ``readinessProbe``) for
+that pod and for every pod gated by ``E2E_SIM_READINESS=supervisor`` (kwok keeps such a pod
+Running, not Ready from its creation): it labels the pod ``magistral.dev/sim-ready=true`` when
+the probe passes and ``magistral.dev/sim-unready=true`` while it fails afterwards. An ungated
+real-engine pod is labelled ``sim-unready`` when first seen, racing kwok's pod-ready stage.
+
 From Python (for example a pytest fixture)::
 
     with Supervisor(kubeconfig=cluster.kubeconfig, sim_args=["--itl-ms", "2"]) as sup:
@@ -30,6 +39,7 @@ import argparse
 import base64
 import contextlib
 import ctypes
+import fnmatch
 import json
 import logging
 import os
@@ -47,6 +57,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from e2e.cluster.processes import group_alive
+from e2e.cluster.stages import SIM_READY_LABEL, SIM_UNREADY_LABEL
 from e2e.engine.config import API_KEY_ENV, DEFAULT_GPU
 from e2e.engine.pods import (
     GPU_MEMORY_LABEL,
@@ -59,8 +71,10 @@ from e2e.engine.pods import (
     configmap_key_for,
     decide,
     pod_key,
+    readiness_gated,
     termination,
 )
+from e2e.engine.real_pods import EngineFiles, EngineInstall, ReadinessProber, prepare
 from e2e.engine.runtime_files import (
     CLEARED_ENV,
     MIDDLEWARE,
@@ -105,10 +119,54 @@ class SimulatorInfo:
     log_path: str
     runtime_middleware: bool = False
     """The simulator runs the project's runtime middleware (the pod's runtime config)."""
+    real_engine: bool = False
+    """The real vLLM engine serves this pod, not the simulator."""
+    health_seconds: float | None = None
+    """With the supervisor's readiness probe (real engine, gated pod): seconds from the
+    process's start to ``/health`` answering 200."""
+    ready_seconds: float | None = None
+    """With the supervisor's readiness probe: seconds from the process's start to the probe
+    first passing (the pod turned Ready)."""
+    ready_before_engine: bool = False
+    """Real engine: the pod was seen Ready before the engine was (kwok's stage won the race
+    against the ``sim-unready`` label); the cluster then saw a Ready pod that was not."""
 
     @property
     def url(self) -> str:
         return f"http://{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessExit:
+    """How a deleted (or stopped) pod's process ended; times are ``time.monotonic()``."""
+
+    namespace: str
+    pod: str
+    uid: str
+    real_engine: bool
+    pid: int | None
+    returncode: int | None
+    deleted_at: float | None
+    """When the supervisor saw the pod deleted (None: stopped for another reason)."""
+    prestop_s: float
+    grace_s: float
+    sigterm_at: float | None
+    exited_at: float
+    """When its main process (the container's PID 1) was seen gone."""
+    sigkilled: bool
+    """The grace period ended (or the pod went away at once) before it exited."""
+
+    @property
+    def drain_seconds(self) -> float | None:
+        """From SIGTERM to exit."""
+        return None if self.sigterm_at is None else self.exited_at - self.sigterm_at
+
+    @property
+    def grace_left_seconds(self) -> float | None:
+        """How much of the grace period was left when it exited."""
+        if self.deleted_at is None:
+            return None
+        return self.deleted_at + self.grace_s - self.exited_at
 
 
 def serving(sims: Sequence[SimulatorInfo]) -> list[SimulatorInfo]:
@@ -134,19 +192,79 @@ class _Proc:
     started_at: float = 0.0
     runtime: RuntimeFiles | None = None
     """The runtime middleware's files of the running process (None: plain simulator)."""
+    real: bool = False
+    """Served by the real engine (decided when the pod is first seen; kept across restarts)."""
+    engine: EngineFiles | None = None
+    prober: ReadinessProber | None = None
+    reaper: subprocess.Popen[bytes] | None = None
+    pgid: int | None = None
+    """The real engine's process group (vLLM's engine core and worker are in it)."""
+    deleted_at: float | None = None
+    prestop_s: float = 0.0
+    grace_s: float = 0.0
+    sigterm_at: float | None = None
+    sigkilled: bool = False
+    exited_at: float | None = None
 
     @property
     def pid(self) -> int | None:
         return self.popen.pid if self.popen is not None else None
 
-    def alive(self) -> bool:
+    def main_alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    def alive(self) -> bool:
+        """The process runs; for a real engine, any process of its group (vLLM's children).
+
+        Once a real engine's group is found gone, its id is forgotten and its reaper ended, so
+        that nothing ever signals that id again (the system may hand it out anew)."""
+        if self.main_alive():
+            return True
+        if self.real and self.pgid is not None:
+            if group_alive(self.pgid):
+                return True
+            self.pgid = None
+            self._end_reaper()
+        return False
+
     def signal(self, sig: signal.Signals) -> None:
-        if self.alive():
-            assert self.popen is not None
-            with contextlib.suppress(ProcessLookupError):
+        """As the kubelet signals a container: SIGTERM to PID 1, SIGKILL to every process."""
+        if not self.alive():
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if self.real and sig == signal.SIGKILL and self.pgid is not None:
+                os.killpg(self.pgid, sig)
+            elif self.popen is not None and self.main_alive():
                 os.kill(self.popen.pid, sig)
+        if sig == signal.SIGTERM and self.sigterm_at is None:
+            self.sigterm_at = time.monotonic()
+        if sig == signal.SIGKILL:
+            self.sigkilled = True
+
+    def end_helpers(self) -> None:
+        """Stop the readiness prober and the orphan reaper (the engine's group is gone)."""
+        if self.prober is not None:
+            self.prober.stop()
+        self._end_reaper()
+
+    def _end_reaper(self) -> None:
+        if self.reaper is not None:
+            # Stopped before it could ever signal a process group id handed out again.
+            self.reaper.kill()
+            self.reaper.wait()
+            self.reaper = None
+
+
+@dataclass
+class _RealSlot:
+    """The one pod the real engine serves (held until its engine has exited)."""
+
+    uid: str
+    namespace: str
+    name: str
+    retry_at: float = 0.0
+    engine_was_ready: bool = False
+    ready_before_engine: bool = False
 
 
 class Supervisor:
@@ -166,6 +284,9 @@ class Supervisor:
         python: str = sys.executable,
         stop_grace_seconds: float = 5.0,
         runtime_middleware: bool = True,
+        real_engine: Callable[[JSON], bool] | None = None,
+        real_engine_overrides: Mapping[str, Any] | None = None,
+        engine_install: EngineInstall | None = None,
     ) -> None:
         """``sim_args`` are appended to every simulator's flags (they win), e.g.
         ``["--itl-ms", "2"]`` for fast tests; ``sim_env`` is added to their environment.
@@ -174,6 +295,13 @@ class Supervisor:
         SIGKILL. ``runtime_middleware``: run the project's runtime middleware in the simulators
         of pods that mount a runtime config (it needs ConfigMap reads); not when ``sim_args``
         name a ``--middleware`` of their own.
+
+        ``real_engine``: pods (their JSON) the real vLLM engine may serve instead of the
+        simulator; the first one seen gets it, and the next only once that engine has exited
+        (one at a time: it takes about 4.6 GiB). ``real_engine_overrides``: runtime config
+        fields set last for it (e.g. ``{"shutdown_timeout_seconds": 10}``; see
+        ``e2e/real_engine/pod_config.py`` for what is always adapted). ``engine_install``: the
+        engine venv and tiny model (default: installed or reused by ``start()``).
         """
         self.kubeconfig = Path(kubeconfig)
         self.label_selector = label_selector
@@ -186,6 +314,12 @@ class Supervisor:
         self.python = python
         self.stop_grace_seconds = stop_grace_seconds
         self.runtime_middleware = runtime_middleware
+        self.real_engine = real_engine
+        self.real_engine_overrides = dict(real_engine_overrides or {})
+        self._install = engine_install
+        self._slot: _RealSlot | None = None
+        self._label_retry: dict[str, float] = {}
+        self._exits: list[ProcessExit] = []
         self._core: Any = None
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stopping = threading.Event()
@@ -219,6 +353,8 @@ class Supervisor:
         """List the pods (errors raise here), then watch and supervise in background threads."""
         from kubernetes import client, config
 
+        if self.real_engine is not None and self._install is None:
+            self._install = EngineInstall.ensure()
         api_client = config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
         self._core = client.CoreV1Api(api_client)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -256,6 +392,11 @@ class Supervisor:
     def simulators(self) -> list[SimulatorInfo]:
         with self._snap_lock:
             return list(self._snapshot)
+
+    def exits(self) -> list[ProcessExit]:
+        """The processes of deleted (or stopped) pods that have exited, oldest first."""
+        with self._snap_lock:
+            return list(self._exits)
 
     def wait_for(
         self, predicate: Callable[[list[SimulatorInfo]], bool], *, timeout: float = 60.0
@@ -382,14 +523,38 @@ class Supervisor:
         log.warning("ConfigMap %s/%s has no key %r (the %s)", namespace, ref.name, ref.key, what)
         return None
 
+    def _runtime_sources(self, spec: PodSim) -> tuple[str, str, str | None]:
+        """The pod's runtime config (text and origin) and custom prompt, read from its
+        ConfigMaps. Raises RuntimeSetupError."""
+        source = spec.runtime_config_source
+        if source is None:
+            raise RuntimeSetupError(f"no runtime config mounted at {spec.runtime_config_path}")
+        text = self._configmap_value(namespace=spec.namespace, ref=source, what="runtime config")
+        if text is None:
+            raise RuntimeSetupError("runtime config unavailable")
+        origin = f"ConfigMap {spec.namespace}/{source.name} key {source.key}"
+        custom: str | None = None
+        prompt_path = custom_prompt_path(parse_config(text, source=origin))
+        if prompt_path is not None:
+            prompt_ref = configmap_key_for(spec.config_maps, prompt_path)
+            if prompt_ref is None:
+                raise RuntimeSetupError(
+                    f"the custom system prompt {prompt_path} is not mounted from a ConfigMap"
+                )
+            custom = self._configmap_value(
+                namespace=spec.namespace, ref=prompt_ref, what="custom system prompt"
+            )
+            if custom is None:
+                raise RuntimeSetupError(f"the custom system prompt {prompt_path} is missing")
+        return text, origin, custom
+
     def _runtime_files(self, proc: _Proc) -> RuntimeFiles | None:
         """The runtime middleware's files for ``proc`` (None: the plain simulator runs)."""
         spec = proc.spec
         if not self.runtime_middleware or "--middleware" in self.sim_args:
             return None
         where = f"{spec.namespace}/{spec.name}"
-        source = spec.runtime_config_source
-        if source is None:
+        if spec.runtime_config_source is None:
             log.info(
                 "%s: no runtime config mounted at %s; plain simulator",
                 where,
@@ -397,25 +562,8 @@ class Supervisor:
             )
             return None
         fallback = "the plain simulator runs, without the runtime middleware"
-        text = self._configmap_value(namespace=spec.namespace, ref=source, what="runtime config")
-        if text is None:
-            log.warning("%s: runtime config unavailable; %s", where, fallback)
-            return None
-        origin = f"ConfigMap {spec.namespace}/{source.name} key {source.key}"
-        custom: str | None = None
         try:
-            prompt_path = custom_prompt_path(parse_config(text, source=origin))
-            if prompt_path is not None:
-                prompt_ref = configmap_key_for(spec.config_maps, prompt_path)
-                if prompt_ref is None:
-                    raise RuntimeSetupError(
-                        f"the custom system prompt {prompt_path} is not mounted from a ConfigMap"
-                    )
-                custom = self._configmap_value(
-                    namespace=spec.namespace, ref=prompt_ref, what="custom system prompt"
-                )
-                if custom is None:
-                    raise RuntimeSetupError(f"the custom system prompt {prompt_path} is missing")
+            text, origin, custom = self._runtime_sources(spec)
             files = write_runtime_files(
                 self.log_dir / f"{spec.namespace}.{spec.name}.runtime",
                 config_text=text,
@@ -429,6 +577,31 @@ class Supervisor:
             "%s: runtime middleware with the config of %s, system prompt %s",
             where,
             origin,
+            files.system_prompt,
+        )
+        return files
+
+    def _engine_files(self, proc: _Proc) -> EngineFiles:
+        """The real engine's config for ``proc``'s pod; raises RuntimeSetupError or OSError."""
+        spec = proc.spec
+        assert self._install is not None
+        text, origin, custom = self._runtime_sources(spec)
+        files = prepare(
+            self.log_dir / f"{spec.namespace}.{spec.name}.engine",
+            install=self._install,
+            config_text=text,
+            source=origin,
+            host=spec.ip,
+            port=spec.port,
+            custom_prompt=custom,
+            overrides=self.real_engine_overrides,
+        )
+        log.info(
+            "%s/%s: real engine with the config of %s (changed: %s), system prompt %s",
+            spec.namespace,
+            spec.name,
+            origin,
+            "; ".join(files.notes) or "nothing",
             files.system_prompt,
         )
         return files
@@ -513,7 +686,11 @@ class Supervisor:
                 self._terminate(current, pod=pod)
             if live is None:
                 self._reported.pop(uid, None)
+                self._label_retry.pop(uid, None)
+            self._release_slot(uid)
             return
+        self._claim_slot(uid, live)
+        self._note_early_ready(uid, live)
         decision: Decision = decide(live)
         if decision.sim is None:
             level = logging.WARNING if decision.refused else logging.INFO
@@ -526,23 +703,145 @@ class Supervisor:
             self._kill(current, reason="its configuration changed")
             current = None
         if current is None:
+            real = self._slot is not None and self._slot.uid == uid
             proc = _Proc(
                 spec=spec,
                 log_path=self.log_dir / f"{spec.namespace}.{spec.name}.log",
-                healthy=spec.healthy,
+                healthy=not real and (spec.healthy or spec.readiness_gated),
+                real=real,
             )
             self._procs[uid] = proc
-            self._report(live, f"simulator wanted on {spec.ip}:{spec.port}")
+            what = "real engine" if real else "simulator"
+            self._report(live, f"{what} wanted on {spec.ip}:{spec.port}")
             return
         current.spec = spec
+        if current.real or spec.readiness_gated:
+            return  # its labels are the supervisor's readiness verdict, not an input
         if current.healthy != spec.healthy:
             current.healthy = spec.healthy
             self._report(live, f"/health {'ok' if spec.healthy else 'failing (sim-unready)'}")
             self._apply_health(current)
 
+    # ------------------------------------------------------------- real engine
+    def _claim_slot(self, uid: str, pod: JSON) -> None:
+        """Give the real engine to ``pod`` if it is selected, has no process yet and the
+        engine is free; label it unready at once, before kwok can show it Ready."""
+        if self.real_engine is None or self._slot is not None or uid in self._procs:
+            return
+        meta = pod.get("metadata") or {}
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return
+        if not self.real_engine(pod):
+            return
+        self._slot = _RealSlot(
+            uid=uid, namespace=str(meta.get("namespace", "")), name=str(meta.get("name", ""))
+        )
+        gated = readiness_gated(pod)
+        log.info(
+            "%s: the real engine will serve this pod (phase %s); %s until its readiness probe "
+            "passes",
+            pod_key(pod),
+            (pod.get("status") or {}).get("phase") or "unknown",
+            "not Ready (E2E_SIM_READINESS=supervisor)"
+            if gated
+            else f"labelled {SIM_UNREADY_LABEL}=true (racing kwok's pod-ready stage: set "
+            "E2E_SIM_READINESS=supervisor in the pod to be sure)",
+        )
+        self._sync_readiness(uid, pod)
+
+    def _release_slot(self, uid: str) -> None:
+        """Free the real engine's slot once ``uid``'s pod is gone and its engine has exited."""
+        if self._slot is None or self._slot.uid != uid:
+            return
+        if uid in self._pods and not (self._pods[uid].get("metadata") or {}).get(
+            "deletionTimestamp"
+        ):
+            return
+        if uid in self._procs or any(p.spec.uid == uid and p.real for p in self._dying):
+            return
+        log.info("%s/%s: the real engine is free again", self._slot.namespace, self._slot.name)
+        self._slot = None
+
+    def _plays_readiness(self, uid: str, pod: JSON) -> bool:
+        """The supervisor decides this pod's readiness: it is gated, or the real engine's."""
+        return readiness_gated(pod) or (self._slot is not None and self._slot.uid == uid)
+
+    def _probe_passes(self, uid: str) -> bool:
+        proc = self._procs.get(uid)
+        return (
+            proc is not None and proc.main_alive() and proc.prober is not None and proc.prober.ready
+        )
+
+    def _sync_readiness(self, uid: str, pod: JSON) -> None:
+        """Show the readiness probe's verdict on the pod, as labels kwok's stages act on.
+
+        A gated pod (``E2E_SIM_READINESS=supervisor``) gets ``sim-ready=true`` when the probe
+        first passes, then ``sim-unready=true`` while it fails. The real engine's pod without
+        the gate carries ``sim-unready=true`` while the probe has not passed.
+        """
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return
+        ready = self._probe_passes(uid)
+        labels = meta.get("labels") or {}
+        wanted: dict[str, str | None]
+        if readiness_gated(pod):
+            was_ready = labels.get(SIM_READY_LABEL) == "true"
+            wanted = {
+                SIM_READY_LABEL: "true" if ready or was_ready else None,
+                SIM_UNREADY_LABEL: "true" if was_ready and not ready else None,
+            }
+        else:
+            wanted = {SIM_UNREADY_LABEL: None if ready else "true"}
+        if all(labels.get(k) == v for k, v in wanted.items()):
+            return
+        now = time.monotonic()
+        if now < self._label_retry.get(uid, 0.0):
+            return
+        self._label_retry[uid] = now + 1.0  # until the watch shows the change
+        slot = self._slot
+        if ready and slot is not None and slot.uid == uid:
+            slot.engine_was_ready = True
+        try:
+            self._core.patch_namespaced_pod(
+                str(meta.get("name", "")),
+                str(meta.get("namespace", "")),
+                {"metadata": {"labels": wanted}},
+                _content_type="application/merge-patch+json",
+            )
+        except Exception as err:
+            log.warning(
+                "%s: cannot set its readiness labels %s (%s)",
+                pod_key(pod),
+                wanted,
+                getattr(err, "status", err),
+            )
+            return
+        log.info(
+            "%s: readiness probe %s: labels %s",
+            pod_key(pod),
+            "passed" if ready else "not passed",
+            ", ".join(f"{k}={v or '(removed)'}" for k, v in wanted.items()),
+        )
+
+    def _note_early_ready(self, uid: str, pod: JSON) -> None:
+        """Remember (and say) when the cluster shows the pod Ready before its engine was."""
+        slot = self._slot
+        if slot is None or slot.uid != uid or slot.ready_before_engine or slot.engine_was_ready:
+            return
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+            slot.ready_before_engine = True
+            log.warning(
+                "%s: the pod showed Ready before its real engine was (kwok's stage came first)",
+                pod_key(pod),
+            )
+
     @staticmethod
     def _apply_health(proc: _Proc) -> None:
         """Signal a health change, only once the simulator has its handlers (it serves)."""
+        if proc.real:
+            return  # vLLM has no such handlers: SIGUSR1 would end it
         if proc.state == "serving" and proc.applied_healthy != proc.healthy:
             proc.signal(signal.SIGUSR2 if proc.healthy else signal.SIGUSR1)
             proc.applied_healthy = proc.healthy
@@ -551,28 +850,33 @@ class Supervisor:
         """The kubelet's stop: preStop sleep, SIGTERM, SIGKILL at the end of the grace period."""
         self._procs.pop(proc.spec.uid, None)
         if not proc.alive():
+            proc.end_helpers()
             return
         plan = termination(pod)
         now = time.monotonic()
         prestop = plan.prestop_s if self.honor_prestop and proc.state == "serving" else 0.0
         proc.term_at = now + min(prestop, plan.grace_s)
         proc.kill_at = max(now + plan.grace_s, proc.term_at + 2.0)
+        proc.deleted_at, proc.prestop_s, proc.grace_s = now, prestop, plan.grace_s
         proc.state = "terminating"
         self._dying.append(proc)
         log.info(
-            "%s/%s deleted: SIGTERM in %.0fs, SIGKILL in %.0fs (pid %s)",
+            "%s/%s deleted: SIGTERM in %.0fs, SIGKILL in %.0fs (%s pid %s)",
             proc.spec.namespace,
             proc.spec.name,
             proc.term_at - now,
             proc.kill_at - now,
+            "real engine" if proc.real else "simulator",
             proc.pid,
         )
 
     def _kill(self, proc: _Proc, *, reason: str) -> None:
         self._procs.pop(proc.spec.uid, None)
         if not proc.alive():
+            proc.end_helpers()
             return
-        log.info("%s/%s: stopping its simulator (%s)", proc.spec.namespace, proc.spec.name, reason)
+        what = "real engine" if proc.real else "simulator"
+        log.info("%s/%s: stopping its %s (%s)", proc.spec.namespace, proc.spec.name, what, reason)
         proc.signal(signal.SIGKILL)
         proc.state = "terminating"
         proc.term_at = proc.kill_at = time.monotonic()
@@ -584,13 +888,61 @@ class Supervisor:
         others = [*self._dying, *(p for p in self._procs.values() if p is not proc)]
         return any((o.spec.ip, o.spec.port) == address and o.alive() for o in others)
 
+    @staticmethod
+    def _kill_orphans(proc: _Proc) -> None:
+        """The container's PID 1 has exited: its other processes (vLLM's engine core and
+        worker) go with it, as when a container ends."""
+        if proc.real and proc.pgid is not None and not proc.main_alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pgid, signal.SIGKILL)
+
+    def _record_exit(self, proc: _Proc) -> None:
+        exited_at = proc.exited_at if proc.exited_at is not None else time.monotonic()
+        record = ProcessExit(
+            namespace=proc.spec.namespace,
+            pod=proc.spec.name,
+            uid=proc.spec.uid,
+            real_engine=proc.real,
+            pid=proc.pid,
+            returncode=proc.popen.returncode if proc.popen is not None else None,
+            deleted_at=proc.deleted_at,
+            prestop_s=proc.prestop_s,
+            grace_s=proc.grace_s,
+            sigterm_at=proc.sigterm_at,
+            exited_at=exited_at,
+            sigkilled=proc.sigkilled,
+        )
+        with self._snap_lock:
+            self._exits.append(record)
+        timing = []
+        if record.drain_seconds is not None:
+            timing.append(f"{record.drain_seconds:.1f}s after SIGTERM")
+        if record.grace_left_seconds is not None:
+            timing.append(
+                f"{record.grace_left_seconds:.1f}s before the end of its {record.grace_s:.0f}s "
+                "grace period"
+            )
+        log.info(
+            "%s/%s: %s exited (%s)%s%s",
+            proc.spec.namespace,
+            proc.spec.name,
+            "real engine" if proc.real else "simulator",
+            record.returncode,
+            ", " if timing else "",
+            ", ".join(timing),
+        )
+
     def _tick(self) -> None:
         now = time.monotonic()
         for proc in list(self._dying):
+            if proc.exited_at is None and not proc.main_alive():
+                proc.exited_at = now
+            self._kill_orphans(proc)
             if not proc.alive():
                 self._dying.remove(proc)
-                code = proc.popen.returncode if proc.popen is not None else None
-                log.info("%s/%s: simulator exited (%s)", proc.spec.namespace, proc.spec.name, code)
+                self._record_exit(proc)
+                proc.end_helpers()
+                self._release_slot(proc.spec.uid)
                 continue
             if proc.term_at is not None and now >= proc.term_at and not proc.termed:
                 proc.termed = True
@@ -598,23 +950,36 @@ class Supervisor:
             if proc.kill_at is not None and now >= proc.kill_at:
                 proc.signal(signal.SIGKILL)
         for proc in list(self._procs.values()):
-            if proc.popen is not None and not proc.alive():
+            if proc.popen is not None and not proc.main_alive():
+                self._kill_orphans(proc)
+                if proc.prober is not None:
+                    proc.prober.stop()
                 proc.restarts += 1
                 delay = min(BACKOFF_MAX_SECONDS, 2.0 ** (proc.restarts - 1))
                 proc.next_start = now + delay
                 proc.state = "backoff"
                 log.warning(
-                    "%s/%s: simulator exited with %s; restarting in %.0fs; last lines:\n%s",
+                    "%s/%s: %s exited with %s; restarting in %.0fs; last lines:\n%s",
                     proc.spec.namespace,
                     proc.spec.name,
+                    "real engine" if proc.real else "simulator",
                     proc.popen.returncode,
                     delay,
                     _tail(proc.log_path),
                 )
                 proc.popen = None
-            if proc.popen is None and now >= proc.next_start and not self._address_busy(proc):
+            if (
+                proc.popen is None
+                and now >= proc.next_start
+                and not self._address_busy(proc)
+                and not proc.alive()  # a real engine's group is gone too
+            ):
                 self._spawn(proc)
-            elif proc.state == "starting" and _accepts(ip=proc.spec.ip, port=proc.spec.port):
+            elif proc.state == "starting" and (
+                proc.prober is not None and proc.prober.health_at is not None
+                if proc.real
+                else _accepts(ip=proc.spec.ip, port=proc.spec.port)
+            ):
                 proc.state = "serving"
                 self._apply_health(proc)
                 log.info(
@@ -626,9 +991,11 @@ class Supervisor:
                     proc.pid,
                     now - proc.started_at,
                 )
+        for uid, pod in list(self._pods.items()):
+            if self._plays_readiness(uid, pod):
+                self._sync_readiness(uid, pod)
 
-    def _spawn(self, proc: _Proc) -> None:
-        spec = proc.spec
+    def _api_key(self, spec: PodSim) -> str | None:
         key = spec.api_key
         if key is None and spec.api_key_secret is not None:
             key = self._secret_value(
@@ -636,6 +1003,79 @@ class Supervisor:
                 name=spec.api_key_secret.name,
                 key=spec.api_key_secret.key,
             )
+        return key
+
+    def _spawn_real(self, proc: _Proc) -> None:
+        """Start ``magistral-runtime serve`` of the engine venv for the pod (and its prober)."""
+        from e2e.real_engine.serve import _start_reaper, engine_environ
+
+        spec = proc.spec
+        assert self._install is not None
+        proc.end_helpers()  # those of the previous run, if any (its group is gone)
+        key = self._api_key(spec)
+        try:
+            files = self._engine_files(proc)
+        except (RuntimeSetupError, OSError) as err:
+            # A real pod would not start either (its volume or config is missing): retry.
+            proc.restarts += 1
+            delay = min(BACKOFF_MAX_SECONDS, 2.0 ** (proc.restarts - 1))
+            proc.next_start = time.monotonic() + delay
+            proc.state = "backoff"
+            log.warning(
+                "%s/%s: cannot start the real engine: %s; retrying in %.0fs",
+                spec.namespace,
+                spec.name,
+                err,
+                delay,
+            )
+            return
+        base = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        base["PYTHONUNBUFFERED"] = "1"
+        env = engine_environ(self._install.env, api_key=key or None, base=base)
+        with proc.log_path.open("ab") as out:
+            out.write(
+                f"# {' '.join(files.argv)}  (real engine; API key: {'set' if key else 'none'}; "
+                f"config {files.config_path}; changed: {'; '.join(files.notes)})\n".encode()
+            )
+            out.flush()
+            proc.popen = subprocess.Popen(
+                files.argv,
+                cwd=files.directory,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
+            )
+        proc.pgid = proc.popen.pid
+        if self.die_with_parent:
+            proc.reaper = _start_reaper(proc.pgid)
+        proc.engine = files
+        proc.runtime = None
+        proc.state = "starting"
+        proc.started_at = time.monotonic()
+        proc.prober = ReadinessProber(
+            base_url=spec_url(spec), probe=spec.readiness, name=f"{spec.namespace}.{spec.name}"
+        ).start()
+        log.info(
+            "%s/%s: real engine pid %d on %s:%d (%s; readiness probe %s every %gs)",
+            spec.namespace,
+            spec.name,
+            proc.popen.pid,
+            spec.ip,
+            spec.port,
+            "API key set" if key else "no API key",
+            spec.readiness.path,
+            spec.readiness.period_s,
+        )
+
+    def _spawn(self, proc: _Proc) -> None:
+        if proc.real:
+            self._spawn_real(proc)
+            return
+        spec = proc.spec
+        key = self._api_key(spec)
         gpu, memory = self._node_gpu(spec.node_name)
         runtime = self._runtime_files(proc)
         argv = [self.python, "-m", "e2e.engine.simulator", *spec.sim_args]
@@ -682,6 +1122,11 @@ class Supervisor:
         proc.state = "starting"
         proc.started_at = time.monotonic()
         proc.runtime = runtime
+        proc.end_helpers()  # the previous run's prober
+        if spec.readiness_gated:
+            proc.prober = ReadinessProber(
+                base_url=spec_url(spec), probe=spec.readiness, name=f"{spec.namespace}.{spec.name}"
+            ).start()
         log.info(
             "%s/%s: simulator pid %d on %s:%d (%s, %s)",
             spec.namespace,
@@ -697,6 +1142,7 @@ class Supervisor:
         infos: list[SimulatorInfo] = []
         for proc in [*self._procs.values(), *self._dying]:
             spec = proc.spec
+            prober = proc.prober
             infos.append(
                 SimulatorInfo(
                     namespace=spec.namespace,
@@ -711,7 +1157,20 @@ class Supervisor:
                     healthy=proc.healthy,
                     restarts=proc.restarts,
                     log_path=str(proc.log_path),
-                    runtime_middleware=proc.runtime is not None,
+                    runtime_middleware=proc.runtime is not None or proc.real,
+                    real_engine=proc.real,
+                    health_seconds=None
+                    if prober is None
+                    else _since(proc.started_at, prober.health_at),
+                    ready_seconds=None
+                    if prober is None
+                    else _since(proc.started_at, prober.ready_at),
+                    ready_before_engine=bool(
+                        proc.real
+                        and self._slot is not None
+                        and self._slot.uid == spec.uid
+                        and self._slot.ready_before_engine
+                    ),
                 )
             )
         with self._changed:
@@ -720,7 +1179,8 @@ class Supervisor:
                 self._changed.notify_all()
 
     def _shutdown_all(self) -> None:
-        procs = [p for p in [*self._procs.values(), *self._dying] if p.alive()]
+        everything = [*self._procs.values(), *self._dying]
+        procs = [p for p in everything if p.alive()]
         self._procs.clear()
         for proc in procs:
             proc.signal(signal.SIGTERM)
@@ -735,7 +1195,25 @@ class Supervisor:
                     proc.popen.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     log.error("simulator pid %s did not exit", proc.pid)
+        deadline = time.monotonic() + 10
+        for proc in procs:
+            while proc.alive() and time.monotonic() < deadline:  # vLLM's children
+                proc.signal(signal.SIGKILL)
+                time.sleep(0.05)
+            if proc.alive():
+                log.error("real engine process group %s did not exit", proc.pgid)
+        for proc in everything:
+            proc.end_helpers()
         self._dying.clear()
+        self._slot = None
+
+
+def spec_url(spec: PodSim) -> str:
+    return f"http://{spec.ip}:{spec.port}"
+
+
+def _since(start: float, then: float | None) -> float | None:
+    return None if then is None else round(then - start, 1)
 
 
 def _accepts(*, ip: str, port: int) -> bool:
@@ -769,6 +1247,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="plain simulators, without the runtime middleware of the pods' runtime config",
     )
     parser.add_argument(
+        "--real-engine",
+        nargs="?",
+        const="*",
+        default=None,
+        metavar="GLOB",
+        help="serve one pod at a time whose namespace/name matches GLOB (default: any) with the "
+        "real vLLM engine (e2e/real_engine; installs its venv on first use)",
+    )
+    parser.add_argument(
+        "--real-engine-shutdown-timeout",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="the real engine's shutdown_timeout_seconds instead of the pod's",
+    )
+    parser.add_argument(
         "sim_args", nargs=argparse.REMAINDER, help="-- then flags for every simulator"
     )
     ns = parser.parse_args(argv)
@@ -779,6 +1273,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
+    real_engine: Callable[[JSON], bool] | None = None
+    if ns.real_engine is not None:
+        pattern = str(ns.real_engine)
+
+        def real_engine(pod: JSON) -> bool:
+            return fnmatch.fnmatchcase(pod_key(pod), pattern)
+
+    overrides: dict[str, Any] = {}
+    if ns.real_engine_shutdown_timeout is not None:
+        overrides["shutdown_timeout_seconds"] = ns.real_engine_shutdown_timeout
     supervisor = Supervisor(
         kubeconfig=ns.kubeconfig,
         label_selector=ns.selector,
@@ -787,6 +1291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_dir=ns.log_dir,
         honor_prestop=not ns.no_prestop,
         runtime_middleware=not ns.no_runtime_middleware,
+        real_engine=real_engine,
+        real_engine_overrides=overrides,
     )
     supervisor.start()
     try:

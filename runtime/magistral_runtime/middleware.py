@@ -11,9 +11,12 @@ What it does:
   checks and defaults the request (`request.py`: limits, sampling defaults, system prompt,
   history policy) and, for think-text models (2506), moves the `<think>` reasoning out of
   the response's content, streamed or not (`response.py`).
-* /v1/responses (and its sub-paths): refused with 404; the Responses API's items and
-  events are not rewritten, so it would bypass the system prompt, the sampling defaults
-  and the reasoning split.
+* /v1/responses and /v1/messages (and their sub-paths): refused with 404; the Responses
+  API's and Anthropic's Messages API's items and events are not rewritten, so they would
+  bypass the system prompt, the sampling defaults and the reasoning split.
+* /invocations (SageMaker's route into the same handlers): refused with 404, key or not;
+  vLLM's API-key check does not guard it (seen on the real engine: a chat completion
+  without a key).
 * Requests whose API key is wrong are passed on untouched, so vLLM answers them 401
   without learning anything from our checks.
 * GET /magistral/ready and /magistral/live: deep readiness and liveness (`health.py`), with
@@ -59,6 +62,8 @@ LIVE_PATH = "/magistral/live"
 CHAT_PATH = "/v1/chat/completions"
 BATCH_PATH = "/v1/chat/completions/batch"
 RESPONSES_PATH = "/v1/responses"
+MESSAGES_PATH = "/v1/messages"
+INVOCATIONS_PATH = "/invocations"
 PROBE_PATH = "/v1/completions"
 # vLLM's counter of generated tokens (vllm/v1/metrics/loggers.py), in this process's default
 # Prometheus registry: it grows every engine step, streamed requests or not.
@@ -72,13 +77,26 @@ GUARDED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
 # Successful answers on these show the engine generating (readiness and liveness count them).
 GENERATION_PATHS = frozenset({CHAT_PATH, BATCH_PATH, PROBE_PATH})
 RETRY_AFTER = ((b"retry-after", b"1"), (b"connection", b"close"))
-RESPONSES_REFUSAL = error_body(
-    message=f"{RESPONSES_PATH} is not served by this endpoint: its runtime applies the system "
-    f"prompt, the sampling defaults and the reasoning split to {CHAT_PATH} and {BATCH_PATH} "
-    f"only; use {CHAT_PATH}",
-    param=None,
-    status=404,
-    error_type="invalid_request_error",
+
+
+def _refusal(path: str, why: str) -> bytes:
+    return error_body(
+        message=f"{path} is not served by this endpoint: {why}; use {CHAT_PATH}",
+        param=None,
+        status=404,
+        error_type="invalid_request_error",
+    )
+
+
+_POLICY = (
+    f"its runtime applies the system prompt, the sampling defaults and the reasoning split to "
+    f"{CHAT_PATH} and {BATCH_PATH} only"
+)
+RESPONSES_REFUSAL = _refusal(RESPONSES_PATH, _POLICY)
+# Refused on /v1 paths once the key is checked (vLLM answers 401 without it).
+REFUSED = {RESPONSES_PATH: RESPONSES_REFUSAL, MESSAGES_PATH: _refusal(MESSAGES_PATH, _POLICY)}
+INVOCATIONS_REFUSAL = _refusal(
+    INVOCATIONS_PATH, f"vLLM does not check the API key there, and {_POLICY}"
 )
 
 Preparer = Callable[[bytes], PreparedChat]
@@ -210,6 +228,9 @@ class MagistralMiddleware:
             await send_json(send, status=503, body=body, extra_headers=RETRY_AFTER)
             return
         if not path.startswith(GUARDED_PREFIXES):
+            if _under(path, INVOCATIONS_PATH):
+                await send_json(send, status=404, body=INVOCATIONS_REFUSAL)
+                return
             await self.app(scope, receive, send)
             return
         self.drain.enter()
@@ -228,8 +249,8 @@ class MagistralMiddleware:
         prepare = self._preparers.get(path) if scope.get("method") == "POST" else None
         if prepare is not None and self._authorized(scope):
             await self._chat(scope, receive, send, prepare)
-        elif _is_responses(path) and self._authorized(scope):
-            await send_json(send, status=404, body=RESPONSES_REFUSAL)
+        elif (refusal := _refused(path)) is not None and self._authorized(scope):
+            await send_json(send, status=404, body=refusal)
         else:
             wrapped = self._progress_send(send) if path in GENERATION_PATHS else send
             await self.app(scope, receive, wrapped)
@@ -437,8 +458,15 @@ def engine_generation_tokens() -> float | None:
     return total
 
 
-def _is_responses(path: str) -> bool:
-    return path == RESPONSES_PATH or path.startswith(RESPONSES_PATH + "/")
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def _refused(path: str) -> bytes | None:
+    for prefix, refusal in REFUSED.items():
+        if _under(path, prefix):
+            return refusal
+    return None
 
 
 def _content_type(message: Message) -> bytes:

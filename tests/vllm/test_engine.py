@@ -246,3 +246,20 @@ def test_tool_requests_are_accepted(engine: RealEngine, tiny_model: Path) -> Non
     events = stream_events(engine, "/v1/chat/completions", {**body, "tool_choice": "auto"})
     assert events[-1] == "[DONE]"
     assert [c["choices"][0]["finish_reason"] for c in events[:-1] if c["choices"]][-1] == "stop"
+
+
+def test_no_route_around_the_key_or_the_chat_policy(engine: RealEngine) -> None:
+    """vLLM 0.32.0 (and 0.33.0, by source) also serves generation on `/invocations`
+    (SageMaker's route, which its API-key check does not guard) and `/v1/messages`
+    (Anthropic's Messages API, which our middleware does not rewrite). Both are refused with
+    404, as `/v1/responses` is; `/v1/completions` and vLLM's other routes are not."""
+    chat = {"model": SERVED_MODEL_NAME, "messages": HI, "max_tokens": 4}
+    invocation = call(engine, "/invocations", chat, key=None)
+    assert invocation.status == 404, invocation.body
+    assert invocation.json()["error"]["type"] == "invalid_request_error"
+    messages = {"model": SERVED_MODEL_NAME, "messages": HI, "max_tokens": 4}
+    for key in ("default", None):
+        anthropic = call(engine, "/v1/messages", messages, key=key)
+        assert anthropic.status == (404 if key else 401), anthropic.body
+    responses = call(engine, "/v1/responses", {"model": SERVED_MODEL_NAME, "input": "hi"})
+    assert responses.status == 404
