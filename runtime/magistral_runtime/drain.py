@@ -45,7 +45,6 @@ class DrainController:
         # (cutoff.py). None: never (requests are left to vLLM).
         self._cutoff_seconds = cutoff_seconds
         self._on_cutoff = on_cutoff
-        self.cut = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind_loop(self) -> None:
@@ -77,7 +76,6 @@ class DrainController:
         self._loop.call_later(self._cutoff_seconds, self._cut)
 
     def _cut(self) -> None:
-        self.cut = True
         log.info("drain deadline: ending %d request(s) still in flight", self._in_flight)
         if self._on_cutoff is not None:
             self._on_cutoff()

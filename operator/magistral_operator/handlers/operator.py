@@ -50,15 +50,12 @@ def _run(memo: kopf.Memo, body: Mapping[str, Any]) -> Outcome:
             return Outcome()
         try:
             outcome = reconcile(memo.kube, memo.config, fresh, refusals=_refusals)
-        except KubeError as exc:
-            if namespace_gone(exc):  # the endpoint goes with its namespace: nothing to report
+        except Exception as exc:
+            if isinstance(exc, KubeError) and namespace_gone(exc):
+                # The endpoint goes with its namespace: nothing to report.
                 log.info("%s/%s: namespace is gone or terminating; skipped", namespace, name)
                 _refusals.forget((namespace, name))
                 return Outcome()
-            RECONCILES.labels(result="error").inc()
-            _report(memo, fresh, exc)
-            raise
-        except Exception as exc:
             RECONCILES.labels(result="error").inc()
             _report(memo, fresh, exc)
             raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -88,7 +89,7 @@ def reconcile(
     body: dict[str, Any],
     *,
     refusals: RefusalBook | None = None,
-    clock: Any = time.monotonic,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Outcome:
     """Bring the endpoint's children and status in line with its spec and the cluster.
 
