@@ -312,18 +312,7 @@ class VllmSource:
         # variable -> config class (x = get_kwargs(Cls)); variable -> (class, field)
         kwargs_of, field_of = _kwargs_variables(function)
         flags: list[Flag] = []
-        for node in ast.walk(function):
-            if not (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and node.func.attr == "add_argument"
-            ):
-                continue
-            names = [
-                a.value
-                for a in node.args
-                if isinstance(a, ast.Constant) and isinstance(a.value, str)
-            ]
+        for node, names in _add_argument_calls(function):
             long_names = [n for n in names if n.startswith("--")]
             if not long_names:
                 continue  # positional arguments
@@ -454,6 +443,22 @@ class VllmSource:
             if "serve" in names:
                 return "make_arg_parser(" in ast.unparse(_method(cls, "subparser_init"))
         return False
+
+
+def _add_argument_calls(function: ast.FunctionDef) -> Iterator[tuple[ast.Call, list[str]]]:
+    """Every `*.add_argument(...)` call in a function body, with its literal option strings."""
+    for node in ast.walk(function):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "add_argument"
+        ):
+            names = [
+                a.value
+                for a in node.args
+                if isinstance(a, ast.Constant) and isinstance(a.value, str)
+            ]
+            yield node, names
 
 
 def _is_get_kwargs(node: ast.expr) -> bool:
@@ -787,18 +792,7 @@ class _OptionReader:
         kwargs_of, field_of = _kwargs_variables(function, implicit=implicit)
         self.edits.scan(function, kwargs_of=kwargs_of, field_of=field_of)
         options: list[Option] = []
-        for node in ast.walk(function):
-            if not (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and node.func.attr == "add_argument"
-            ):
-                continue
-            names = [
-                a.value
-                for a in node.args
-                if isinstance(a, ast.Constant) and isinstance(a.value, str)
-            ]
+        for node, names in _add_argument_calls(function):
             if any(isinstance(a, ast.Starred) for a in node.args):
                 continue  # the frontend's `*extra_flags, f"--{key}"`: read from the fields
             if not names or not names[0].startswith("-"):
