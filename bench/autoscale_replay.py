@@ -26,9 +26,6 @@ A discrete-event model in simulated time (no sleeping, no cluster), the same for
 
 Policies, each evaluated every pass on what it would see in a cluster:
 
-- `current`: the operator's rule today (`autoscale/policy.py`, targetQueueDepth 5, windows
-  30 s up / 360 s down), fed each ready replica's `num_requests_waiting` / `running` every
-  15 s, as the operator scrapes them (the router's queue is invisible to it).
 - `demand`: `autoscale/demand.py` with its defaults, fed by the router every 15 s: queued, in
   flight, the arrival rate over the last 60 s, the trend from the rates of the last two 300 s
   windows, per-replica in flight / waiting / KV usage, token means over the last 5 minutes;
@@ -78,11 +75,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from magistral_operator.api.spec import ScalingSpec
-from magistral_operator.api.status import AutoscalerStatus
 from magistral_operator.autoscale import demand
-from magistral_operator.autoscale.policy import ReplicaSample
-from magistral_operator.autoscale.policy import decide as current_decide
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 OBJECTIVE_WAIT_S = 10.0
@@ -423,32 +416,6 @@ def simulate(
 # --- the policies ---------------------------------------------------------------------------
 
 
-class CurrentPolicy(Controller):
-    """autoscale/policy.py as the operator runs it today (per-replica gauges)."""
-
-    label = "current (policy.py)"
-
-    def __init__(self, spec: ScalingSpec, interval: float = 15.0) -> None:
-        self.spec = spec
-        self.interval = interval
-        self.state: AutoscalerStatus | None = None
-
-    def desired(self, view: View, current: int) -> int:
-        samples = []
-        for r in view.ready():
-            waiting = r.waiting(view.now)
-            samples.append(ReplicaSample(waiting=waiting, running=r.in_flight - waiting))
-        d = current_decide(
-            current=current,
-            samples=samples,
-            scaling=self.spec,
-            state=self.state,
-            now=EPOCH + timedelta(seconds=view.now),
-        )
-        self.state = d.state
-        return d.desired_replicas
-
-
 class DemandPolicy(Controller):
     """autoscale/demand.py fed by the router and the engines."""
 
@@ -696,8 +663,6 @@ class Grid:
     min_replicas: int
     max_replicas: int
     policies: set[str]
-    current_specs: list[tuple[str, ScalingSpec]]
-    current_interval: float
     keda_thresholds: list[float]
     kubeai_targets: list[float]
     events: int
@@ -718,11 +683,6 @@ def run_cold_start(
 
     lines = [f"### {trace.name}, cold start {cold:g} s", "", HEADER]
     shown: list[RunResult] = []
-    if "current" in grid.policies:
-        for label, spec in grid.current_specs:
-            policy = CurrentPolicy(spec, grid.current_interval)
-            policy.label = label
-            shown.append(run(policy))
     ours: RunResult | None = None
     if "demand" in grid.policies:
         settings = {**bounds, **grid.demand_overrides}
@@ -803,18 +763,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=600.0, help="seconds left out")
     parser.add_argument(
         "--policies",
-        default="current,demand,keda,kubeai,fixed",
-        help="any of current, demand, keda, kubeai, fixed",
+        default="demand,keda,kubeai,fixed",
+        help="any of demand, keda, kubeai, fixed",
     )
     parser.add_argument("--min-replicas", type=int, default=1)
     parser.add_argument("--max-replicas", type=int, default=16)
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--kv-tokens", type=int, default=171_000)
     parser.add_argument("--prefill-tokens-per-s", type=float, default=10_000.0)
-    parser.add_argument("--targets", default="5", help="targetQueueDepth values (current)")
-    parser.add_argument("--interval", type=float, default=15.0, help="current's pass period")
-    parser.add_argument("--up-window", type=int, default=30, help="current's up window (s)")
-    parser.add_argument("--down-window", type=int, default=360, help="current's down window")
     parser.add_argument(
         "--keda-thresholds", default="5,1,2", help="the default first, then tuned values"
     )
@@ -847,31 +803,12 @@ def main(argv: list[str] | None = None) -> int:
         max_num_seqs=args.max_num_seqs,
         prefill_tokens_per_s=args.prefill_tokens_per_s,
     )
-    targets = args.targets.split(",")
     grid = Grid(
         engine=engine,
         warmup=args.warmup,
         min_replicas=args.min_replicas,
         max_replicas=args.max_replicas,
         policies=set(args.policies.split(",")),
-        current_specs=[
-            (
-                "current (policy.py)"
-                if len(targets) == 1
-                else f"current, targetQueueDepth {target}",
-                ScalingSpec.model_validate(
-                    {
-                        "minReplicas": args.min_replicas,
-                        "maxReplicas": args.max_replicas,
-                        "targetQueueDepth": float(target),
-                        "scaleUpWindowSeconds": args.up_window,
-                        "scaleDownWindowSeconds": args.down_window,
-                    }
-                ),
-            )
-            for target in targets
-        ],
-        current_interval=args.interval,
         keda_thresholds=[float(x) for x in args.keda_thresholds.split(",")],
         kubeai_targets=[float(x) for x in args.kubeai_targets.split(",")],
         events=args.events,
