@@ -1,5 +1,7 @@
 """`magistral-runtime serve`: validate the mounted runtime config and exec `vllm serve`.
 
+`magistral-runtime front`: the router front in each router pod (magistral_runtime.front).
+
 Exit status 2 with a message naming the field when the config is invalid. The API key is
 not put on the command line (where `ps` would show it): vLLM 0.33.0 reads it from the
 VLLM_API_KEY environment variable itself (vllm/envs.py; used by
@@ -26,6 +28,9 @@ from .config import (
     load_runtime_config,
 )
 from .env_policy import guarded_env_problems
+from .front.config import FrontConfigError
+from .front.config import add_arguments as add_front_arguments
+from .front.config import config_from_args as front_config_from_args
 from .launcher import build_serve_argv
 from .system_prompt import SystemPromptError, fetch_model_prompt, load_system_prompt
 
@@ -90,6 +95,17 @@ def serve(
     return 0  # only reached when exec is replaced (tests)
 
 
+def front(args: argparse.Namespace) -> int:
+    """`magistral-runtime front`: check the flags, then run until SIGTERM."""
+    try:
+        config = front_config_from_args(args)
+    except FrontConfigError as exc:
+        _fail(str(exc))
+    from .front.app import run  # aiohttp: only the front needs it
+
+    return run(config)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="magistral-runtime", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -109,7 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="do not download the model's SYSTEM_PROMPT.txt nor check the prompt file",
     )
+    front_parser = commands.add_parser(
+        "front",
+        help="the router front: hold at zero replicas, per-replica admission, demand report",
+        description="Runs in front of vllm-router in each router pod (docs/router-front.md).",
+    )
+    add_front_arguments(front_parser)
     args = parser.parse_args(argv)
+    if args.command == "front":
+        return front(args)
     config_path = args.config or Path(os.environ.get(CONFIG_ENV) or CONFIG_PATH)
     return serve(
         config_path=config_path,
