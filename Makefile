@@ -68,12 +68,16 @@ render: $(STAMP) ## render the example endpoint's manifests
 
 IMAGE ?= magistral-runtime:0.1.0
 OPERATOR_IMAGE ?= ghcr.io/magistral-operator/operator:0.1.0
-image: ## build the serving and operator images (needs a Docker engine)
+ROUTER_IMAGE ?= ghcr.io/magistral-operator/router:0.1.0-vllm-router0.1.17
+image: ## build the serving, router and operator images (needs a Docker engine)
 	docker build -f runtime/Dockerfile -t $(IMAGE) .
+	docker build -f router/Dockerfile -t $(ROUTER_IMAGE) .
 	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
 
 bench: $(STAMP) ## benchmarks (printed; results recorded in docs/)
 	$(BIN)/python bench/middleware_overhead.py
+	$(BIN)/python bench/front_overhead.py
+	$(BIN)/python bench/autoscale_replay.py ../shared/data/traces/azure-llm-2023-code.csv
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -14,6 +14,7 @@ from .api.endpoint import Endpoint, check_against_config, endpoint_pools
 from .sizing.capability import pool_capability
 from .sizing.profiles import ModelProfile, PrecisionError, UnknownModelError, resolve_profile
 from .sizing.tensor_parallel import SizingRequest, SizingResult, choose_tp
+from .sizing.throughput import ReplicaThroughput, replica_throughput
 
 
 @dataclass(frozen=True)
@@ -127,3 +128,36 @@ def plan_endpoint(
         )
         return EndpointPlan(profile=profile, pools=pools, desired_replicas=0, problems=(problem,))
     return EndpointPlan(profile=profile, pools=pools, desired_replicas=desired, problems=())
+
+
+def replica_capacity(endpoint: Endpoint, plan: EndpointPlan) -> ReplicaThroughput | None:
+    """What one replica holds, the smallest over the usable pools (sizing/throughput.py).
+
+    The autoscaler sizes the fleet from it and the routers admit `max_sequences` requests per
+    replica; the smallest of each figure keeps both on the safe side when pools differ.
+    None when no pool is usable.
+    """
+    profile = plan.profile
+    if profile is None:
+        return None
+    fp8 = profile.precision == "fp8" or profile.quantization == "fp8"
+    each = [
+        replica_throughput(
+            pool=p.pool,
+            tp=p.sizing.tp,
+            kv_tokens=p.sizing.chosen.kv_cache_tokens,
+            parameters_billions=profile.parameters_billions,
+            fp8=fp8,
+            max_num_seqs=endpoint.spec.runtime.max_num_seqs,
+            measured_prefill=endpoint.spec.scaling.prefill_tokens_per_second,
+        )
+        for p in plan.usable_pools
+        if p.sizing.tp is not None and p.sizing.chosen is not None
+    ]
+    if not each:
+        return None
+    return ReplicaThroughput(
+        max_sequences=min(c.max_sequences for c in each),
+        kv_tokens=min(c.kv_tokens for c in each),
+        prefill_tokens_per_second=min(c.prefill_tokens_per_second for c in each),
+    )

@@ -105,7 +105,8 @@ def seen(api: client.ApiClient, operator: OperatorProcess) -> Iterator[dict[str,
     apps = client.AppsV1Api(api)
     for r in accepted:
         r.endpoint = get_endpoint(api, r.namespace, r.name)
-        selector = f"magistral.dev/endpoint={r.name}"
+        # The engines' (GPU) Deployments and pods; a degraded endpoint may still have routers.
+        selector = f"magistral.dev/endpoint={r.name},app.kubernetes.io/component=inference"
         r.deployments = len(
             apps.list_namespaced_deployment(r.namespace, label_selector=selector).items
         )
@@ -157,7 +158,9 @@ def test_every_reader_agrees_with_the_catalogue(
 
     def serving() -> bool:
         pods = client.CoreV1Api(api).list_namespaced_pod(
-            record.namespace, label_selector=f"magistral.dev/endpoint={record.name}"
+            record.namespace,
+            label_selector=f"magistral.dev/endpoint={record.name},"
+            "app.kubernetes.io/component=inference",
         )
         return bool(pods.items)
 

@@ -28,6 +28,7 @@ from e2e.engine.simulator import Simulator
 from magistral_operator.api.config import load_operator_config
 from magistral_operator.api.endpoint import parse_endpoint
 from magistral_operator.render import render_endpoint
+from magistral_operator.render.metadata import is_engine_deployment
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -228,5 +229,9 @@ def render(
 
 
 def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    (obj,) = (o for o in objects if o["kind"] == kind)
+    """The one rendered object of `kind`; for Deployments, the (one pool's) engine one."""
+    if kind == "Deployment":
+        (obj,) = (o for o in objects if is_engine_deployment(o))
+    else:
+        (obj,) = (o for o in objects if o["kind"] == kind)
     return obj

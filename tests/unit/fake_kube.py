@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from magistral_operator.autoscale.demand import DemandSample
 from magistral_operator.kube.client import Kube, KubeError
 
 Key = tuple[str, str, str]
@@ -115,3 +116,35 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+@dataclass
+class ScriptedDemand:
+    """A demand reader (kube/demand.DemandReader) that answers what a test sets, no HTTP.
+
+    `sample` is returned for every read; `reads` records (key, routers, engines) per call, so a
+    test can see that the reconcile gave the reader the endpoint's pods, split by component.
+    """
+
+    sample: DemandSample = field(default_factory=lambda: DemandSample(router_ok=True))
+    reads: list[tuple[tuple[str, str], list[str], list[str]]] = field(default_factory=list)
+
+    def read(
+        self,
+        key: tuple[str, str],
+        *,
+        routers: Sequence[dict[str, Any]],
+        engines: Sequence[dict[str, Any]],
+        now: float,
+    ) -> DemandSample:
+        self.reads.append(
+            (
+                key,
+                [r["metadata"]["name"] for r in routers],
+                [e["metadata"]["name"] for e in engines],
+            )
+        )
+        return self.sample
+
+    def forget(self, key: tuple[str, str]) -> None:
+        pass

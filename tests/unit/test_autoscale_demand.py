@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from magistral_operator.api.config import CapacityTier
+from magistral_operator.api.status import RecommendationEntry
 from magistral_operator.autoscale.demand import (
     ArrivalTrend,
     DemandConfig,
@@ -181,8 +182,11 @@ def test_a_momentary_idle_snapshot_never_scales_down() -> None:
         )
         assert d.desired_replicas == 4, i
         state = d.state
-    # Idle for more than a whole window since the last busy pass (t=45 s): down.
+    # The busy recommendation (t=45 s) counts until the next pass replaced it (t=60 s); more
+    # than a whole window after that, at the next pass: down.
     d = decide(current=4, sample=idle, config=cfg, state=state, now=T0 + timedelta(seconds=120))
+    assert d.desired_replicas == 4
+    d = decide(current=4, sample=idle, config=cfg, state=d.state, now=T0 + timedelta(seconds=135))
     assert (d.desired_replicas, d.scaled) == (1, "Down")
 
 
@@ -200,8 +204,9 @@ def test_scale_down_steps_to_the_most_recommended_in_the_window() -> None:
         )
         current, state = d.desired_replicas, d.state
         seen.append(current)
-    # 8 held until 80 leaves the window, then 3, 2, 1 as 30, 20 age out (the HPA's moving max).
-    assert seen == [8, 8, 8, 8, 3, 2, 1, 1, 1, 1]
+    # 8 held until 80 leaves the window, then 3, 2, 1 as 30, 20 age out (the HPA's moving max);
+    # each counts until the pass that replaced it.
+    assert seen == [8, 8, 8, 8, 8, 3, 2, 1, 1, 1]
 
 
 def test_a_failed_read_holds_and_restarts_the_window() -> None:
@@ -299,8 +304,8 @@ def test_state_round_trips_through_status() -> None:
         window_since=T0,
         window=((T0, 7), (T0 + timedelta(seconds=30), 5)),
     )
-    stored = state.to_status()
-    assert stored == {
+    stored = state.to_status(read="partial", read_error="1 of 3 ready engines did not answer")
+    assert stored.to_wire() == {
         "desiredReplicas": 5,
         "lastScaleTime": "2026-01-01T00:00:00Z",
         "windowSince": "2026-01-01T00:00:00Z",
@@ -308,12 +313,29 @@ def test_state_round_trips_through_status() -> None:
             {"time": "2026-01-01T00:00:00Z", "replicas": 7},
             {"time": "2026-01-01T00:00:30Z", "replicas": 5},
         ],
+        "read": "partial",
+        "readError": "1 of 3 ready engines did not answer",
+        "heldRequests": 0,
     }
     assert DemandState.from_status(stored) == state
     # Unreadable parts restart the windows; nothing raises.
-    broken = {**stored, "window": [{"time": "yesterday", "replicas": 7}]}
+    broken = stored.model_copy(
+        update={"window": [RecommendationEntry(time="yesterday", replicas=7)]}
+    )
     assert DemandState.from_status(broken).window == ()
-    assert DemandState.from_status({"desiredReplicas": "x"}) == DemandState(desired_replicas=0)
+    assert DemandState.from_status(None, default=2) == DemandState(desired_replicas=2)
+
+
+def test_a_repeated_recommendation_stores_nothing_new() -> None:
+    """A steady recommendation leaves status.autoscaler as it was (no write every pass)."""
+    cfg = config(scale_down_window_seconds=600)
+    d = decide(current=3, sample=sample(25), config=cfg, state=None, now=T0)
+    first = d.status()
+    for i in range(1, 10):
+        d = decide(
+            current=3, sample=sample(25), config=cfg, state=d.state, now=T0 + timedelta(minutes=i)
+        )
+        assert d.status() == first, i
 
 
 def test_reserved_pools_are_filled_first_and_released_last() -> None:

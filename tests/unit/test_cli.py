@@ -26,11 +26,18 @@ def test_render_prints_valid_manifests_with_tp_and_args(
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == [
         "ConfigMap",
+        "Deployment",  # two pools' engines
         "Deployment",
-        "Deployment",
-        "NetworkPolicy",
+        "Deployment",  # the router
+        "NetworkPolicy",  # engines
+        "NetworkPolicy",  # routers
         "PodDisruptionBudget",
-        "Service",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "Service",  # the endpoint's (routers)
+        "Service",  # headless, the engines
+        "ServiceAccount",
     ]
     assert "TP=1" in out  # the sizing note
     assert "magistral.dev/tensor-parallel-size: '1'" in out

@@ -11,13 +11,14 @@ from hypothesis import strategies as st
 from magistral_operator.api.config import OperatorConfig
 from magistral_operator.kube.drift import contains, drifted
 from magistral_operator.render import render_endpoint
+from magistral_operator.render.metadata import is_engine_deployment
 
 from .conftest import endpoint_from_spec
 
 
 def deployment(config: OperatorConfig) -> dict[str, Any]:
     objects = render_endpoint(endpoint_from_spec({"auth": {"disabled": True}}), config).objects
-    return next(o for o in objects if o["kind"] == "Deployment")
+    return next(o for o in objects if is_engine_deployment(o))
 
 
 def defaulted(obj: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from magistral_operator.api.spec import (
 )
 from magistral_operator.handlers.diffbase import essence_digest
 from magistral_operator.render import render_endpoint
+from magistral_operator.render.metadata import is_engine_deployment
 
 from .conftest import load_example
 
@@ -73,7 +74,7 @@ def test_largest_spec_renders_children_within_the_api_servers_limits() -> None:
     endpoint = parse_endpoint({"metadata": {"name": "x" * 40, "namespace": "team"}, "spec": spec})
     rendered = render_endpoint(endpoint, config)
     assert rendered.plan.ok, rendered.plan.problems
-    deployments = [o for o in rendered.objects if o["kind"] == "Deployment"]
+    deployments = [o for o in rendered.objects if is_engine_deployment(o)]
     assert len(deployments) == MAX_POOLS
     (config_map,) = [o for o in rendered.objects if o["kind"] == "ConfigMap"]
     data_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in config_map["data"].items())

@@ -16,7 +16,7 @@ from magistral_operator.api.labels import ENDPOINT_LABEL, POOL_LABEL
 from magistral_operator.handlers.reconcile import reconcile
 from magistral_operator.handlers.refusals import RefusalBook
 from magistral_operator.references import endpoint_references, secret_problem
-from tests.unit.fake_kube import FakeKube
+from tests.unit.fake_kube import FakeKube, ScriptedDemand
 
 from .conftest import endpoint_from_spec
 
@@ -39,7 +39,7 @@ def _kube(spec: dict[str, Any]) -> FakeKube:
 def _pass(kube: FakeKube, config: OperatorConfig) -> Any:
     body = kube.get("MagistralEndpoint", namespace=NS, name=NAME)
     assert body is not None
-    return reconcile(kube, config, body, refusals=RefusalBook())
+    return reconcile(kube, config, body, demand=ScriptedDemand(), refusals=RefusalBook())
 
 
 def _degraded(kube: FakeKube) -> dict[str, Any]:
@@ -98,7 +98,11 @@ def _kubelet_pod(message: str) -> dict[str, Any]:
         "metadata": {
             "name": f"{NAME}-reserved-h100-abc",
             "namespace": NS,
-            "labels": {ENDPOINT_LABEL: NAME, POOL_LABEL: "reserved-h100"},
+            "labels": {
+                ENDPOINT_LABEL: NAME,
+                POOL_LABEL: "reserved-h100",
+                "app.kubernetes.io/component": "inference",
+            },
         },
         "status": {
             "phase": "Pending",

@@ -18,7 +18,7 @@ from magistral_operator.api.config import OperatorConfig
 from magistral_operator.handlers.reconcile import reconcile, report_failure
 from magistral_operator.handlers.refusals import RefusalBook, refusal_backoff
 from magistral_operator.kube.client import KubeError
-from tests.unit.fake_kube import FakeKube
+from tests.unit.fake_kube import FakeKube, ScriptedDemand
 
 NS, NAME = "ns", "ep"
 REFUSAL = 'ConfigMap.v1 "ep-runtime" is invalid: data: Too long: must have at most 1048576 bytes'
@@ -50,7 +50,7 @@ def _conditions(kube: FakeKube) -> dict[str, dict[str, Any]]:
 def _pass(kube: FakeKube, config: OperatorConfig, book: RefusalBook, clock: Clock) -> Any:
     body = kube.get("MagistralEndpoint", namespace=NS, name=NAME)
     assert body is not None
-    return reconcile(kube, config, body, refusals=book, clock=clock)
+    return reconcile(kube, config, body, demand=ScriptedDemand(), refusals=book, clock=clock)
 
 
 def _refuse_configmaps(obj: dict[str, Any]) -> tuple[int, str] | None:

@@ -15,6 +15,7 @@ from magistral_operator.api.endpoint import Endpoint, parse_endpoint
 from magistral_operator.api.labels import ENDPOINT_LABEL, REVISION_LABEL
 from magistral_operator.cli import dump_manifests
 from magistral_operator.render import render_endpoint
+from magistral_operator.render.metadata import is_engine_deployment
 from magistral_operator.render.startup import startup_budget
 from magistral_operator.render.workload import grace_period_seconds
 
@@ -87,7 +88,7 @@ def test_children_are_owned_and_labelled(name: str, operator_config: OperatorCon
 
 
 def deployments(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [o for o in objects if o["kind"] == "Deployment"]
+    return [o for o in objects if is_engine_deployment(o)]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from magistral_operator.api.config import OperatorConfig, parse_operator_config
 from magistral_operator.api.labels import ARGS_ANNOTATION, POOL_LABEL
 from magistral_operator.render import render_endpoint
+from magistral_operator.render.metadata import is_engine_deployment
 from magistral_operator.sizing.capability import FP8_KV_CACHE_MIN, FP8_WEIGHTS_MIN
 from magistral_operator.sizing.profiles import BUILTIN_PROFILES, GB, GIB
 from magistral_operator.status.compute import problem_reason
@@ -180,9 +181,7 @@ def check_agreement(spec: dict[str, Any]) -> None:
             assert "unknown" in p.sizing.message
 
     deployments = {
-        d["metadata"]["labels"][POOL_LABEL]: d
-        for d in rendered.objects
-        if d["kind"] == "Deployment"
+        d["metadata"]["labels"][POOL_LABEL]: d for d in rendered.objects if is_engine_deployment(d)
     }
     assert set(deployments) == {p.pool.name for p in plan.usable_pools}
     if not plan.ok:
@@ -286,7 +285,7 @@ def test_named_cases_agree(repo: str, precision: str | None, kv: str, pools: lis
 def test_a_bf16_checkpoint_served_in_fp8_is_quantized_while_loading() -> None:
     spec = spec_of("mistralai/Magistral-Small-2506", ["spot-l40s"], precision="fp8")
     rendered = render_endpoint(endpoint_from_spec(spec), CONFIG)
-    (deployment,) = [o for o in rendered.objects if o["kind"] == "Deployment"]
+    (deployment,) = [o for o in rendered.objects if is_engine_deployment(o)]
     argv = shlex.split(deployment["spec"]["template"]["metadata"]["annotations"][ARGS_ANNOTATION])
     assert flag(argv, "--quantization") == "fp8_per_tensor"
     assert flag(argv, "--tensor-parallel-size") == "1"  # 24.9 GB on one 48 GiB L40S

@@ -66,6 +66,15 @@ serving pods read the API key through secretKeyRef, the operator never does.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "create", "patch"]
+# Each endpoint's router pods find its engine pods through the API (vllm-router's service
+# discovery): a ServiceAccount with a Role that reads the namespace's pods. The operator may
+# grant only what it holds itself (it reads pods, below), so no escalate or bind verb.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "create", "patch"]
 # Claims an endpoint names (weights, a shared cache) are checked to exist before its pods are
 # created (docs/validation.md). Read only; Secrets are never read.
 - apiGroups: [""]

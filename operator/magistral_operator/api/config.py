@@ -139,11 +139,21 @@ class SizingModel(ApiModel):
     )
 
 
+DEFAULT_ROUTER_IMAGE = "ghcr.io/magistral-operator/router:0.1.0-vllm-router0.1.17"
+ROUTER_POOL_NAME = "router"
+
+
 class OperatorConfig(ApiModel):
     """Platform-owned operator settings."""
 
     default_image: str = Field(
         min_length=1, description="Runtime image used when an endpoint sets none."
+    )
+    router_image: str = Field(
+        default=DEFAULT_ROUTER_IMAGE,
+        min_length=1,
+        description="Image of the router pods (vllm-router and the runtime's front, "
+        "router/Dockerfile).",
     )
     pools: list[GPUPool] = Field(min_length=1, description="GPU pools endpoints may use.")
     startup: StartupModel = Field(default_factory=StartupModel, description="Start-up budgets.")
@@ -157,6 +167,11 @@ class OperatorConfig(ApiModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"pool names must be unique; repeated: {', '.join(dupes)}")
+        if ROUTER_POOL_NAME in names:
+            raise ValueError(
+                f"pool name {ROUTER_POOL_NAME!r} is reserved: the endpoint's router Deployment "
+                f"is called <endpoint>-{ROUTER_POOL_NAME}"
+            )
         return pools
 
     def pool(self, name: str) -> GPUPool | None:

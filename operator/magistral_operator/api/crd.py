@@ -52,6 +52,25 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "GPU of the preferred pool.",
     },
     {
+        "name": "Router",
+        "type": "string",
+        "jsonPath": ".status.router.ready",
+        "description": "Ready/desired router pods (every request goes through them).",
+    },
+    {
+        "name": "Held",
+        "type": "integer",
+        "jsonPath": ".status.autoscaler.heldRequests",
+        "description": "Requests the routers hold for a replica (scale from zero).",
+    },
+    {
+        "name": "Demand",
+        "type": "string",
+        "jsonPath": ".status.autoscaler.read",
+        "description": "The autoscaler's last demand read: ok, partial or failed.",
+        "priority": 1,
+    },
+    {
         "name": "Health",
         "type": "string",
         "jsonPath": '.status.conditions[?(@.type=="Degraded")].reason',

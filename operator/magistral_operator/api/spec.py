@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
 
 from .base import ApiModel
+from .dataplane import RouterSpec, ScalingSpec
 from .env_policy import ENV_VAR_CEL_RULES, env_problems
 from .k8s_rules import (
     CONFIG_KEY,
@@ -52,12 +53,6 @@ ENV_MAX_ITEMS = 32
 EXTRA_ARG_MAX = 256
 EXTRA_ARGS_MAX_ITEMS = 32
 PROMPT_TEXT_MAX = 32768
-
-MIN_REPLICAS_ZERO = (
-    "minReplicas 0 with maxReplicas above 0 is not supported yet: with no replica there are "
-    "no metrics, so nothing would ever scale the endpoint back up (scale from zero comes with "
-    "the router, issue #10); set minReplicas to at least 1, or maxReplicas to 0 to pause"
-)
 
 ROLLOUT_NO_PROGRESS = (
     "maxSurge and maxUnavailable cannot both be 0: a rollout could neither add nor replace "
@@ -581,59 +576,6 @@ class GPUSpec(ApiModel):
         return value
 
 
-class ScalingSpec(ApiModel):
-    """Replica bounds and the queue-depth autoscaling policy."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "self.minReplicas <= self.maxReplicas",
-                    "message": "minReplicas must be less than or equal to maxReplicas",
-                },
-                {
-                    "rule": "self.minReplicas >= 1 || self.maxReplicas == 0",
-                    "message": MIN_REPLICAS_ZERO,
-                },
-            ]
-        }
-    )
-
-    min_replicas: int = Field(
-        default=1,
-        ge=0,
-        le=1000,
-        description="Fewest replicas; at least 1 unless maxReplicas is 0 (paused), until "
-        "scale from zero lands (issue #10).",
-    )
-    max_replicas: int = Field(
-        default=1, ge=0, le=1000, description="Most replicas; 0 pauses the endpoint."
-    )
-    target_queue_depth: float = Field(
-        default=5,
-        gt=0,
-        le=10000,
-        description="Target vllm:num_requests_waiting per replica (the queue); more scales up.",
-    )
-    scale_up_window_seconds: int = Field(
-        default=30, ge=0, le=3600, description="How long a scale-up signal must hold."
-    )
-    scale_down_window_seconds: int = Field(
-        default=360, ge=0, le=86400, description="How long a scale-down signal must hold."
-    )
-
-    @model_validator(mode="after")
-    def _min_le_max(self) -> ScalingSpec:
-        if self.min_replicas < 1 and self.max_replicas > 0:
-            raise ValueError(MIN_REPLICAS_ZERO)
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(
-                f"minReplicas ({self.min_replicas}) must be less than or equal to "
-                f"maxReplicas ({self.max_replicas})"
-            )
-        return self
-
-
 class RolloutSpec(ApiModel):
     """How a new revision replaces the old one."""
 
@@ -737,7 +679,12 @@ class MagistralEndpointSpec(ApiModel):
         default_factory=InferenceSpec, description="Request defaults and policies."
     )
     gpu: GPUSpec = Field(default_factory=GPUSpec, description="GPU pools and parallelism.")
-    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Replica bounds.")
+    scaling: ScalingSpec = Field(
+        default_factory=ScalingSpec, description="Replica bounds and the demand autoscaler."
+    )
+    router: RouterSpec = Field(
+        default_factory=RouterSpec, description="The router in front of the replicas."
+    )
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout policy.")
     auth: AuthSpec = Field(description="API-key protection (required; may be disabled).")
     exposure: ExposureSpec = Field(default_factory=ExposureSpec, description="Service exposure.")

@@ -57,12 +57,34 @@ class PoolStatus(ApiModel):
 ScaleDirection = Literal["Up", "Down"]
 
 
+ReadStatus = Literal["ok", "partial", "failed"]
+
+
+class RecommendationEntry(ApiModel):
+    """One step of the scale-down window's record: `replicas` recommended until `time`."""
+
+    time: str = Field(description="When this recommendation was last made (RFC 3339).")
+    replicas: int = Field(ge=0, description="The recommended replicas.")
+
+
+class DemandSnapshot(ApiModel):
+    """The demand the autoscaler read when it last scaled (not refreshed every pass)."""
+
+    queued: int = Field(default=0, ge=0, description="Requests waiting in the routers.")
+    in_flight: int = Field(default=0, ge=0, description="Requests sent to engines, not finished.")
+    arrival_rate: str = Field(
+        default="0", description="Requests per second reaching the routers (decimal text)."
+    )
+    ready_replicas: int = Field(default=0, ge=0, description="Ready engine replicas then.")
+
+
 class AutoscalerStatus(ApiModel):
-    """The queue-depth autoscaler's persisted state (see docs/autoscaling.md).
+    """The demand autoscaler's persisted state (see docs/autoscaling.md).
 
     Kept in status so that an operator restart resumes from the last decision instead of
-    collapsing to minReplicas. Only values that change on a decision are stored, so an endpoint
-    whose load is steady writes no status.
+    collapsing to minReplicas. Only values that change on a decision, a change of the
+    recommendation or a change of the read are stored, so an endpoint whose load is steady
+    writes no status.
     """
 
     desired_replicas: int = Field(
@@ -71,24 +93,40 @@ class AutoscalerStatus(ApiModel):
     last_scale_time: str | None = Field(
         default=None, description="When the autoscaler last changed desiredReplicas (RFC 3339)."
     )
-    pending_direction: ScaleDirection | None = Field(
-        default=None,
-        description="Up or Down while a scale signal is waiting out its window; unset otherwise.",
+    last_scale_reason: str | None = Field(
+        default=None, description="Why it last scaled, with the demand and capacity it used."
     )
-    pending_since: str | None = Field(
-        default=None, description="When the pending signal was first seen (RFC 3339)."
+    last_scale_demand: DemandSnapshot | None = Field(
+        default=None, description="The demand read when it last scaled."
     )
-    pending_replicas: int | None = Field(
+    up_since: str | None = Field(
         default=None,
+        description="When a recommendation above desiredReplicas was first seen, while it waits "
+        "out scaleUpWindowSeconds (RFC 3339); unset otherwise.",
+    )
+    window_since: str | None = Field(
+        default=None,
+        description="When the scale-down window's record began (it restarts after a failed or "
+        "partial read). A scale-down needs a record covering scaleDownWindowSeconds.",
+    )
+    window: list[RecommendationEntry] = Field(
+        default_factory=list,
+        max_length=1001,
+        description="The recommendations of the scale-down window as a staircase (each above "
+        "every later one): the fleet is never below the highest of them.",
+    )
+    read: ReadStatus | None = Field(
+        default=None,
+        description="The last demand read: ok, partial (some ready engines did not answer: no "
+        "scale-down) or failed (no router answered: replicas held).",
+    )
+    read_error: str | None = Field(
+        default=None, description="Why the last read was partial or failed."
+    )
+    held_requests: int = Field(
+        default=0,
         ge=0,
-        description="The most conservative recommendation seen since pendingSince (the fewest "
-        "for Up, the most for Down): what the autoscaler scales to when the window has passed.",
-    )
-    observed_queue: int | None = Field(
-        default=None,
-        ge=0,
-        description="Requests waiting across ready replicas (vllm:num_requests_waiting) when "
-        "the pending signal began or the last scale was decided; not refreshed every pass.",
+        description="Requests the routers hold because no replica is ready (scale from zero).",
     )
 
 
@@ -160,6 +198,14 @@ class RolloutStatus(ApiModel):
     message: str = Field(default="", description="Why the rollout failed, and what was done.")
 
 
+class RouterStatus(ApiModel):
+    """The router Deployment in front of the engine replicas."""
+
+    replicas: int = Field(default=0, ge=0, description="Desired router pods.")
+    ready_replicas: int = Field(default=0, ge=0, description="Ready router pods.")
+    ready: str = Field(default="0/0", description="Ready/desired router pods (for kubectl).")
+
+
 class MagistralEndpointStatus(ApiModel):
     """Observed state of a MagistralEndpoint."""
 
@@ -195,7 +241,10 @@ class MagistralEndpointStatus(ApiModel):
         description="Risky but valid choices in the spec (e.g. an unpinned model revision).",
     )
     autoscaler: AutoscalerStatus | None = Field(
-        default=None, description="The queue-depth autoscaler's state (spec.scaling)."
+        default=None, description="The demand autoscaler's state (spec.scaling)."
+    )
+    router: RouterStatus | None = Field(
+        default=None, description="The endpoint's routers (the Service's pods)."
     )
     rollout: RolloutStatus | None = Field(
         default=None, description="The revision rollout's state (spec.rollout)."

@@ -1,1 +1,2 @@
-"""The queue-depth autoscaler's policy (pure); the scraping is in kube/metrics.py."""
+"""The demand autoscaler (pure): policy (demand.py) and arrival record (arrivals.py); the reads
+are in kube/demand.py."""

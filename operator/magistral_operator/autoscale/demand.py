@@ -99,29 +99,23 @@ for `status.autoscaler`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Literal
 
 from ..api.config import CapacityTier
-from ..api.status import ScaleDirection
+from ..api.status import (
+    AutoscalerStatus,
+    DemandSnapshot,
+    ReadStatus,
+    RecommendationEntry,
+    ScaleDirection,
+)
 from ..api.timestamps import parse_time, rfc3339
+from ..sizing.throughput import ReplicaThroughput
 
-ReadStatus = Literal["ok", "partial", "failed"]
-
-
-@dataclass(frozen=True)
-class ReplicaCapacity:
-    """What one replica holds, from its configuration (sizing), not from observations."""
-
-    max_sequences: int
-    kv_tokens: int
-    prefill_tokens_per_second: float
-
-    def __post_init__(self) -> None:
-        if self.max_sequences < 1 or self.kv_tokens < 1 or self.prefill_tokens_per_second <= 0:
-            raise ValueError(f"replica capacity must be positive: {self}")
+# What one replica holds, from its configuration (sizing/throughput.py), never observed.
+ReplicaCapacity = ReplicaThroughput
 
 
 @dataclass(frozen=True)
@@ -209,16 +203,30 @@ class DemandSample:
     starting_replicas: int = 0
     mean_prompt_tokens: float | None = None
     mean_output_tokens: float | None = None
+    silent_routers: int = 0
     error: str | None = None
 
     @property
     def read(self) -> ReadStatus:
-        """ok, partial (some Ready engines did not answer) or failed (no router)."""
+        """ok, partial (some ready engines or router pods did not answer) or failed (no
+        router answered)."""
         if not self.router_ok:
             return "failed"
-        if len(self.replicas) < self.ready_replicas:
+        if len(self.replicas) < self.ready_replicas or self.silent_routers > 0:
             return "partial"
         return "ok"
+
+    def gaps(self) -> tuple[str, ...]:
+        """What a partial read missed, in words."""
+        out = []
+        missing = self.ready_replicas - len(self.replicas)
+        if missing > 0:
+            out.append(f"{missing} of {self.ready_replicas} ready engines did not answer")
+        if self.silent_routers > 0:
+            out.append(f"{self.silent_routers} ready router pods did not answer")
+        if self.error:
+            out.append(self.error)
+        return tuple(out)
 
 
 Recommendation = tuple[datetime, int]
@@ -236,47 +244,56 @@ class DemandState:
 
     desired_replicas: int
     last_scale_time: datetime | None = None
+    last_scale_reason: str | None = None
+    last_scale_demand: DemandSnapshot | None = None
     up_since: datetime | None = None
     window_since: datetime | None = None
     window: tuple[Recommendation, ...] = ()
 
-    def to_status(self) -> dict[str, object]:
-        """camelCase fields for status; unset values left out."""
-        out: dict[str, object] = {"desiredReplicas": self.desired_replicas}
-        for key, when in (
-            ("lastScaleTime", self.last_scale_time),
-            ("upSince", self.up_since),
-            ("windowSince", self.window_since),
-        ):
-            if when is not None:
-                out[key] = rfc3339(when)
-        if self.window:
-            out["window"] = [{"time": rfc3339(t), "replicas": n} for t, n in self.window]
-        return out
+    def to_status(
+        self,
+        *,
+        read: ReadStatus | None = None,
+        read_error: str | None = None,
+        held_requests: int = 0,
+    ) -> AutoscalerStatus:
+        """The state as status.autoscaler, with the last read's outcome."""
+        return AutoscalerStatus(
+            desired_replicas=self.desired_replicas,
+            last_scale_time=rfc3339(self.last_scale_time) if self.last_scale_time else None,
+            last_scale_reason=self.last_scale_reason,
+            last_scale_demand=self.last_scale_demand,
+            up_since=rfc3339(self.up_since) if self.up_since else None,
+            window_since=rfc3339(self.window_since) if self.window_since else None,
+            window=[RecommendationEntry(time=rfc3339(t), replicas=n) for t, n in self.window],
+            read=read,
+            read_error=read_error,
+            held_requests=held_requests,
+        )
 
     @classmethod
-    def from_status(cls, data: Mapping[str, object]) -> DemandState:
-        """The inverse of to_status(). Unreadable parts are dropped: the windows restart."""
+    def from_status(cls, status: AutoscalerStatus | None, *, default: int = 0) -> DemandState:
+        """The inverse of to_status(). Unreadable times are dropped: the windows restart."""
+        if status is None:
+            return cls(desired_replicas=default)
 
-        def when(key: str) -> datetime | None:
-            value = data.get(key)
-            return parse_time(value) if isinstance(value, str) else None
+        def when(value: str | None) -> datetime | None:
+            return parse_time(value) if value else None
 
         window: list[Recommendation] = []
-        entries = data.get("window")
-        for entry in entries if isinstance(entries, list) else []:
-            stamp = parse_time(entry.get("time")) if isinstance(entry, dict) else None
-            replicas = entry.get("replicas") if isinstance(entry, dict) else None
-            if stamp is None or not isinstance(replicas, int):
+        for entry in status.window:
+            stamp = when(entry.time)
+            if stamp is None:
                 window = []
                 break
-            window.append((stamp, replicas))
-        desired = data.get("desiredReplicas")
-        since = when("windowSince")
+            window.append((stamp, entry.replicas))
+        since = when(status.window_since)
         return cls(
-            desired_replicas=desired if isinstance(desired, int) and desired >= 0 else 0,
-            last_scale_time=when("lastScaleTime"),
-            up_since=when("upSince"),
+            desired_replicas=status.desired_replicas,
+            last_scale_time=when(status.last_scale_time),
+            last_scale_reason=status.last_scale_reason,
+            last_scale_demand=status.last_scale_demand,
+            up_since=when(status.up_since),
             window_since=since,
             window=tuple(window) if since else (),
         )
@@ -305,6 +322,7 @@ class DemandDecision:
     state: DemandState
     read: ReadStatus
     reason: str
+    error: str | None = None
     recommended: int | None = None
     needed: Needed | None = None
     scaled: ScaleDirection | None = None
@@ -312,6 +330,12 @@ class DemandDecision:
     previous_replicas: int = 0
     held_requests: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def status(self) -> AutoscalerStatus:
+        """status.autoscaler after this pass."""
+        return self.state.to_status(
+            read=self.read, read_error=self.error, held_requests=self.held_requests
+        )
 
 
 def forecast_rate(sample: DemandSample, config: DemandConfig) -> float:
@@ -371,8 +395,18 @@ def fill_order(pools: Sequence[tuple[str, CapacityTier | str]]) -> list[str]:
 def _record(
     window: tuple[Recommendation, ...], now: datetime, replicas: int, seconds: float
 ) -> tuple[Recommendation, ...]:
-    """The staircase with `replicas` recommended at `now`, entries older than the window gone."""
-    kept = [(t, n) for t, n in window if n > replicas and t >= now - timedelta(seconds=seconds)]
+    """The staircase with `replicas` recommended at `now`, entries older than the window gone.
+
+    Every entry but the last holds when its count was last recommended; the last one is the
+    current recommendation (it never expires) and holds when it began, so a recommendation
+    that repeats changes nothing to store. When it changes, the last entry is stamped `now`
+    (it held until this pass: a conservative end) before the staircase is cut.
+    """
+    oldest = now - timedelta(seconds=seconds)
+    if window and window[-1][1] == replicas:
+        return (*[(t, n) for t, n in window[:-1] if t >= oldest], window[-1])
+    ended = (*window[:-1], (now, window[-1][1])) if window else ()
+    kept = [(t, n) for t, n in ended if n > replicas and t >= oldest]
     return (*kept, (now, replicas))
 
 
@@ -403,8 +437,16 @@ def decide(
     if read == "failed":
         return DemandDecision(
             desired_replicas=bounded,
-            state=DemandState(desired_replicas=bounded, last_scale_time=last_scale),
+            state=replace(
+                previous,
+                desired_replicas=bounded,
+                last_scale_time=last_scale,
+                up_since=None,
+                window_since=None,
+                window=(),
+            ),
             read=read,
+            error=sample.error or "no router answered",
             reason=f"holding {bounded} replicas: the demand read failed"
             + (f" ({sample.error})" if sample.error else "")
             + "; the scale-down window restarts",
@@ -419,23 +461,41 @@ def decide(
     down_window = config.scale_down_window_seconds
     window: tuple[Recommendation, ...]
     if read == "partial":
-        missing = sample.ready_replicas - len(sample.replicas)
-        notes = (f"{missing} of {sample.ready_replicas} ready engines did not answer",)
-        why += f"; partial read ({notes[0]}): no scale-down, the window restarts"
+        notes = sample.gaps()
+        why += f"; partial read ({'; '.join(notes)}): no scale-down, the window restarts"
         since, window = now, ((now, recommended),)
     else:
         since = previous.window_since or now
         window = _record(previous.window, now, recommended, down_window)
-    recorded = DemandState(
-        desired_replicas=bounded, last_scale_time=last_scale, window_since=since, window=window
+    recorded = replace(
+        previous,
+        desired_replicas=bounded,
+        last_scale_time=last_scale,
+        up_since=None,
+        window_since=since,
+        window=window,
     )
 
     def scaled_to(target: int, direction: ScaleDirection, detail: str) -> DemandDecision:
+        reason = f"scaled {direction.lower()} from {bounded} to {target} replicas: {why}{detail}"
+        snapshot = DemandSnapshot(
+            queued=max(0, sample.queued),
+            in_flight=max(0, sample.in_flight),
+            arrival_rate=f"{max(0.0, sample.arrival_rate):.3f}",
+            ready_replicas=sample.ready_replicas,
+        )
         return DemandDecision(
             desired_replicas=target,
-            state=replace(recorded, desired_replicas=target, last_scale_time=now, up_since=None),
+            state=replace(
+                recorded,
+                desired_replicas=target,
+                last_scale_time=now,
+                last_scale_reason=reason[:1024],
+                last_scale_demand=snapshot,
+            ),
             read=read,
-            reason=f"scaled {direction.lower()} from {bounded} to {target} replicas: {why}{detail}",
+            error="; ".join(notes) or None,
+            reason=reason,
             recommended=recommended,
             needed=need,
             scaled=direction,
@@ -450,6 +510,7 @@ def decide(
             desired_replicas=bounded,
             state=new_state,
             read=read,
+            error="; ".join(notes) or None,
             reason=f"holding {bounded} replicas: {why}{detail}",
             recommended=recommended,
             needed=need,

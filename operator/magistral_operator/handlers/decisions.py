@@ -9,14 +9,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from ..api.config import OperatorConfig
 from ..api.endpoint import Endpoint
 from ..api.labels import ENDPOINT_LABEL, POOL_LABEL
 from ..api.status import MagistralEndpointStatus, RolloutStatus
-from ..autoscale.policy import Decision, decide, starting_replicas
+from ..autoscale.demand import DemandConfig, DemandDecision, DemandState
+from ..autoscale.demand import decide as decide_demand
 from ..kube.client import Kube
-from ..kube.metrics import scrape_pods
+from ..kube.demand import DemandReader
 from ..placement import Placement, PlacementPool, place
-from ..plan import EndpointPlan
+from ..plan import EndpointPlan, plan_endpoint, replica_capacity
 from ..references import READ_BEFORE_PODS, Reference
 from ..rollout import (
     PoolRollout,
@@ -25,22 +27,62 @@ from ..rollout import (
     restore_template,
 )
 from ..rollout import decide as decide_rollout
+from ..sizing.throughput import ReplicaThroughput
 from ..status.conditions import ConditionUpdate
 from ..status.observe import PoolObservation, pool_load
 
+DEFAULT_STARTUP_SECONDS = 300.0
+
+
+def demand_config(
+    endpoint: Endpoint, *, capacity: ReplicaThroughput, startup_seconds: float | None
+) -> DemandConfig:
+    """The policy's parameters from spec.scaling and what one replica holds."""
+    scaling = endpoint.spec.scaling
+    return DemandConfig(
+        min_replicas=scaling.min_replicas,
+        max_replicas=scaling.max_replicas,
+        capacity=capacity,
+        target_utilisation=scaling.target_utilization,
+        headroom=scaling.headroom,
+        startup_seconds=startup_seconds or DEFAULT_STARTUP_SECONDS,
+        scale_up_window_seconds=scaling.scale_up_window_seconds,
+        scale_down_window_seconds=scaling.scale_down_window_seconds,
+    )
+
 
 def autoscale(
-    *, endpoint: Endpoint, previous: MagistralEndpointStatus, pods: list[dict[str, Any]]
-) -> Decision:
-    """One autoscaler pass: scrape the ready pods, apply the policy (autoscale/policy.py)."""
+    *,
+    endpoint: Endpoint,
+    config: OperatorConfig,
+    previous: MagistralEndpointStatus,
+    engines: list[dict[str, Any]],
+    routers: list[dict[str, Any]],
+    reader: DemandReader,
+    now: float,
+) -> DemandDecision | None:
+    """One autoscaler pass: read the demand (kube/demand.py), apply autoscale/demand.py.
+
+    None when the spec cannot be planned (nothing to size a replica from): the reconcile then
+    reports the plan's problem and leaves the replicas alone.
+    """
+    capacity = replica_capacity(endpoint, plan_endpoint(endpoint, config))
+    if capacity is None:
+        return None
     scaling = endpoint.spec.scaling
-    return decide(
-        current=starting_replicas(
-            state=previous.autoscaler, status_replicas=previous.replicas, scaling=scaling
+    start = previous.autoscaler.desired_replicas if previous.autoscaler else None
+    if start is None:
+        start = previous.replicas or scaling.min_replicas
+    sample = reader.read(
+        (endpoint.namespace, endpoint.name), routers=routers, engines=engines, now=now
+    )
+    return decide_demand(
+        current=start,
+        sample=sample,
+        config=demand_config(
+            endpoint, capacity=capacity, startup_seconds=previous.startup_budget_seconds
         ),
-        samples=scrape_pods(pods),
-        scaling=scaling,
-        state=previous.autoscaler,
+        state=DemandState.from_status(previous.autoscaler, default=start),
         now=datetime.now(UTC),
     )
 

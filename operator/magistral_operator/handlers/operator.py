@@ -13,6 +13,7 @@ import kopf
 from ..api import GROUP, PLURAL, VERSION
 from ..api.labels import ENDPOINT_LABEL, MANAGER
 from ..kube.client import KubeError
+from ..kube.demand import HttpDemandReader
 from .diffbase import DigestDiffBaseStorage
 from .metrics import CHILD_WRITES, RECONCILE_SECONDS, RECONCILES
 from .reconcile import Outcome, reconcile, report_failure
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _refusals = RefusalBook()
+_demand = HttpDemandReader()
 _locks_guard = threading.Lock()
 
 
@@ -49,12 +51,13 @@ def _run(memo: kopf.Memo, body: Mapping[str, Any]) -> Outcome:
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return Outcome()
         try:
-            outcome = reconcile(memo.kube, memo.config, fresh, refusals=_refusals)
+            outcome = reconcile(memo.kube, memo.config, fresh, demand=_demand, refusals=_refusals)
         except Exception as exc:
             if isinstance(exc, KubeError) and namespace_gone(exc):
                 # The endpoint goes with its namespace: nothing to report.
                 log.info("%s/%s: namespace is gone or terminating; skipped", namespace, name)
                 _refusals.forget((namespace, name))
+                _demand.forget((namespace, name))
                 return Outcome()
             RECONCILES.labels(result="error").inc()
             _report(memo, fresh, exc)

@@ -24,14 +24,18 @@ from ..api.status import (
     MagistralEndpointStatus,
     PlacementStatus,
     RolloutStatus,
+    RouterStatus,
 )
 from ..kube.children import apply_children
 from ..kube.client import Kube
+from ..kube.demand import DemandReader
 from ..kube.events import post_event
 from ..plan import EndpointPlan, plan_endpoint
 from ..references import endpoint_references, missing_references
 from ..render import render_endpoint
 from ..render.hashing import content_hash
+from ..render.metadata import COMPONENT, COMPONENT_LABEL
+from ..render.router import ROUTER_COMPONENT, router_name
 from ..status.compute import (
     build_status,
     invalid_spec_updates,
@@ -40,10 +44,11 @@ from ..status.compute import (
     spec_warnings,
     status_changed,
     with_refused_children,
+    with_router,
     with_secret_problems,
 )
 from ..status.conditions import ConditionUpdate, merge_conditions
-from ..status.observe import PoolObservation, observe_pool
+from ..status.observe import PoolObservation, observe_pool, observe_router
 from ..status.patch import merge_patch
 from .announce import post_placement_events, post_transition, utc_now
 from .decisions import (
@@ -83,18 +88,33 @@ def _cache_warm(previous: MagistralEndpointStatus) -> bool:
     return previous.ready_replicas > 0
 
 
+def split_pods(pods: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The endpoint's pods as (engine pods, router pods), by their component label."""
+    engines, routers = [], []
+    for pod in pods:
+        component = (pod["metadata"].get("labels") or {}).get(COMPONENT_LABEL)
+        if component == COMPONENT:
+            engines.append(pod)
+        elif component == ROUTER_COMPONENT:
+            routers.append(pod)
+    return engines, routers
+
+
 def reconcile(
     kube: Kube,
     config: OperatorConfig,
     body: dict[str, Any],
     *,
+    demand: DemandReader,
     refusals: RefusalBook | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Outcome:
     """Bring the endpoint's children and status in line with its spec and the cluster.
 
-    `refusals` remembers children the API server refused, so that they are retried with
-    back-off rather than on every pass (one book per operator process).
+    `demand` reads the routers and engines for the autoscaler (kube/demand.py; it keeps the
+    arrival record of each endpoint, so one per operator process). `refusals` remembers
+    children the API server refused, so that they are retried with back-off rather than on
+    every pass (one book per operator process).
     """
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
@@ -124,16 +144,27 @@ def reconcile(
         return outcome
 
     selector = f"{ENDPOINT_LABEL}={name}"
-    pods_before = kube.list("Pod", namespace=namespace, selector=selector)
-    decision = autoscale(endpoint=endpoint, previous=previous, pods=pods_before)
-    unplaced = plan_endpoint(endpoint, config, desired_replicas=decision.desired_replicas)
+    pods_before, routers_before = split_pods(
+        kube.list("Pod", namespace=namespace, selector=selector)
+    )
+    decision = autoscale(
+        endpoint=endpoint,
+        config=config,
+        previous=previous,
+        engines=pods_before,
+        routers=routers_before,
+        reader=demand,
+        now=float(clock()),
+    )
+    desired_replicas = decision.desired_replicas if decision else None
+    unplaced = plan_endpoint(endpoint, config, desired_replicas=desired_replicas)
     placement = (
         place_replicas(plan=unplaced, previous=previous, pods=pods_before) if unplaced.ok else None
     )
     rendered = render_endpoint(
         endpoint,
         config,
-        desired_replicas=decision.desired_replicas,
+        desired_replicas=desired_replicas,
         placement=placement.replicas if placement else None,
         cache_warm=_cache_warm(previous),
     )
@@ -186,7 +217,8 @@ def reconcile(
 
     # Pods are read again: the apply may have scaled or replaced them. The Deployments are
     # not: the conditions come from the pods; the Deployment gives only its spec.replicas.
-    pods = kube.list("Pod", namespace=namespace, selector=selector)
+    pods, routers = split_pods(kube.list("Pod", namespace=namespace, selector=selector))
+    router = observe_router(deployments.get(router_name(endpoint)), routers, endpoint=endpoint)
     observed: dict[str, PoolObservation] = {}
     for pool_plan in plan.usable_pools:
         dep_name = f"{name}-{pool_plan.pool.name}"
@@ -205,11 +237,18 @@ def reconcile(
         previous,
         updates=with_refused_children(
             with_secret_problems(
-                with_rollout_conditions(
-                    serving_updates(plan=plan, observed=observed),
-                    rollout=rollout,
-                    observed=observed,
-                    desired=plan.desired_replicas,
+                with_router(
+                    with_rollout_conditions(
+                        serving_updates(
+                            plan=plan,
+                            observed=observed,
+                            can_scale_from_zero=endpoint.spec.scaling.max_replicas > 0,
+                        ),
+                        rollout=rollout,
+                        observed=observed,
+                        desired=plan.desired_replicas,
+                    ),
+                    router,
                 ),
                 refs=refs,
             ),
@@ -224,7 +263,8 @@ def reconcile(
         budget_seconds=rendered.budget.seconds if rendered.budget else None,
         budget=rendered.budget.explanation if rendered.budget else None,
         warnings=spec_warnings(endpoint),
-        autoscaler=decision.state,
+        autoscaler=decision.status() if decision else None,
+        router=router,
         rollout=rollout.state,
         placement=placement.state if placement else None,
     )
@@ -240,13 +280,13 @@ def reconcile(
             message=note.message,
             now=utc_now(),
         )
-    if decision.scaled:  # announced once the decision is persisted
+    if decision is not None and decision.scaled:  # announced once the decision is persisted
         log.info("%s/%s: %s", namespace, name, decision.reason)
         post_event(
             kube,
             endpoint=body,
             type_="Normal",
-            reason=f"Scaled{decision.scaled}",
+            reason="ScaledFromZero" if decision.scaled_from_zero else f"Scaled{decision.scaled}",
             message=decision.reason,
             now=utc_now(),
         )
@@ -295,6 +335,7 @@ def _write_status(
     budget: str | None = None,
     warnings: list[str] | None = None,
     autoscaler: AutoscalerStatus | None = None,
+    router: RouterStatus | None = None,
     rollout: RolloutStatus | None = None,
     placement: PlacementStatus | None = None,
 ) -> bool:
@@ -313,6 +354,7 @@ def _write_status(
         startup_budget=budget,
         warnings=warnings,
         autoscaler=autoscaler,
+        router=router,
         rollout=rollout,
         placement=placement,
     )

@@ -52,6 +52,9 @@ RESOURCES: dict[str, Resource] = {
     "ReplicaSet": Resource("apps/v1", "replicasets"),
     "PodDisruptionBudget": Resource("policy/v1", "poddisruptionbudgets"),
     "NetworkPolicy": Resource("networking.k8s.io/v1", "networkpolicies"),
+    "ServiceAccount": Resource("v1", "serviceaccounts"),
+    "Role": Resource("rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": Resource("rbac.authorization.k8s.io/v1", "rolebindings"),
     "MagistralEndpoint": Resource("magistral.dev/v1alpha1", "magistralendpoints"),
 }
 

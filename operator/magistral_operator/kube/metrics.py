@@ -1,9 +1,12 @@
-"""Scraping the engines' queue gauges from ready pods (the autoscaler's input).
+"""Reading the engines' gauges and counters from ready pods (part of the demand read).
 
-`GET http://<podIP>:<port 'http'>/metrics` of each ready pod, with a short timeout; the
-`vllm:num_requests_waiting` and `vllm:num_requests_running` gauges are summed per pod (over
-engines and model names). A pod that does not answer, answers garbage, or lacks the gauges has
-no sample: the policy never scales on missing metrics.
+`GET http://<podIP>:<port 'http'>/metrics` of each ready engine pod, with a short timeout:
+`vllm:num_requests_waiting`, `vllm:num_requests_running` and `vllm:kv_cache_usage_perc`
+(summed per pod over engines and model names; the KV usage averaged), and the lifetime
+counters `vllm:prompt_tokens_total`, `vllm:generation_tokens_total` and
+`vllm:request_success_total` (for the mean tokens per request). A pod that does not answer,
+answers garbage, or lacks the queue gauges has no reading: the demand read reports it as
+missing (a partial read), never as idle.
 """
 
 from __future__ import annotations
@@ -13,14 +16,18 @@ import ipaddress
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..autoscale.policy import ReplicaSample
-
 WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
+KV_USAGE = "vllm:kv_cache_usage_perc"
+PROMPT_TOKENS = "vllm:prompt_tokens"
+GENERATION_TOKENS = "vllm:generation_tokens"
+SUCCESSES = "vllm:request_success"
+_SUMMED = (WAITING, RUNNING, PROMPT_TOKENS, GENERATION_TOKENS, SUCCESSES)
 PORT_NAME = "http"
 TIMEOUT_SECONDS = 1.0
 MAX_BYTES = 4 << 20
@@ -28,7 +35,8 @@ MAX_BYTES = 4 << 20
 log = logging.getLogger(__name__)
 
 
-def _ready(pod: dict[str, Any]) -> bool:
+def pod_ready(pod: dict[str, Any]) -> bool:
+    """Running, Ready and not being deleted."""
     status = pod.get("status") or {}
     if pod.get("metadata", {}).get("deletionTimestamp") or status.get("phase") != "Running":
         return False
@@ -38,9 +46,9 @@ def _ready(pod: dict[str, Any]) -> bool:
     )
 
 
-def metrics_target(pod: dict[str, Any]) -> tuple[str, int] | None:
-    """(IP, port) of a ready pod's engine, or None (not ready, no IP literal, no 'http' port)."""
-    if not _ready(pod):
+def metrics_target(pod: dict[str, Any], *, port_name: str = PORT_NAME) -> tuple[str, int] | None:
+    """(IP, port) of a ready pod's named port, or None (not ready, no IP literal, no port)."""
+    if not pod_ready(pod):
         return None
     raw = str((pod.get("status") or {}).get("podIP") or "")
     try:
@@ -49,47 +57,79 @@ def metrics_target(pod: dict[str, Any]) -> tuple[str, int] | None:
         return None
     for container in (pod.get("spec") or {}).get("containers") or []:
         for port in container.get("ports") or []:
-            if port.get("name") == PORT_NAME and isinstance(port.get("containerPort"), int):
+            if port.get("name") == port_name and isinstance(port.get("containerPort"), int):
                 return str(ip), int(port["containerPort"])
     return None
 
 
-def parse_sample(text: str) -> ReplicaSample | None:
-    """The summed gauges of one /metrics page; None when either gauge is absent."""
+@dataclass(frozen=True)
+class EngineReading:
+    """One ready engine pod's /metrics, summed over its engines."""
+
+    waiting: float
+    running: float
+    kv_usage: float = 0.0
+    prompt_tokens: float = 0.0
+    generation_tokens: float = 0.0
+    successes: float = 0.0
+
+
+def parse_sample(text: str) -> EngineReading | None:
+    """The reading of one /metrics page; None when a queue gauge is absent."""
     totals: dict[str, float] = {}
+    kv: list[float] = []
     for family in text_string_to_metric_families(text):
-        if family.name in (WAITING, RUNNING):
+        # prometheus_client names a counter family without its _total suffix.
+        if family.name in _SUMMED:
+            wanted = (family.name, f"{family.name}_total")
             totals[family.name] = totals.get(family.name, 0.0) + sum(
-                s.value for s in family.samples if s.name == family.name
+                s.value for s in family.samples if s.name in wanted
             )
+        elif family.name == KV_USAGE:
+            kv.extend(s.value for s in family.samples if s.name == KV_USAGE)
     if WAITING not in totals or RUNNING not in totals:
         return None
-    return ReplicaSample(waiting=max(0.0, totals[WAITING]), running=max(0.0, totals[RUNNING]))
+    return EngineReading(
+        waiting=max(0.0, totals[WAITING]),
+        running=max(0.0, totals[RUNNING]),
+        kv_usage=min(1.0, max(0.0, sum(kv) / len(kv))) if kv else 0.0,
+        prompt_tokens=max(0.0, totals.get(PROMPT_TOKENS, 0.0)),
+        generation_tokens=max(0.0, totals.get(GENERATION_TOKENS, 0.0)),
+        successes=max(0.0, totals.get(SUCCESSES, 0.0)),
+    )
 
 
-def scrape(ip: str, port: int, *, timeout: float = TIMEOUT_SECONDS) -> ReplicaSample | None:
-    """One pod's sample; None on any error."""
+def http_get(ip: str, port: int, path: str, *, timeout: float = TIMEOUT_SECONDS) -> str:
+    """The body of `GET http://ip:port/path` (an IP literal, never a name); OSError, HTTPException
+    or ValueError on any failure, a non-200 answer included."""
     host = str(ipaddress.ip_address(ip))
     if ":" in host:
         host = f"[{host}]"
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request("GET", "/metrics", headers={"Accept": "text/plain"})
+        conn.request("GET", path, headers={"Accept": "text/plain, application/json"})
         resp = conn.getresponse()
+        body = resp.read(MAX_BYTES).decode("utf-8", "replace")
         if resp.status != 200:
-            return None
-        return parse_sample(resp.read(MAX_BYTES).decode("utf-8", "replace"))
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        log.debug("scraping %s:%s failed: %s", ip, port, exc)
-        return None
+            raise ValueError(f"HTTP {resp.status}")
+        return body
     finally:
         conn.close()
 
 
+def scrape(ip: str, port: int, *, timeout: float = TIMEOUT_SECONDS) -> EngineReading | None:
+    """One pod's reading; None on any error."""
+    try:
+        return parse_sample(http_get(ip, port, "/metrics", timeout=timeout))
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        log.debug("scraping %s:%s failed: %s", ip, port, exc)
+        return None
+
+
 def scrape_pods(
     pods: Sequence[dict[str, Any]], *, timeout: float = TIMEOUT_SECONDS
-) -> list[ReplicaSample]:
-    """Samples of the ready pods that answered, scraped in parallel."""
+) -> list[EngineReading]:
+    """Readings of the ready pods that answered, scraped in parallel."""
     targets = [t for t in map(metrics_target, pods) if t is not None]
     if not targets:
         return []

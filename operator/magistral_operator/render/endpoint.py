@@ -11,10 +11,17 @@ from magistral_runtime.config import RuntimeConfig, dump_runtime_config
 from ..api.config import OperatorConfig
 from ..api.endpoint import Endpoint
 from ..api.spec import SystemPromptMode
-from ..plan import EndpointPlan, plan_endpoint
+from ..plan import EndpointPlan, plan_endpoint, replica_capacity
 from .hashing import content_hash
 from .metadata import config_map_name, object_meta
-from .network import render_network_policy, render_pdb, render_service, service_url
+from .network import (
+    render_engines_service,
+    render_network_policies,
+    render_pdb,
+    render_service,
+    service_url,
+)
+from .router import render_router_deployment, render_router_pdb, render_router_rbac
 from .runtime_config import PROMPT_FILE, runtime_config
 from .startup import StartupBudget, startup_budget
 from .workload import render_deployment, runtime_config_key
@@ -109,12 +116,18 @@ def render_endpoint(
         )
         for p in plan.usable_pools
     ]
+    capacity = replica_capacity(endpoint, plan)
+    assert capacity is not None  # the plan has a usable pool
     objects = [
         config_map,
         *deployments,
         render_service(endpoint),
+        render_engines_service(endpoint),
         render_pdb(endpoint),
-        render_network_policy(endpoint),
+        *render_network_policies(endpoint),
+        *render_router_rbac(endpoint),
+        render_router_deployment(endpoint, config, max_num_seqs=capacity.max_sequences),
+        render_router_pdb(endpoint),
     ]
     return RenderedEndpoint(
         plan=plan,

@@ -18,6 +18,7 @@ from ..api.labels import (
 __all__ = ["ARGS_ANNOTATION", "POOL_LABEL", "REVISION_LABEL", "TP_ANNOTATION"]
 
 COMPONENT = "inference"
+COMPONENT_LABEL = "app.kubernetes.io/component"
 
 
 def standard_labels(endpoint: Endpoint, *, component: str = COMPONENT) -> dict[str, str]:
@@ -35,6 +36,12 @@ def standard_labels(endpoint: Endpoint, *, component: str = COMPONENT) -> dict[s
 def selector_labels(endpoint: Endpoint) -> dict[str, str]:
     """Labels that select every serving pod of the endpoint (Service, PDB, NetworkPolicy)."""
     return {ENDPOINT_LABEL: endpoint.name, "app.kubernetes.io/component": COMPONENT}
+
+
+def is_engine_deployment(obj: dict[str, Any]) -> bool:
+    """A Deployment of engine (GPU) pods, not the router's."""
+    labels = obj.get("metadata", {}).get("labels") or {}
+    return bool(obj.get("kind") == "Deployment" and labels.get(COMPONENT_LABEL) == COMPONENT)
 
 
 def owner_reference(endpoint: Endpoint) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from ..api.status import (
     PlacementStatus,
     PoolStatus,
     RolloutStatus,
+    RouterStatus,
 )
 from ..plan import EndpointPlan
 from ..references import Reference, secret_problem
@@ -55,9 +56,16 @@ def invalid_spec_updates(message: str, *, reason: str = "InvalidSpec") -> list[C
 
 
 def serving_updates(
-    *, plan: EndpointPlan, observed: dict[str, PoolObservation]
+    *,
+    plan: EndpointPlan,
+    observed: dict[str, PoolObservation],
+    can_scale_from_zero: bool = False,
 ) -> list[ConditionUpdate]:
-    """Ready / Progressing / Degraded for a plan that can be served."""
+    """Ready / Progressing / Degraded for a plan that can be served.
+
+    At zero replicas the endpoint is Ready when it can scale from zero (maxReplicas above 0:
+    the routers hold a request and the autoscaler starts a replica); paused otherwise.
+    """
     desired = plan.desired_replicas
     ready = sum(o.ready_replicas for o in observed.values())
     current_ready = sum(o.current_revision_ready for o in observed.values())
@@ -65,8 +73,15 @@ def serving_updates(
     unschedulable = next((o.unschedulable for o in observed.values() if o.unschedulable), None)
     failing = next((o.failing for o in observed.values() if o.failing), None)
 
-    if desired == 0:
-        ready_update = ConditionUpdate(READY, "False", "ScaledToZero", "minReplicas is 0")
+    if desired == 0 and can_scale_from_zero:
+        ready_update = ConditionUpdate(
+            READY,
+            "True",
+            "ScaledToZero",
+            "no replica runs: the router holds the next request and a replica starts for it",
+        )
+    elif desired == 0:
+        ready_update = ConditionUpdate(READY, "False", "ScaledToZero", "maxReplicas is 0 (paused)")
     elif ready > 0:
         ready_update = ConditionUpdate(
             READY, "True", "ReplicasReady", f"{ready}/{desired} replicas ready"
@@ -111,6 +126,28 @@ def serving_updates(
 
 
 REFUSAL_MESSAGE_LIMIT = 2000
+
+
+def with_router(updates: list[ConditionUpdate], router: RouterStatus) -> list[ConditionUpdate]:
+    """Ready=False, RouterUnavailable, while no router pod is ready.
+
+    Every request goes through the routers: with none ready the endpoint serves nothing,
+    whatever its replicas. Only a Ready=True is overridden (a reason the replicas give for not
+    being ready stays); Degraded is left to what the pods show (a router pod that crash-loops
+    or cannot be scheduled is reported there by the kubelet's reasons).
+    """
+    if router.replicas == 0 or router.ready_replicas > 0:
+        return updates
+    message = (
+        f"0/{router.replicas} router pods ready: requests to the endpoint's Service fail "
+        "until one is (see status.router and the router pods' events)"
+    )
+    return [
+        ConditionUpdate(READY, "False", "RouterUnavailable", message)
+        if u.type == READY and u.status == "True"
+        else u
+        for u in updates
+    ]
 
 
 def with_refused_children(
@@ -208,6 +245,7 @@ def build_status(
     startup_budget: str | None,
     warnings: list[str] | None = None,
     autoscaler: AutoscalerStatus | None = None,
+    router: RouterStatus | None = None,
     rollout: RolloutStatus | None = None,
     placement: PlacementStatus | None = None,
 ) -> tuple[MagistralEndpointStatus, list[Transition]]:
@@ -236,6 +274,7 @@ def build_status(
         pools=pool_statuses(plan, observed) if plan else [],
         warnings=warnings or [],
         autoscaler=autoscaler if autoscaler is not None else previous.autoscaler,
+        router=router if router is not None else previous.router,
         rollout=rollout if rollout is not None else previous.rollout,
         placement=placement if placement is not None else previous.placement,
     )
@@ -260,5 +299,6 @@ __all__ = [
     "serving_updates",
     "status_changed",
     "with_refused_children",
+    "with_router",
     "with_secret_problems",
 ]

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..api.endpoint import Endpoint
 from ..api.labels import POOL_LABEL, REVISION_LABEL
+from ..api.status import RouterStatus
 from ..api.timestamps import parse_time
 from ..placement import PoolLoad
 
@@ -122,3 +124,13 @@ def pool_load(*, pool: str, pods: list[dict[str, Any]]) -> PoolLoad:
         pending_since=since,
         message=next((m for m in map(_unschedulable, mine) if m), None),
     )
+
+
+def observe_router(
+    deployment: dict[str, Any] | None, pods: list[dict[str, Any]], *, endpoint: Endpoint
+) -> RouterStatus:
+    """The router Deployment's desired pods (the spec's, before it exists) and ready ones."""
+    wanted = (deployment or {}).get("spec", {}).get("replicas")
+    replicas = wanted if isinstance(wanted, int) else endpoint.spec.router.replicas
+    ready = sum(1 for p in pods if _pod_ready(p))
+    return RouterStatus(replicas=replicas, ready_replicas=ready, ready=f"{ready}/{replicas}")

@@ -1,0 +1,207 @@
+"""The demand read: the routers' fronts and the engines, gathered into one DemandSample.
+
+Every pass, for one endpoint:
+
+1. `GET http://<router pod IP>:<port 'demand'>/demand` of each ready router pod (in parallel,
+   1 s timeout): requests held (no replica), queued (every replica full), in flight, and the
+   request counter that gives the arrival rate (autoscale/arrivals.py keeps the record).
+2. `GET http://<engine pod IP>:<port 'http'>/metrics` of each ready engine pod (kube/metrics.py):
+   the engines' own queues, KV-cache usage and token counters.
+
+No ready router pod, or none answering, is a *failed* read (the autoscaler holds the replicas
+and says why in status.autoscaler); some router pods or engines silent is a *partial* read (no
+scale-down). A silent source is never read as 0.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..autoscale.arrivals import ArrivalRecord, CounterReading
+from ..autoscale.demand import DemandSample, ReplicaLoad
+from .metrics import TIMEOUT_SECONDS, EngineReading, http_get, metrics_target, pod_ready, scrape
+
+DEMAND_PORT_NAME = "demand"
+DEMAND_PATH = "/demand"
+DEMAND_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FrontReading:
+    """One router pod's /demand answer (the fields the autoscaler uses)."""
+
+    held: int
+    queued: int
+    in_flight: int
+    arrivals_total: int
+    start_time: float
+    workers: int
+    router_up: bool
+
+
+def parse_front(text: str) -> FrontReading:
+    """A /demand body; ValueError naming what is wrong with it."""
+    data = json.loads(text)
+    if not isinstance(data, dict) or data.get("version") != DEMAND_VERSION:
+        raise ValueError(f"not a version {DEMAND_VERSION} demand report")
+
+    def count(key: str) -> int:
+        value = data.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{key}: expected a non-negative integer, got {value!r}")
+        return value
+
+    start = data.get("startTime")
+    if not isinstance(start, int | float) or isinstance(start, bool):
+        raise ValueError(f"startTime: expected a number, got {start!r}")
+    router = data.get("router")
+    return FrontReading(
+        held=count("held"),
+        queued=count("queued"),
+        in_flight=count("inFlight"),
+        arrivals_total=count("arrivalsTotal"),
+        start_time=float(start),
+        workers=count("workers"),
+        router_up=bool(isinstance(router, dict) and router.get("up")),
+    )
+
+
+def read_front(ip: str, port: int, *, timeout: float = TIMEOUT_SECONDS) -> FrontReading | str:
+    """One router pod's reading, or why there is none."""
+    try:
+        return parse_front(http_get(ip, port, DEMAND_PATH, timeout=timeout))
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return f"{ip}:{port}: {exc or type(exc).__name__}"
+
+
+class DemandReader(Protocol):
+    """Reads an endpoint's demand (the HTTP reader below; tests pass scripted ones)."""
+
+    def read(
+        self,
+        key: tuple[str, str],
+        *,
+        routers: Sequence[dict[str, Any]],
+        engines: Sequence[dict[str, Any]],
+        now: float,
+    ) -> DemandSample: ...
+
+    def forget(self, key: tuple[str, str]) -> None: ...
+
+
+def _starting(pod: dict[str, Any]) -> bool:
+    """Created and not Ready yet (scheduled or not), and not being deleted."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+        return False
+    return not pod_ready(pod)
+
+
+def _parallel(fn: Callable[[tuple[str, int]], Any], targets: list[tuple[str, int]]) -> list[Any]:
+    if not targets:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
+        return list(pool.map(fn, targets))
+
+
+def sample_from(
+    *,
+    fronts: Sequence[FrontReading | str],
+    engines: Sequence[EngineReading | None],
+    ready_engines: int,
+    starting_engines: int,
+    ready_routers: int,
+    record: ArrivalRecord,
+    keys: Sequence[str],
+    now: float,
+) -> DemandSample:
+    """Combine one pass's readings (pure; `keys` are the router pods' uids, as `fronts`)."""
+    answered = [(k, f) for k, f in zip(keys, fronts, strict=True) if isinstance(f, FrontReading)]
+    errors = [f for f in fronts if isinstance(f, str)]
+    if ready_routers == 0:
+        return DemandSample(router_ok=False, error="no router pod is ready")
+    if not answered:
+        return DemandSample(
+            router_ok=False, error="no router pod answered: " + "; ".join(errors)[:500]
+        )
+    record.observe(now, {k: CounterReading(f.start_time, f.arrivals_total) for k, f in answered})
+    readings = [e for e in engines if e is not None]
+    successes = sum(e.successes for e in readings)
+    return DemandSample(
+        router_ok=True,
+        queued=sum(f.held + f.queued for _, f in answered),
+        in_flight=sum(f.in_flight for _, f in answered),
+        arrival_rate=record.rate(now),
+        rate_window_seconds=record.rate_window,
+        trend=record.trend(now),
+        replicas=[
+            ReplicaLoad(
+                in_flight=round(e.running + e.waiting),
+                waiting=round(e.waiting),
+                kv_usage=e.kv_usage,
+            )
+            for e in readings
+        ],
+        ready_replicas=ready_engines,
+        starting_replicas=starting_engines,
+        mean_prompt_tokens=sum(e.prompt_tokens for e in readings) / successes
+        if successes
+        else None,
+        mean_output_tokens=sum(e.generation_tokens for e in readings) / successes
+        if successes
+        else None,
+        silent_routers=len(errors),
+        error="; ".join(errors)[:500] or None,
+    )
+
+
+class HttpDemandReader:
+    """Reads the fronts' /demand and the engines' /metrics over HTTP; one record per endpoint."""
+
+    def __init__(self, *, timeout: float = TIMEOUT_SECONDS) -> None:
+        self.timeout = timeout
+        self._records: dict[tuple[str, str], ArrivalRecord] = {}
+        self._guard = threading.Lock()
+
+    def _record(self, key: tuple[str, str]) -> ArrivalRecord:
+        with self._guard:
+            return self._records.setdefault(key, ArrivalRecord())
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """Drop a deleted endpoint's record."""
+        with self._guard:
+            self._records.pop(key, None)
+
+    def read(
+        self,
+        key: tuple[str, str],
+        *,
+        routers: Sequence[dict[str, Any]],
+        engines: Sequence[dict[str, Any]],
+        now: float,
+    ) -> DemandSample:
+        """One demand read of the endpoint `key` (namespace, name)."""
+        ready_routers = [r for r in routers if pod_ready(r)]
+        targets = [metrics_target(r, port_name=DEMAND_PORT_NAME) for r in ready_routers]
+        pairs = [(r, t) for r, t in zip(ready_routers, targets, strict=True) if t is not None]
+        fronts = _parallel(
+            lambda t: read_front(t[0], t[1], timeout=self.timeout), [t for _, t in pairs]
+        )
+        engine_targets = [t for t in map(metrics_target, engines) if t is not None]
+        readings = _parallel(lambda t: scrape(t[0], t[1], timeout=self.timeout), engine_targets)
+        return sample_from(
+            fronts=fronts,
+            engines=readings,
+            ready_engines=sum(1 for e in engines if pod_ready(e)),
+            starting_engines=sum(1 for e in engines if _starting(e)),
+            ready_routers=len(pairs),
+            record=self._record(key),
+            keys=[str(r["metadata"].get("uid") or r["metadata"]["name"]) for r, _ in pairs],
+            now=now,
+        )
