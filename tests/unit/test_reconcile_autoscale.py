@@ -167,3 +167,23 @@ def test_no_ready_router_means_not_ready(operator_config: OperatorConfig) -> Non
     ready = _ready(kube)
     assert (ready["status"], ready["reason"]) == ("True", "ReplicasReady")
     assert _status(kube)["router"]["ready"] == "1/2"
+
+
+def test_reserved_capacity_is_filled_first(operator_config: OperatorConfig) -> None:
+    """Listed after on-demand in spec.gpu.pools, the reserved pool still gets the replicas."""
+    kube = FakeKube()
+    kube.add(
+        {
+            "apiVersion": "magistral.dev/v1alpha1",
+            "kind": "MagistralEndpoint",
+            "metadata": {"name": NAME, "namespace": NS, "uid": "uid-1", "generation": 1},
+            "spec": {
+                "gpu": {"pools": ["ondemand-h100", "reserved-h100"]},
+                "scaling": {"minReplicas": 2, "maxReplicas": 2},
+                "auth": {"disabled": True},
+            },
+        }
+    )
+    _pass(kube, operator_config, ScriptedDemand())
+    assert _replicas(kube, f"{NAME}-reserved-h100") == 2
+    assert _replicas(kube, f"{NAME}-ondemand-h100") == 0

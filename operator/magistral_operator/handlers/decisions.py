@@ -13,7 +13,7 @@ from ..api.config import OperatorConfig
 from ..api.endpoint import Endpoint
 from ..api.labels import ENDPOINT_LABEL, POOL_LABEL
 from ..api.status import MagistralEndpointStatus, RolloutStatus
-from ..autoscale.demand import DemandConfig, DemandDecision, DemandState
+from ..autoscale.demand import DemandConfig, DemandDecision, DemandState, fill_order
 from ..autoscale.demand import decide as decide_demand
 from ..kube.client import Kube
 from ..kube.demand import DemandReader
@@ -155,12 +155,17 @@ def with_rollout_conditions(
 def place_replicas(
     *, plan: EndpointPlan, previous: MagistralEndpointStatus, pods: list[dict[str, Any]]
 ) -> Placement:
-    """One placement pass over the plan's usable pools (placement.py)."""
+    """One placement pass over the plan's usable pools (placement.py), reserved ones first
+    (autoscale/demand.fill_order: paid-for capacity is filled first and released last)."""
+    by_name = {p.pool.name: p for p in plan.usable_pools}
+    ordered = [
+        by_name[n] for n in fill_order([(p.pool.name, p.pool.tier) for p in by_name.values()])
+    ]
     return place(
         desired=plan.desired_replicas,
         pools=[
             PlacementPool(name=p.pool.name, overflow_after_seconds=p.pool.overflow_delay_seconds)
-            for p in plan.usable_pools
+            for p in ordered
         ],
         observed={p.pool.name: pool_load(pool=p.pool.name, pods=pods) for p in plan.usable_pools},
         state=previous.placement,
