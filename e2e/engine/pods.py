@@ -2,9 +2,11 @@
 
 Works on pod JSON as the API server returns it. A simulator runs for a pod that is Running,
 not being deleted, has a loopback pod IP, a container with a port named ``http`` and (when
-kwok reports container states) that container running. The kwok simulation knobs of
-``e2e/cluster/stages.py`` map onto the engine: ``magistral.dev/sim-startup`` delays the port
-opening (model loading) until about when kwok turns the pod Ready, and
+kwok reports container states) that container running, unless it is a router pod (label
+``app.kubernetes.io/component: router``: its containers run as processes, ``router_pods.py``).
+The kwok simulation knobs of ``e2e/cluster/stages.py`` map onto the engine:
+``magistral.dev/sim-startup`` delays the port opening (model loading) until about when kwok
+turns the pod Ready, and
 ``magistral.dev/sim-unready=true`` makes ``/health`` answer 503 (the failing readiness probe),
 except on pods whose readiness the supervisor plays (``E2E_SIM_READINESS=supervisor``, or the
 real engine's pod): there the labels are the supervisor's verdict, not an input.
@@ -37,6 +39,11 @@ MANAGED_BY_SELECTOR = "app.kubernetes.io/managed-by=magistral-operator"
 ARGS_ANNOTATION = "magistral.dev/vllm-args"
 """Same value as ``magistral_operator.api.labels.ARGS_ANNOTATION`` (a test checks it)."""
 HTTP_PORT_NAME = "http"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+ROUTER_COMPONENT = "router"
+"""Pods labelled ``app.kubernetes.io/component: router`` are router pods (the operator's engine
+pods say ``inference``): they never get a simulator; their containers run as processes
+(``router_pods.py``)."""
 RUNTIME_CONFIG_ENV = "MAGISTRAL_RUNTIME_CONFIG"
 """Same value as ``magistral_runtime.config.CONFIG_ENV`` (a test checks it)."""
 RUNTIME_CONFIG_PATH = "/etc/magistral/runtime.json"
@@ -245,7 +252,7 @@ def _http_container(pod: JSON) -> tuple[JSON, int] | None:
     return None
 
 
-def _container_running(pod: JSON, name: str) -> tuple[bool, str]:
+def container_running(pod: JSON, name: str) -> tuple[bool, str]:
     for status in (pod.get("status") or {}).get("containerStatuses") or []:
         if status.get("name") != name:
             continue
@@ -301,12 +308,21 @@ def _literal_env(container: JSON, name: str) -> str | None:
     return None
 
 
+def is_router_pod(pod: JSON) -> bool:
+    """The pod is labelled ``app.kubernetes.io/component: router``."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return labels.get(COMPONENT_LABEL) == ROUTER_COMPONENT
+
+
 def readiness_gated(pod: JSON) -> bool:
-    """The pod's ``http`` container has ``E2E_SIM_READINESS=supervisor`` (see PodSim)."""
-    found = _http_container(pod)
-    if found is None:
-        return False
-    return _literal_env(found[0], SIM_READINESS_ENV) == SIM_READINESS_SUPERVISOR
+    """The pod's ``http`` container (any container of a router pod) has
+    ``E2E_SIM_READINESS=supervisor`` (see PodSim)."""
+    if is_router_pod(pod):
+        containers = (pod.get("spec") or {}).get("containers") or []
+    else:
+        found = _http_container(pod)
+        containers = [] if found is None else [found[0]]
+    return any(_literal_env(c, SIM_READINESS_ENV) == SIM_READINESS_SUPERVISOR for c in containers)
 
 
 def vllm_argv(pod: JSON) -> list[str]:
@@ -333,11 +349,13 @@ def decide(pod: JSON, *, now: datetime | None = None) -> Decision:
         return Decision(None, "no pod IP")
     if not is_loopback_ip(ip):
         return Decision(None, f"pod IP {ip} is outside 127.0.0.0/8", refused=True)
+    if is_router_pod(pod):
+        return Decision(None, "a router pod (its containers run as processes)")
     found = _http_container(pod)
     if found is None:
         return Decision(None, f"no container port named {HTTP_PORT_NAME!r}")
     container, port = found
-    running, detail = _container_running(pod, str(container.get("name", "")))
+    running, detail = container_running(pod, str(container.get("name", "")))
     if not running:
         return Decision(None, f"container {container.get('name')} not running ({detail})")
     annotations = meta.get("annotations") or {}
@@ -375,16 +393,22 @@ def decide(pod: JSON, *, now: datetime | None = None) -> Decision:
     )
 
 
-def termination(pod: JSON) -> Termination:
-    """The preStop sleep of the ``http`` container and the grace period of a deleted pod."""
+def termination(pod: JSON, container: str | None = None) -> Termination:
+    """The preStop sleep of the ``http`` container (or of the container named ``container``)
+    and the grace period of a deleted pod."""
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     grace = meta.get("deletionGracePeriodSeconds")
     if grace is None:
         grace = spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
     prestop = 0.0
-    found = _http_container(pod)
-    if found is not None:
-        sleep = ((found[0].get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}
+    if container is None:
+        found = _http_container(pod)
+        chosen = None if found is None else found[0]
+    else:
+        named = [c for c in spec.get("containers") or [] if c.get("name") == container]
+        chosen = named[0] if named else None
+    if chosen is not None:
+        sleep = ((chosen.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}
         prestop = float(sleep.get("seconds") or 0)
     return Termination(prestop_s=prestop, grace_s=float(grace))

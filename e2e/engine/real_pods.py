@@ -163,9 +163,19 @@ class ReadinessProber:
     ``failureThreshold`` failures in a row; 2xx and 3xx are successes, as for the kubelet.
     """
 
-    def __init__(self, *, base_url: str, probe: ReadinessProbe, name: str) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        probe: ReadinessProbe,
+        name: str,
+        health_path: str | None = HEALTH_PATH,
+    ) -> None:
+        """``health_path``: the engine's health route polled until it answers (None: none;
+        ``health_at`` then stays None)."""
         self.base_url = base_url
         self.probe = probe
+        self.health_path = health_path
         self.started_at = time.monotonic()
         self.health_at: float | None = None
         self.ready_at: float | None = None
@@ -193,7 +203,8 @@ class ReadinessProber:
         next_probe = self.started_at + self.probe.initial_delay_s
         while not self._stop.is_set():
             now = time.monotonic()
-            if self.health_at is None and _status(self.base_url + HEALTH_PATH, 2.0) == 200:
+            polling = self.health_path is not None and self.health_at is None
+            if polling and _status(self.base_url + str(self.health_path), 2.0) == 200:
                 self.health_at = time.monotonic()
                 log.info(
                     "%s: /health 200, %.1fs after start",
@@ -213,5 +224,6 @@ class ReadinessProber:
                             self.ready_at = time.monotonic()
                     elif self._ready and failures >= self.probe.failure_threshold:
                         self._ready = False
-            wait = HEALTH_POLL_SECONDS if self.health_at is None else next_probe - now
+            polling = self.health_path is not None and self.health_at is None
+            wait = HEALTH_POLL_SECONDS if polling else next_probe - now
             self._stop.wait(max(0.05, min(wait, HEALTH_POLL_SECONDS * 4)))

@@ -27,6 +27,14 @@ Running, not Ready from its creation): it labels the pod ``magistral.dev/sim-rea
 the probe passes and ``magistral.dev/sim-unready=true`` while it fails afterwards. An ungated
 real-engine pod is labelled ``sim-unready`` when first seen, racing kwok's pod-ready stage.
 
+Router pods (label ``app.kubernetes.io/component: router``) never get a simulator: each of their
+containers' ``command + args`` runs as a process (the command from the repo venv's ``bin``),
+with ``0.0.0.0``/``127.0.0.1``/``localhost`` mapped to the pod IP and ``$KUBECONFIG`` pointing at
+a kubeconfig with the pod's ServiceAccount token (``router_pods.py``), under the same lifecycle
+rules; ``routers()`` and ``wait_for_routers()`` show them. A router pod gated by
+``E2E_SIM_READINESS=supervisor`` (in any container) turns Ready when every container's
+readiness probe passes.
+
 From Python (for example a pytest fixture)::
 
     with Supervisor(kubeconfig=cluster.kubeconfig, sim_args=["--itl-ms", "2"]) as sup:
@@ -55,7 +63,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
+
+import yaml
 
 from e2e.cluster.processes import group_alive
 from e2e.cluster.stages import SIM_READY_LABEL, SIM_UNREADY_LABEL
@@ -70,11 +80,13 @@ from e2e.engine.pods import (
     PodSim,
     configmap_key_for,
     decide,
+    is_router_pod,
     pod_key,
     readiness_gated,
     termination,
 )
 from e2e.engine.real_pods import EngineFiles, EngineInstall, ReadinessProber, prepare
+from e2e.engine.router_pods import RouterContainer, decide_router
 from e2e.engine.runtime_files import (
     CLEARED_ENV,
     MIDDLEWARE,
@@ -91,6 +103,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TICK_SECONDS = 0.1
 WATCH_TIMEOUT_SECONDS = 290
 BACKOFF_MAX_SECONDS = 30.0
+TOKEN_SECONDS = 86400
+"""Lifetime of the ServiceAccount token a router pod's containers get (the kubelet's is
+refreshed; a test session is shorter than this)."""
+_T = TypeVar("_T")
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: no dlopen between fork and exec
 
@@ -137,6 +153,44 @@ class SimulatorInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RouterProcessInfo:
+    """A snapshot of one container process of a router pod, for tests and logs."""
+
+    namespace: str
+    pod: str
+    uid: str
+    container: str
+    ip: str
+    port: int | None
+    """The port it listens on (None: none known; it counts as serving once started)."""
+    pid: int | None
+    state: str
+    """``waiting-address``, ``starting``, ``serving``, ``backoff`` or ``terminating``."""
+    restarts: int
+    log_path: str
+    argv: tuple[str, ...]
+    """As started: the command resolved in the venv's bin dir, loopback addresses mapped."""
+    ready: bool | None = None
+    """Its readiness probe passes (None: the container has none)."""
+    ready_seconds: float | None = None
+    """Seconds from the process's start to its readiness probe first passing."""
+    kubeconfig: str | None = None
+    """Its ``$KUBECONFIG`` (None: not started yet, or ``automountServiceAccountToken: false``)."""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+
+def serving_pods(infos: Sequence[RouterProcessInfo]) -> dict[str, list[RouterProcessInfo]]:
+    """Router pods (by name) all of whose container processes serve."""
+    pods: dict[str, list[RouterProcessInfo]] = {}
+    for info in infos:
+        pods.setdefault(info.pod, []).append(info)
+    return {name: procs for name, procs in pods.items() if all(p.state == "serving" for p in procs)}
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessExit:
     """How a deleted (or stopped) pod's process ended; times are ``time.monotonic()``."""
 
@@ -155,6 +209,8 @@ class ProcessExit:
     """When its main process (the container's PID 1) was seen gone."""
     sigkilled: bool
     """The grace period ended (or the pod went away at once) before it exited."""
+    container: str | None = None
+    """The container of a router pod (None: an engine's process)."""
 
     @property
     def drain_seconds(self) -> float | None:
@@ -176,7 +232,8 @@ def serving(sims: Sequence[SimulatorInfo]) -> list[SimulatorInfo]:
 
 @dataclass(eq=False)
 class _Proc:
-    spec: PodSim
+    spec: PodSim | RouterContainer
+    """An engine's simulator (or real engine), or one container of a router pod."""
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
     state: str = "waiting-address"
@@ -198,7 +255,12 @@ class _Proc:
     prober: ReadinessProber | None = None
     reaper: subprocess.Popen[bytes] | None = None
     pgid: int | None = None
-    """The real engine's process group (vLLM's engine core and worker are in it)."""
+    """The process group of a real engine (vLLM's engine core and worker are in it) or of a
+    router pod's container: SIGKILL goes to all of it, and it runs while any of it runs."""
+    argv: tuple[str, ...] = ()
+    """A router container's command line as started."""
+    kubeconfig: str | None = None
+    """A router container's ``$KUBECONFIG`` as started."""
     deleted_at: float | None = None
     prestop_s: float = 0.0
     grace_s: float = 0.0
@@ -210,17 +272,36 @@ class _Proc:
     def pid(self) -> int | None:
         return self.popen.pid if self.popen is not None else None
 
+    @property
+    def key(self) -> str:
+        """Its key among the supervisor's processes: the pod's uid for an engine,
+        ``<uid>/<container>`` for a router pod's container."""
+        return self.spec.key if isinstance(self.spec, RouterContainer) else self.spec.uid
+
+    @property
+    def sim(self) -> PodSim:
+        """The engine's spec (only engine processes have one)."""
+        assert isinstance(self.spec, PodSim), self.spec
+        return self.spec
+
+    @property
+    def what(self) -> str:
+        if isinstance(self.spec, RouterContainer):
+            return f"container {self.spec.container}"
+        return "real engine" if self.real else "simulator"
+
     def main_alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
     def alive(self) -> bool:
-        """The process runs; for a real engine, any process of its group (vLLM's children).
+        """The process runs; for a real engine or a container, any process of its group
+        (vLLM's children).
 
-        Once a real engine's group is found gone, its id is forgotten and its reaper ended, so
-        that nothing ever signals that id again (the system may hand it out anew)."""
+        Once the group is found gone, its id is forgotten and its reaper ended, so that nothing
+        ever signals that id again (the system may hand it out anew)."""
         if self.main_alive():
             return True
-        if self.real and self.pgid is not None:
+        if self.pgid is not None:
             if group_alive(self.pgid):
                 return True
             self.pgid = None
@@ -232,7 +313,7 @@ class _Proc:
         if not self.alive():
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            if self.real and sig == signal.SIGKILL and self.pgid is not None:
+            if sig == signal.SIGKILL and self.pgid is not None:
                 os.killpg(self.pgid, sig)
             elif self.popen is not None and self.main_alive():
                 os.kill(self.popen.pid, sig)
@@ -287,6 +368,8 @@ class Supervisor:
         real_engine: Callable[[JSON], bool] | None = None,
         real_engine_overrides: Mapping[str, Any] | None = None,
         engine_install: EngineInstall | None = None,
+        bin_dir: Path | None = None,
+        router_kubeconfig: Path | None = None,
     ) -> None:
         """``sim_args`` are appended to every simulator's flags (they win), e.g.
         ``["--itl-ms", "2"]`` for fast tests; ``sim_env`` is added to their environment.
@@ -302,6 +385,14 @@ class Supervisor:
         fields set last for it (e.g. ``{"shutdown_timeout_seconds": 10}``; see
         ``e2e/real_engine/pod_config.py`` for what is always adapted). ``engine_install``: the
         engine venv and tiny model (default: installed or reused by ``start()``).
+
+        Router pods (``app.kubernetes.io/component: router``) get no simulator: each container's
+        ``command + args`` runs as a process, the command taken from ``bin_dir`` (default: the
+        directory of ``python``, the repo venv's ``bin``; ``vllm-router`` and
+        ``magistral-runtime`` are console scripts there), with the pod's loopback addresses
+        mapped to its IP (``router_pods.py``). ``router_kubeconfig``: the kubeconfig their
+        containers get in ``$KUBECONFIG`` (default: one with a token of the pod's
+        ServiceAccount, minted through the TokenRequest API, as the kubelet mounts it).
         """
         self.kubeconfig = Path(kubeconfig)
         self.label_selector = label_selector
@@ -317,6 +408,10 @@ class Supervisor:
         self.real_engine = real_engine
         self.real_engine_overrides = dict(real_engine_overrides or {})
         self._install = engine_install
+        self.bin_dir = bin_dir or Path(python).parent
+        self.router_kubeconfig = router_kubeconfig
+        self._pod_kubeconfigs: dict[str, Path] = {}
+        self._router_snapshot: list[RouterProcessInfo] = []
         self._slot: _RealSlot | None = None
         self._label_retry: dict[str, float] = {}
         self._exits: list[ProcessExit] = []
@@ -393,6 +488,11 @@ class Supervisor:
         with self._snap_lock:
             return list(self._snapshot)
 
+    def routers(self) -> list[RouterProcessInfo]:
+        """The container processes of router pods (not in ``simulators()``)."""
+        with self._snap_lock:
+            return list(self._router_snapshot)
+
     def exits(self) -> list[ProcessExit]:
         """The processes of deleted (or stopped) pods that have exited, oldest first."""
         with self._snap_lock:
@@ -402,18 +502,36 @@ class Supervisor:
         self, predicate: Callable[[list[SimulatorInfo]], bool], *, timeout: float = 60.0
     ) -> list[SimulatorInfo]:
         """Block until ``predicate(simulators())`` holds; TimeoutError with the last state."""
+        return self._wait(lambda: self._snapshot, predicate, timeout=timeout, what="simulators")
+
+    def wait_for_routers(
+        self, predicate: Callable[[list[RouterProcessInfo]], bool], *, timeout: float = 60.0
+    ) -> list[RouterProcessInfo]:
+        """Block until ``predicate(routers())`` holds; TimeoutError with the last state.
+
+        For example ``wait_for_routers(lambda r: len(serving_pods(r)) == 2)``."""
+        return self._wait(
+            lambda: self._router_snapshot, predicate, timeout=timeout, what="router processes"
+        )
+
+    def _wait(
+        self,
+        current: Callable[[], list[_T]],
+        predicate: Callable[[list[_T]], bool],
+        *,
+        timeout: float,
+        what: str,
+    ) -> list[_T]:
         deadline = time.monotonic() + timeout
         with self._changed:
-            while not predicate(list(self._snapshot)):
+            while not predicate(list(current())):
                 if self._error is not None:
                     raise RuntimeError("the supervisor failed") from self._error
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(
-                        f"timed out after {timeout:g}s; simulators: {self._snapshot}"
-                    )
+                    raise TimeoutError(f"timed out after {timeout:g}s; {what}: {current()}")
                 self._changed.wait(min(left, 0.5))
-            return list(self._snapshot)
+            return list(current())
 
     # -------------------------------------------------------------- kube calls
     def _list(self) -> tuple[list[JSON], str]:
@@ -480,22 +598,28 @@ class Supervisor:
             resp.release_conn()
         return rv
 
-    def _secret_value(self, *, namespace: str, name: str, key: str) -> str | None:
+    def _secret_value(
+        self,
+        *,
+        namespace: str,
+        name: str,
+        key: str,
+        without: str = "the simulator runs without an API key",
+    ) -> str | None:
         try:
             resp = self._core.read_namespaced_secret(name, namespace, _preload_content=False)
             data = (json.loads(resp.data).get("data") or {}).get(key)
         except Exception as err:
             log.warning(
-                "cannot read Secret %s/%s (%s); the simulator runs without an API key",
+                "cannot read Secret %s/%s (%s); %s",
                 namespace,
                 name,
                 getattr(err, "status", err),
+                without,
             )
             return None
         if data is None:
-            log.warning(
-                "Secret %s/%s has no key %r; running without an API key", namespace, name, key
-            )
+            log.warning("Secret %s/%s has no key %r; %s", namespace, name, key, without)
             return None
         return base64.b64decode(data).decode()
 
@@ -550,7 +674,7 @@ class Supervisor:
 
     def _runtime_files(self, proc: _Proc) -> RuntimeFiles | None:
         """The runtime middleware's files for ``proc`` (None: the plain simulator runs)."""
-        spec = proc.spec
+        spec = proc.sim
         if not self.runtime_middleware or "--middleware" in self.sim_args:
             return None
         where = f"{spec.namespace}/{spec.name}"
@@ -583,7 +707,7 @@ class Supervisor:
 
     def _engine_files(self, proc: _Proc) -> EngineFiles:
         """The real engine's config for ``proc``'s pod; raises RuntimeSetupError or OSError."""
-        spec = proc.spec
+        spec = proc.sim
         assert self._install is not None
         text, origin, custom = self._runtime_sources(spec)
         files = prepare(
@@ -679,6 +803,9 @@ class Supervisor:
             log.log(level, "%s: %s", pod_key(pod), message)
 
     def _reconcile(self, uid: str, *, pod: JSON) -> None:
+        if is_router_pod(pod):
+            self._reconcile_router(uid, pod=pod)
+            return
         current = self._procs.get(uid)
         live = self._pods.get(uid)
         if live is None or (live.get("metadata") or {}).get("deletionTimestamp"):
@@ -721,6 +848,55 @@ class Supervisor:
             current.healthy = spec.healthy
             self._report(live, f"/health {'ok' if spec.healthy else 'failing (sim-unready)'}")
             self._apply_health(current)
+
+    def _router_procs(self, uid: str) -> list[_Proc]:
+        """The container processes of router pod ``uid`` (not those being stopped)."""
+        return [
+            p
+            for p in self._procs.values()
+            if isinstance(p.spec, RouterContainer) and p.spec.uid == uid
+        ]
+
+    def _reconcile_router(self, uid: str, *, pod: JSON) -> None:
+        """A router pod: one process per container, never a simulator."""
+        current = {p.key: p for p in self._router_procs(uid)}
+        live = self._pods.get(uid)
+        if live is None or (live.get("metadata") or {}).get("deletionTimestamp"):
+            for proc in current.values():
+                self._terminate(proc, pod=pod)
+            if live is None:
+                self._reported.pop(uid, None)
+                self._label_retry.pop(uid, None)
+                self._pod_kubeconfigs.pop(uid, None)
+            return
+        decision = decide_router(live)
+        wanted = {c.key: c for c in decision.containers}
+        for key, proc in current.items():
+            spec = wanted.get(key)
+            if spec is None:
+                self._kill(proc, reason=decision.reason or "its container is not running")
+            elif proc.spec.fingerprint() != spec.fingerprint():
+                self._kill(proc, reason="its configuration changed")
+            else:
+                proc.spec = spec
+        if not decision.containers:
+            level = logging.WARNING if decision.refused else logging.INFO
+            self._report(live, f"router pod, no process: {decision.reason}", level=level)
+            return
+        started = []
+        for key, spec in wanted.items():
+            if key in self._procs:
+                continue
+            self._procs[key] = _Proc(
+                spec=spec,
+                log_path=self.log_dir / f"{spec.namespace}.{spec.name}.{spec.container}.log",
+            )
+            started.append(spec.container)
+            for note in spec.notes:
+                log.warning("%s: container %s: %s", pod_key(live), spec.container, note)
+        skipped = "".join(f"; {name}: {why}" for name, why in decision.skipped)
+        running = ", ".join(f"{c.container} on {c.ip}:{c.port}" for c in decision.containers)
+        self._report(live, f"router pod, processes wanted: {running}{skipped}")
 
     # ------------------------------------------------------------- real engine
     def _claim_slot(self, uid: str, pod: JSON) -> None:
@@ -766,7 +942,16 @@ class Supervisor:
         """The supervisor decides this pod's readiness: it is gated, or the real engine's."""
         return readiness_gated(pod) or (self._slot is not None and self._slot.uid == uid)
 
-    def _probe_passes(self, uid: str) -> bool:
+    def _probe_passes(self, uid: str, pod: JSON) -> bool:
+        """The pod's readiness probe passes; a router pod's: every container's that has one
+        (one without a probe: its process serves), as the kubelet decides a pod Ready."""
+        if is_router_pod(pod):
+            procs = self._router_procs(uid)
+            return bool(procs) and all(
+                p.main_alive()
+                and (p.prober.ready if p.prober is not None else p.state == "serving")
+                for p in procs
+            )
         proc = self._procs.get(uid)
         return (
             proc is not None and proc.main_alive() and proc.prober is not None and proc.prober.ready
@@ -782,7 +967,7 @@ class Supervisor:
         meta = pod.get("metadata") or {}
         if meta.get("deletionTimestamp"):
             return
-        ready = self._probe_passes(uid)
+        ready = self._probe_passes(uid, pod)
         labels = meta.get("labels") or {}
         wanted: dict[str, str | None]
         if readiness_gated(pod):
@@ -848,11 +1033,12 @@ class Supervisor:
 
     def _terminate(self, proc: _Proc, *, pod: JSON) -> None:
         """The kubelet's stop: preStop sleep, SIGTERM, SIGKILL at the end of the grace period."""
-        self._procs.pop(proc.spec.uid, None)
+        self._procs.pop(proc.key, None)
         if not proc.alive():
             proc.end_helpers()
             return
-        plan = termination(pod)
+        container = proc.spec.container if isinstance(proc.spec, RouterContainer) else None
+        plan = termination(pod, container)
         now = time.monotonic()
         prestop = plan.prestop_s if self.honor_prestop and proc.state == "serving" else 0.0
         proc.term_at = now + min(prestop, plan.grace_s)
@@ -866,17 +1052,18 @@ class Supervisor:
             proc.spec.name,
             proc.term_at - now,
             proc.kill_at - now,
-            "real engine" if proc.real else "simulator",
+            proc.what,
             proc.pid,
         )
 
     def _kill(self, proc: _Proc, *, reason: str) -> None:
-        self._procs.pop(proc.spec.uid, None)
+        self._procs.pop(proc.key, None)
         if not proc.alive():
             proc.end_helpers()
             return
-        what = "real engine" if proc.real else "simulator"
-        log.info("%s/%s: stopping its %s (%s)", proc.spec.namespace, proc.spec.name, what, reason)
+        log.info(
+            "%s/%s: stopping its %s (%s)", proc.spec.namespace, proc.spec.name, proc.what, reason
+        )
         proc.signal(signal.SIGKILL)
         proc.state = "terminating"
         proc.term_at = proc.kill_at = time.monotonic()
@@ -884,6 +1071,8 @@ class Supervisor:
         self._dying.append(proc)
 
     def _address_busy(self, proc: _Proc) -> bool:
+        if proc.spec.port is None:
+            return False
         address = (proc.spec.ip, proc.spec.port)
         others = [*self._dying, *(p for p in self._procs.values() if p is not proc)]
         return any((o.spec.ip, o.spec.port) == address and o.alive() for o in others)
@@ -892,7 +1081,7 @@ class Supervisor:
     def _kill_orphans(proc: _Proc) -> None:
         """The container's PID 1 has exited: its other processes (vLLM's engine core and
         worker) go with it, as when a container ends."""
-        if proc.real and proc.pgid is not None and not proc.main_alive():
+        if proc.pgid is not None and not proc.main_alive():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pgid, signal.SIGKILL)
 
@@ -911,6 +1100,7 @@ class Supervisor:
             sigterm_at=proc.sigterm_at,
             exited_at=exited_at,
             sigkilled=proc.sigkilled,
+            container=proc.spec.container if isinstance(proc.spec, RouterContainer) else None,
         )
         with self._snap_lock:
             self._exits.append(record)
@@ -926,7 +1116,7 @@ class Supervisor:
             "%s/%s: %s exited (%s)%s%s",
             proc.spec.namespace,
             proc.spec.name,
-            "real engine" if proc.real else "simulator",
+            proc.what,
             record.returncode,
             ", " if timing else "",
             ", ".join(timing),
@@ -954,15 +1144,12 @@ class Supervisor:
                 self._kill_orphans(proc)
                 if proc.prober is not None:
                     proc.prober.stop()
-                proc.restarts += 1
-                delay = min(BACKOFF_MAX_SECONDS, 2.0 ** (proc.restarts - 1))
-                proc.next_start = now + delay
-                proc.state = "backoff"
+                delay = _back_off(proc)
                 log.warning(
                     "%s/%s: %s exited with %s; restarting in %.0fs; last lines:\n%s",
                     proc.spec.namespace,
                     proc.spec.name,
-                    "real engine" if proc.real else "simulator",
+                    proc.what,
                     proc.popen.returncode,
                     delay,
                     _tail(proc.log_path),
@@ -975,17 +1162,14 @@ class Supervisor:
                 and not proc.alive()  # a real engine's group is gone too
             ):
                 self._spawn(proc)
-            elif proc.state == "starting" and (
-                proc.prober is not None and proc.prober.health_at is not None
-                if proc.real
-                else _accepts(ip=proc.spec.ip, port=proc.spec.port)
-            ):
+            elif proc.state == "starting" and _listening(proc):
                 proc.state = "serving"
                 self._apply_health(proc)
                 log.info(
-                    "%s/%s: serving on %s:%d (pid %s, %.1fs after start)",
+                    "%s/%s: %s serving on %s:%s (pid %s, %.1fs after start)",
                     proc.spec.namespace,
                     proc.spec.name,
+                    proc.what,
                     proc.spec.ip,
                     proc.spec.port,
                     proc.pid,
@@ -1009,7 +1193,7 @@ class Supervisor:
         """Start ``magistral-runtime serve`` of the engine venv for the pod (and its prober)."""
         from e2e.real_engine.serve import _start_reaper, engine_environ
 
-        spec = proc.spec
+        spec = proc.sim
         assert self._install is not None
         proc.end_helpers()  # those of the previous run, if any (its group is gone)
         key = self._api_key(spec)
@@ -1017,10 +1201,7 @@ class Supervisor:
             files = self._engine_files(proc)
         except (RuntimeSetupError, OSError) as err:
             # A real pod would not start either (its volume or config is missing): retry.
-            proc.restarts += 1
-            delay = min(BACKOFF_MAX_SECONDS, 2.0 ** (proc.restarts - 1))
-            proc.next_start = time.monotonic() + delay
-            proc.state = "backoff"
+            delay = _back_off(proc)
             log.warning(
                 "%s/%s: cannot start the real engine: %s; retrying in %.0fs",
                 spec.namespace,
@@ -1032,22 +1213,14 @@ class Supervisor:
         base = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         base["PYTHONUNBUFFERED"] = "1"
         env = engine_environ(self._install.env, api_key=key or None, base=base)
-        with proc.log_path.open("ab") as out:
-            out.write(
-                f"# {' '.join(files.argv)}  (real engine; API key: {'set' if key else 'none'}; "
-                f"config {files.config_path}; changed: {'; '.join(files.notes)})\n".encode()
-            )
-            out.flush()
-            proc.popen = subprocess.Popen(
-                files.argv,
-                cwd=files.directory,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
-            )
+        proc.popen = self._start_process(
+            proc,
+            files.argv,
+            cwd=files.directory,
+            env=env,
+            note=f"real engine; API key: {'set' if key else 'none'}; config {files.config_path}; "
+            f"changed: {'; '.join(files.notes)}",
+        )
         proc.pgid = proc.popen.pid
         if self.die_with_parent:
             proc.reaper = _start_reaper(proc.pgid)
@@ -1070,11 +1243,181 @@ class Supervisor:
             spec.readiness.period_s,
         )
 
+    def _start_process(
+        self, proc: _Proc, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], note: str
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in a session of its own, its output appended to the pod's log after a
+        line with the command and ``note``; SIGKILL when the supervisor's thread dies
+        (``die_with_parent``)."""
+        with proc.log_path.open("ab") as out:
+            out.write(f"# {' '.join(argv)}  ({note})\n".encode())
+            out.flush()
+            return subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
+            )
+
+    def _pod_dir(self, spec: RouterContainer) -> Path:
+        """A directory of the router pod's own: its kubeconfig; the processes' working dir."""
+        path = self.log_dir / f"{spec.namespace}.{spec.name}.pod"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _pod_kubeconfig(self, spec: RouterContainer) -> Path:
+        """The kubeconfig a router pod's containers get: ``router_kubeconfig``, else one with a
+        token of the pod's ServiceAccount bound to the pod (TokenRequest API), which the
+        kubelet would mount; the API server's address and CA are the supervisor's.
+
+        Raises on a failed TokenRequest (the ServiceAccount is missing, say)."""
+        if self.router_kubeconfig is not None:
+            return self.router_kubeconfig
+        known = self._pod_kubeconfigs.get(spec.uid)
+        if known is not None and known.exists():
+            return known
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "expirationSeconds": TOKEN_SECONDS,
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": spec.name,
+                    "uid": spec.uid,
+                },
+            },
+        }
+        resp = self._core.create_namespaced_service_account_token(
+            spec.service_account, spec.namespace, request, _preload_content=False
+        )
+        token = str(json.loads(resp.data)["status"]["token"])
+        admin = yaml.safe_load(self.kubeconfig.read_text())
+        context = next(
+            c["context"] for c in admin["contexts"] if c["name"] == admin["current-context"]
+        )
+        cluster = dict(next(c for c in admin["clusters"] if c["name"] == context["cluster"]))
+        server = dict(cluster["cluster"])
+        if "certificate-authority" in server:  # relative to the kubeconfig's directory
+            server["certificate-authority"] = str(
+                self.kubeconfig.parent / server["certificate-authority"]
+            )
+        user = f"system:serviceaccount:{spec.namespace}:{spec.service_account}"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": cluster["name"], "cluster": server}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [
+                {
+                    "name": "pod",
+                    "context": {
+                        "cluster": cluster["name"],
+                        "user": user,
+                        "namespace": spec.namespace,
+                    },
+                }
+            ],
+            "current-context": "pod",
+        }
+        path = self._pod_dir(spec) / "kubeconfig"
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        path.chmod(0o600)
+        self._pod_kubeconfigs[spec.uid] = path
+        return path
+
+    def _container_env(self, spec: RouterContainer) -> dict[str, str]:
+        """The process's environment: the supervisor's (without ``KUBECONFIG`` and the API
+        key), ``HOSTNAME`` = the pod's name, then the container's variables (references read
+        through the API now) and ``KUBECONFIG``. Raises when the kubeconfig cannot be made."""
+        env = {k: v for k, v in os.environ.items() if k not in (API_KEY_ENV, "KUBECONFIG")}
+        env["PYTHONUNBUFFERED"] = "1"
+        env["HOSTNAME"] = spec.name
+        env.update(spec.env)
+        where = f"{spec.namespace}/{spec.name}: container {spec.container}"
+        for ref in spec.env_refs:
+            without = f"{where}: ${ref.name} is unset"
+            value: str | None = None
+            if ref.secret is not None:
+                value = self._secret_value(
+                    namespace=spec.namespace,
+                    name=ref.secret.name,
+                    key=ref.secret.key,
+                    without=without,
+                )
+            elif ref.config_map is not None:
+                value = self._configmap_value(
+                    namespace=spec.namespace, ref=ref.config_map, what=f"${ref.name} of {where}"
+                )
+            if value is not None:
+                env[ref.name] = value
+        if spec.automount_token:
+            env["KUBECONFIG"] = str(self._pod_kubeconfig(spec))
+        return env
+
+    def _spawn_container(self, proc: _Proc, spec: RouterContainer) -> None:
+        """Start a router pod's container: its command from ``bin_dir``, its args as mapped."""
+        where = f"{spec.namespace}/{spec.name}: container {spec.container}"
+        command = spec.command
+        exe = Path(command) if "/" in command else self.bin_dir / command
+        if not (exe.is_file() and os.access(exe, os.X_OK)):
+            delay = _back_off(proc)
+            log.error(
+                "%s: %s is not an executable in %s; retrying in %.0fs",
+                where,
+                command,
+                self.bin_dir,
+                delay,
+            )
+            return
+        try:
+            env = self._container_env(spec)
+        except Exception as err:
+            delay = _back_off(proc)
+            log.warning(
+                "%s: no kubeconfig for ServiceAccount %s (%s); retrying in %.0fs",
+                where,
+                spec.service_account,
+                getattr(err, "status", err),
+                delay,
+            )
+            return
+        argv = [str(exe), *spec.argv[1:]]
+        proc.popen = self._start_process(
+            proc,
+            argv,
+            cwd=self._pod_dir(spec),
+            env=env,
+            note=f"container {spec.container}; KUBECONFIG {env.get('KUBECONFIG', 'none')}",
+        )
+        proc.pgid = proc.popen.pid
+        proc.argv = tuple(argv)
+        proc.kubeconfig = env.get("KUBECONFIG")
+        proc.state = "starting"
+        proc.started_at = time.monotonic()
+        proc.end_helpers()  # the previous run's prober
+        if spec.readiness is not None and spec.readiness_port is not None:
+            proc.prober = ReadinessProber(
+                base_url=f"http://{spec.ip}:{spec.readiness_port}",
+                probe=spec.readiness,
+                name=f"{spec.namespace}.{spec.name}.{spec.container}",
+                health_path=None,
+            ).start()
+        log.info("%s: pid %d: %s", where, proc.popen.pid, " ".join(argv))
+
     def _spawn(self, proc: _Proc) -> None:
+        if isinstance(proc.spec, RouterContainer):
+            self._spawn_container(proc, proc.spec)
+            return
         if proc.real:
             self._spawn_real(proc)
             return
-        spec = proc.spec
+        spec = proc.sim
         key = self._api_key(spec)
         gpu, memory = self._node_gpu(spec.node_name)
         runtime = self._runtime_files(proc)
@@ -1102,23 +1445,14 @@ class Supervisor:
         env.update(self.sim_env)
         if key:
             env[API_KEY_ENV] = key
-        with proc.log_path.open("ab") as out:
-            mw = f"{MIDDLEWARE}, {runtime.config_path}" if runtime else "none"
-            out.write(
-                f"# {' '.join(argv)}  (API key: {'set' if key else 'none'}; runtime middleware: "
-                f"{mw})\n".encode()
-            )
-            out.flush()
-            proc.popen = subprocess.Popen(
-                argv,
-                cwd=REPO_ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
-            )
+        mw = f"{MIDDLEWARE}, {runtime.config_path}" if runtime else "none"
+        proc.popen = self._start_process(
+            proc,
+            argv,
+            cwd=REPO_ROOT,
+            env=env,
+            note=f"API key: {'set' if key else 'none'}; runtime middleware: {mw}",
+        )
         proc.state = "starting"
         proc.started_at = time.monotonic()
         proc.runtime = runtime
@@ -1140,9 +1474,13 @@ class Supervisor:
 
     def _publish(self) -> None:
         infos: list[SimulatorInfo] = []
+        routers: list[RouterProcessInfo] = []
         for proc in [*self._procs.values(), *self._dying]:
-            spec = proc.spec
             prober = proc.prober
+            if isinstance(proc.spec, RouterContainer):
+                routers.append(_router_info(proc, proc.spec))
+                continue
+            spec = proc.sim
             infos.append(
                 SimulatorInfo(
                     namespace=spec.namespace,
@@ -1174,8 +1512,9 @@ class Supervisor:
                 )
             )
         with self._changed:
-            if infos != self._snapshot:
+            if infos != self._snapshot or routers != self._router_snapshot:
                 self._snapshot = infos
+                self._router_snapshot = routers
                 self._changed.notify_all()
 
     def _shutdown_all(self) -> None:
@@ -1208,12 +1547,51 @@ class Supervisor:
         self._slot = None
 
 
+def _router_info(proc: _Proc, spec: RouterContainer) -> RouterProcessInfo:
+    prober = proc.prober
+    return RouterProcessInfo(
+        namespace=spec.namespace,
+        pod=spec.name,
+        uid=spec.uid,
+        container=spec.container,
+        ip=spec.ip,
+        port=spec.port,
+        pid=proc.pid if proc.alive() else None,
+        state=proc.state,
+        restarts=proc.restarts,
+        log_path=str(proc.log_path),
+        argv=proc.argv,
+        ready=None if spec.readiness is None else bool(prober is not None and prober.ready),
+        ready_seconds=None if prober is None else _since(proc.started_at, prober.ready_at),
+        kubeconfig=proc.kubeconfig,
+    )
+
+
 def spec_url(spec: PodSim) -> str:
     return f"http://{spec.ip}:{spec.port}"
 
 
 def _since(start: float, then: float | None) -> float | None:
     return None if then is None else round(then - start, 1)
+
+
+def _back_off(proc: _Proc) -> float:
+    """CrashLoopBackOff: the next start of ``proc`` 1 s, 2 s, 4 s … (at most 30 s) from now."""
+    proc.restarts += 1
+    delay = min(BACKOFF_MAX_SECONDS, 2.0 ** (proc.restarts - 1))
+    proc.next_start = time.monotonic() + delay
+    proc.state = "backoff"
+    return delay
+
+
+def _listening(proc: _Proc) -> bool:
+    """A starting process serves: its port accepts connections (the real engine: ``/health``
+    answered; a container without a known port: it runs)."""
+    if proc.real:
+        return proc.prober is not None and proc.prober.health_at is not None
+    if proc.spec.port is None:
+        return True
+    return _accepts(ip=proc.spec.ip, port=proc.spec.port)
 
 
 def _accepts(*, ip: str, port: int) -> bool:
@@ -1263,6 +1641,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the real engine's shutdown_timeout_seconds instead of the pod's",
     )
     parser.add_argument(
+        "--bin-dir",
+        type=Path,
+        default=None,
+        help="where router pods' commands (vllm-router, magistral-runtime) are found "
+        "(default: the directory of this Python, the repo venv's bin)",
+    )
+    parser.add_argument(
+        "--router-kubeconfig",
+        type=Path,
+        default=None,
+        help="the $KUBECONFIG of router pods' containers (default: a token of the pod's "
+        "ServiceAccount, as the kubelet mounts it)",
+    )
+    parser.add_argument(
         "sim_args", nargs=argparse.REMAINDER, help="-- then flags for every simulator"
     )
     ns = parser.parse_args(argv)
@@ -1293,6 +1685,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         runtime_middleware=not ns.no_runtime_middleware,
         real_engine=real_engine,
         real_engine_overrides=overrides,
+        bin_dir=ns.bin_dir,
+        router_kubeconfig=ns.router_kubeconfig,
     )
     supervisor.start()
     try:
