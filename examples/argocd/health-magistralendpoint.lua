@@ -11,7 +11,8 @@
 -- Degraded     Degraded=True: the spec cannot be served as written (UnknownPool,
 --              InsufficientGPUMemory, UnknownModel, InvalidSpec) or replicas cannot run
 --              (Unschedulable, ReplicasFailing). The message says what to change.
--- Suspended    Ready=False with reason ScaledToZero (spec.scaling.minReplicas is 0).
+-- Suspended    Ready=False with reason ScaledToZero (spec.scaling.maxReplicas is 0: paused).
+--              Scaled to zero by the autoscaler (minReplicas 0) it stays Ready=True: Healthy.
 --
 -- Argo CD runs custom checks in a sandbox with only the base, table and a safe os library
 -- (no string or math library, and strings have no methods), on gopher-lua (Lua 5.1).

@@ -166,7 +166,8 @@ def ready_pods_by(
 ) -> dict[str, int]:
     """Ready, not terminating pods of `endpoint`, counted by the value of `label`."""
     pods = client.CoreV1Api(api).list_namespaced_pod(
-        namespace, label_selector=f"magistral.dev/endpoint={endpoint}"
+        namespace,
+        label_selector=f"magistral.dev/endpoint={endpoint},app.kubernetes.io/component=inference",
     )
     counts: dict[str, int] = {}
     for pod in pods.items:

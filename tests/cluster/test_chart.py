@@ -282,7 +282,9 @@ def test_operator_under_the_release_service_account_serves_an_endpoint(
     for kind in ("deployment", "service", "configmap", "poddisruptionbudget", "networkpolicy"):
         items = fresh.get("-n", TEAM, kind, "-l", selector)["items"]
         assert items, kind
-    pods = fresh.get("-n", TEAM, "pods", "-l", selector)["items"]
+    pods = fresh.get("-n", TEAM, "pods", "-l", f"{selector},app.kubernetes.io/component=inference")[
+        "items"
+    ]
     assert len(pods) == 2
     assert all(p["spec"]["nodeName"] for p in pods)
 

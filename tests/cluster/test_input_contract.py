@@ -24,7 +24,8 @@ from .conftest import apply_manifest, condition, endpoint_manifest, get_endpoint
 
 def _has_pods(api: client.ApiClient, namespace: str, name: str) -> bool:
     pods = client.CoreV1Api(api).list_namespaced_pod(
-        namespace, label_selector=f"magistral.dev/endpoint={name}"
+        namespace,
+        label_selector=f"magistral.dev/endpoint={name},app.kubernetes.io/component=inference",
     )
     return bool(pods.items)
 
@@ -112,7 +113,10 @@ def test_text_outside_the_bmp_reaches_the_pod_unchanged(
     def deployed() -> Any:
         items = (
             client.AppsV1Api(api)
-            .list_namespaced_deployment(namespace, label_selector="magistral.dev/endpoint=emoji")
+            .list_namespaced_deployment(
+                namespace,
+                label_selector="magistral.dev/endpoint=emoji,app.kubernetes.io/component=inference",
+            )
             .items
         )
         return items[0] if items else None

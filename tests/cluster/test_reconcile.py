@@ -26,6 +26,7 @@ from .conftest import (
 )
 
 SELECTOR = "magistral.dev/endpoint={}"
+ENGINES = SELECTOR + ",app.kubernetes.io/component=inference"
 CHILD_KINDS = ("deployments", "services", "configmaps", "poddisruptionbudgets", "networkpolicies")
 
 
@@ -74,7 +75,7 @@ def test_example_endpoint_becomes_ready_on_reserved_gpus(
 
     core = client.CoreV1Api(api)
     pods = core.list_namespaced_pod(
-        namespace, label_selector=SELECTOR.format("magistral-small")
+        namespace, label_selector=ENGINES.format("magistral-small")
     ).items
     assert len(pods) == 2
     for pod in pods:
@@ -120,7 +121,7 @@ def test_more_gpus_than_the_pool_has_leaves_pods_pending_and_says_why(
     pending = [
         p
         for p in client.CoreV1Api(api)
-        .list_namespaced_pod(namespace, label_selector=SELECTOR.format("big"))
+        .list_namespaced_pod(namespace, label_selector=ENGINES.format("big"))
         .items
         if p.status.phase == "Pending"
     ]

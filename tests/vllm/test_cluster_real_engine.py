@@ -83,7 +83,6 @@ def manifest(namespace: str, *, temperature: float) -> dict[str, Any]:
             "scaling": {
                 "minReplicas": 1,
                 "maxReplicas": 2,
-                "targetQueueDepth": 1,
                 "scaleUpWindowSeconds": 3600,
             },
             "inference": {
