@@ -163,35 +163,41 @@ def up(state: Path) -> int:
             "-l",
             "magistral.dev/endpoint=magistral-small",
             "-o",
-            "custom-columns=POD:.metadata.name,NODE:.spec.nodeName,IP:.status.podIP,"
+            "custom-columns=POD:.metadata.name,COMPONENT:.metadata.labels.app\\.kubernetes\\.io/"
+            "component,NODE:.spec.nodeName,IP:.status.podIP,"
             "READY:.status.conditions[?(@.type=='Ready')].status",
         )
     )
     print(kubectl(admin, "get", "nodes", "-L", "magistral.dev/pool,karpenter.sh/capacity-type"))
-    pod_ip = kubectl(
-        admin,
-        "get",
-        "pods",
-        "-l",
-        "magistral.dev/endpoint=magistral-small",
-        "-o",
-        "jsonpath={.items[0].status.podIP}",
-    )
+
+    def first_ip(component: str) -> str:
+        return kubectl(
+            admin,
+            "get",
+            "pods",
+            "-l",
+            f"magistral.dev/endpoint=magistral-small,app.kubernetes.io/component={component}",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        )
+
+    router_ip, engine_ip = first_ip("router"), first_ip("inference")
     kubectl_path = tool("kubectl")
     print(
         f"""
-The endpoint is up. Try:
+The endpoint is up. Requests go through a router pod (the Service's target: vllm-router behind
+the front that holds requests at zero replicas) to an engine pod. Try:
 
   export KUBECONFIG={admin}
-  {kubectl_path} get mep magistral-small -o yaml        # status: TP, KV capacity, budget
+  {kubectl_path} get mep magistral-small -o yaml        # status: TP, KV capacity, router, autoscaler
   {kubectl_path} describe mep magistral-small           # conditions and events
-  curl -s http://{pod_ip}:8000/v1/chat/completions -H 'Authorization: Bearer demo-key' \\
+  curl -s http://{router_ip}:8000/v1/chat/completions -H 'Authorization: Bearer demo-key' \\
        -H 'Content-Type: application/json' \\
        -d '{{"model":"magistral-small","messages":[{{"role":"user","content":"Hi"}}]}}'
-       # answered on the pod's loopback address by an engine simulator behind the real
+       # through the router pod's loopback address to an engine simulator behind the real
        # runtime middleware: reasoning split into "reasoning", system prompt inserted
-  curl -s http://{pod_ip}:8000/magistral/ready               # deep readiness
-  curl -s http://{pod_ip}:8000/metrics | grep ^vllm:num_requests   # what the autoscaler reads
+  curl -s http://{router_ip}:9090/demand                  # what the autoscaler reads
+  curl -s http://{engine_ip}:8000/magistral/ready         # an engine's deep readiness
 
 Logs: {state}/operator.log, {state}/engines.log, {cluster_dir}/logs/
 Stop everything: make demo-down
