@@ -189,7 +189,7 @@ The endpoint is up. Requests go through a router pod (the Service's target: vllm
 the front that holds requests at zero replicas) to an engine pod. Try:
 
   export KUBECONFIG={admin}
-  {kubectl_path} get mep magistral-small -o yaml        # status: TP, KV capacity, router, autoscaler
+  {kubectl_path} get mep magistral-small -o yaml        # status: sizing, router, autoscaler
   {kubectl_path} describe mep magistral-small           # conditions and events
   curl -s http://{router_ip}:8000/v1/chat/completions -H 'Authorization: Bearer demo-key' \\
        -H 'Content-Type: application/json' \\
