@@ -25,6 +25,7 @@ from kubernetes import client
 
 from e2e.cluster.cluster import LocalCluster
 from e2e.engine.supervisor import RouterProcessInfo, Supervisor, serving, serving_pods
+from e2e.loadgen import run_vllm_bench, tiny_model_tokenizer
 from e2e.operator_process import OperatorProcess
 
 from .conftest import apply_manifest, condition, endpoint_manifest, get_endpoint, wait_for
@@ -360,3 +361,43 @@ def test_a_silent_router_is_reported_never_read_as_no_demand_and_recovers(
         timeout=60,
     )
     assert status(api, namespace, name)["router"]["readyReplicas"] == 2
+
+
+@pytest.mark.vllm  # vLLM's own load generator runs from the engine venv
+@pytest.mark.usefixtures("operator")
+def test_real_load_scales_one_to_n_to_one(
+    api: client.ApiClient,
+    admin_kubeconfig: Path,
+    namespace: str,
+    supervisor: Supervisor,
+    tmp_path: Path,
+) -> None:
+    """`vllm bench serve` through a router pod: the fleet grows from 1 to 3 under the load,
+    every prompt is answered, and it shrinks back to 1 once the load is over."""
+    name = "loadgen"
+    scaling = {"minReplicas": 1, "maxReplicas": 3, "scaleDownWindowSeconds": 30}
+    apply_manifest(admin_kubeconfig, _manifest(name, namespace, scaling))
+    supervisor.wait_for(lambda s: len(serving(s)) == 1, timeout=120)
+    (target, *_) = routers_serving(supervisor)
+    model = served_model(api, namespace, name)
+    # 3 requests/s of 128 prompt tokens is 4.8 replicas of prefill at 100 tokens/s, and each
+    # request holds one of a replica's 2 sequences for 64 x 50 ms.
+    result = run_vllm_bench(
+        base_url=target.url,
+        model=model,
+        tokenizer=tiny_model_tokenizer(),
+        api_key=KEY,
+        num_prompts=150,
+        request_rate=3.0,
+        max_concurrency=12,
+        input_len=128,
+        output_len=64,
+        result_dir=tmp_path / "bench",
+        timeout=600,
+    )
+    assert (result.completed, result.failed) == (150, 0), result.output_tail
+    up = events(api, namespace, name, "ScaledUp")
+    assert any("scaled up from 1 to" in e.message for e in up), [e.message for e in up]
+    assert max(int(e.message.split(" to ")[1].split()[0]) for e in up) == 3
+    wait_for("a scale-down to 1", lambda: replicas(api, namespace, name) == 1, timeout=150)
+    supervisor.wait_for(lambda s: len(serving(s)) == 1, timeout=90)
