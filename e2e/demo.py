@@ -1,9 +1,10 @@
 """`make demo`: the whole product on one machine, with no GPU and no Docker.
 
-Builds (or reuses) the control plane's binaries, starts the cluster with simulated GPU pools,
-installs the chart (CRDs, ServiceAccount, RBAC, operator config), runs the operator as a local
-process under the chart's ServiceAccount, runs an engine simulator for each serving pod, applies
-the example endpoint and shows where it landed. Everything keeps running until `make demo-down`.
+Builds (or reuses) the control plane's binaries, starts the cluster with simulated GPU pools
+(and a CPU pool), installs the chart (CRDs, ServiceAccount, RBAC, operator config), runs the
+operator as a local process under the chart's ServiceAccount, runs an engine simulator for each
+serving pod, applies the example endpoint and shows where it landed. Everything keeps running
+until `make demo-down`.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def up(state: Path) -> int:
     cluster = LocalCluster(cluster_dir)
     cluster.start()
     admin = cluster.kubeconfig
-    say("creating simulated GPU node pools (kwok)")
+    say("creating simulated node pools (kwok): GPU pools and a CPU pool for the routers")
     create_pools(cluster.api())
 
     say("helm install (CRDs, ServiceAccount, RBAC, operator config)")

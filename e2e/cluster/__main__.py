@@ -123,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if name == "up":
             p.add_argument(
-                "--no-nodepools", action="store_true", help="do not create the default GPU pools"
+                "--no-nodepools",
+                action="store_true",
+                help="do not create the default node pools (GPU and CPU)",
             )
             p.add_argument(
                 "-v", "--verbosity", type=int, default=0, help="klog verbosity of components"

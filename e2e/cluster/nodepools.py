@@ -1,10 +1,12 @@
-"""Simulated GPU node pools, modelled on Karpenter's kwok provider.
+"""Simulated node pools (GPU pools and a CPU pool), modelled on Karpenter's kwok provider.
 
 A pool layout is plain data (:class:`NodePool`); :func:`create_pools` turns it into Node
 objects that our kwok manages (annotation ``kwok.x-k8s.io/node: fake``). Each node has
-the labels a GPU operator and Karpenter would put there (``nvidia.com/gpu.product``,
-``karpenter.sh/capacity-type``, zone, hostname, instance type), ``nvidia.com/gpu`` in
-capacity and allocatable, and the ``nvidia.com/gpu:NoSchedule`` taint. Every node gets
+the labels Karpenter would put there (``karpenter.sh/capacity-type``, zone, hostname,
+instance type). A GPU pool's nodes also have the labels of NVIDIA's GPU feature discovery
+(``nvidia.com/gpu.product`` …), ``nvidia.com/gpu`` in capacity and allocatable, and the
+``nvidia.com/gpu=present:NoSchedule`` taint; a CPU pool's nodes (``gpu=None``) have none of
+these, so pods without tolerations (such as the router pods) schedule there. Every node gets
 its own loopback InternalIP (127.32.0.0/16) and pod CIDR (a /24 of 127.64.0.0/12), so
 kwok hands out pod IPs that never leave the machine.
 """
@@ -26,6 +28,8 @@ KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 NODE_IP_RANGE = ipaddress.ip_network("127.32.0.0/16")
 POD_CIDR_RANGE = ipaddress.ip_network("127.64.0.0/12")
 CAPACITY_TYPES = ("reserved", "on-demand", "spot")
+GPU_TAINT: JSON = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
+"""The taint of every GPU node (none on a CPU pool's nodes)."""
 
 
 @dataclass(frozen=True)
@@ -46,23 +50,35 @@ L40S = GpuModel(product="NVIDIA-L40S", memory_mib=46068, instance_type="g6e.48xl
 
 @dataclass(frozen=True)
 class NodePool:
-    """A group of identical simulated GPU nodes."""
+    """A group of identical simulated nodes: GPU nodes, or CPU nodes when ``gpu`` is None."""
 
     name: str
     capacity_type: str
-    gpu: GpuModel
+    gpu: GpuModel | None
+    """The GPU of every node; None: a CPU pool (no GPU labels, capacity or taint)."""
     nodes: int
     zones: tuple[str, ...] = ("zone-a",)
     gpus_per_node: int = 8
     cpu: str = "192"
     memory: str = "2048Gi"
     pods: str = "110"
+    instance_type: str | None = None
+    """``node.kubernetes.io/instance-type``; default: the GPU model's (required without one)."""
 
     def __post_init__(self) -> None:
         if self.capacity_type not in CAPACITY_TYPES:
             raise ValueError(f"pool {self.name}: capacity_type must be one of {CAPACITY_TYPES}")
         if not self.zones:
             raise ValueError(f"pool {self.name}: needs at least one zone")
+        if self.gpu is None and self.instance_type is None:
+            raise ValueError(f"pool {self.name}: a CPU pool needs an instance_type")
+
+    @property
+    def node_instance_type(self) -> str:
+        if self.instance_type is not None:
+            return self.instance_type
+        assert self.gpu is not None  # __post_init__
+        return self.gpu.instance_type
 
     def node_name(self, index: int) -> str:
         return f"{self.name}-{index}"
@@ -78,8 +94,25 @@ DEFAULT_LAYOUT: tuple[NodePool, ...] = (
         zones=("zone-a", "zone-b"),
     ),
     NodePool(name="spot-l40s", capacity_type="spot", gpu=L40S, nodes=2, zones=("zone-b",)),
+    NodePool(
+        name="system",
+        capacity_type="on-demand",
+        gpu=None,
+        nodes=2,
+        zones=("zone-a", "zone-b"),
+        cpu="32",
+        memory="128Gi",
+        instance_type="m7i.8xlarge",
+    ),
 )
-"""2 reserved H100 nodes, 4 on-demand H100 nodes, 2 spot L40S nodes (8 GPUs each)."""
+"""2 reserved H100 nodes, 4 on-demand H100 nodes, 2 spot L40S nodes (8 GPUs each), and 2
+on-demand CPU nodes (pool ``system``, untainted: router pods and other CPU workloads). The CPU
+pool comes last, so the GPU nodes keep the IPs and pod CIDRs they had before it existed."""
+
+GPU_POOLS: tuple[NodePool, ...] = tuple(p for p in DEFAULT_LAYOUT if p.gpu is not None)
+"""The GPU pools of :data:`DEFAULT_LAYOUT`."""
+CPU_POOLS: tuple[NodePool, ...] = tuple(p for p in DEFAULT_LAYOUT if p.gpu is None)
+"""The CPU pools of :data:`DEFAULT_LAYOUT` (``system``)."""
 
 
 def node_manifest(pool: NodePool, index: int, *, slot: int) -> JSON:
@@ -92,35 +125,41 @@ def node_manifest(pool: NodePool, index: int, *, slot: int) -> JSON:
         "memory": pool.memory,
         "pods": pool.pods,
         "ephemeral-storage": "1Ti",
-        GPU_RESOURCE: str(pool.gpus_per_node),
     }
+    labels = {
+        "type": "kwok",
+        KWOK_ANNOTATION: "fake",
+        "kubernetes.io/arch": "amd64",
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/hostname": name,
+        "node.kubernetes.io/instance-type": pool.node_instance_type,
+        "topology.kubernetes.io/zone": pool.zones[index % len(pool.zones)],
+        CAPACITY_TYPE_LABEL: pool.capacity_type,
+        POOL_LABEL: pool.name,
+    }
+    taints: list[JSON] = []
+    if pool.gpu is not None:
+        resources[GPU_RESOURCE] = str(pool.gpus_per_node)
+        labels |= {
+            GPU_PRODUCT_LABEL: pool.gpu.product,
+            "nvidia.com/gpu.count": str(pool.gpus_per_node),
+            "nvidia.com/gpu.memory": str(pool.gpu.memory_mib),
+            "nvidia.com/gpu.present": "true",
+        }
+        taints.append(dict(GPU_TAINT))
     return {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
             "name": name,
             "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {
-                "type": "kwok",
-                KWOK_ANNOTATION: "fake",
-                "kubernetes.io/arch": "amd64",
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/hostname": name,
-                "node.kubernetes.io/instance-type": pool.gpu.instance_type,
-                "topology.kubernetes.io/zone": pool.zones[index % len(pool.zones)],
-                CAPACITY_TYPE_LABEL: pool.capacity_type,
-                POOL_LABEL: pool.name,
-                GPU_PRODUCT_LABEL: pool.gpu.product,
-                "nvidia.com/gpu.count": str(pool.gpus_per_node),
-                "nvidia.com/gpu.memory": str(pool.gpu.memory_mib),
-                "nvidia.com/gpu.present": "true",
-            },
+            "labels": labels,
         },
         "spec": {
             "providerID": f"kwok://{name}",
             "podCIDR": pod_cidr,
             "podCIDRs": [pod_cidr],
-            "taints": [{"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}],
+            "taints": taints,
         },
         "status": {
             "capacity": dict(resources),

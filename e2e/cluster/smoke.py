@@ -1,8 +1,9 @@
 """End-to-end check of the harness itself: ``python -m e2e.cluster.smoke``.
 
-Starts a cluster, creates the default GPU node pools and checks what the operator's tests
-rely on: the real scheduler binds a GPU Deployment's pods to fake nodes, kwok runs them
-with loopback pod IPs, the simulation labels keep pods unready or make them fail,
+Starts a cluster, creates the default node pools and checks what the operator's tests
+rely on: the real scheduler binds a GPU Deployment's pods to fake GPU nodes and a CPU pod
+without tolerations to the CPU pool, kwok runs them with loopback pod IPs, the simulation
+labels keep pods unready or make them fail, a router pod stays unready until labelled ready,
 PodSecurity admission rejects a privileged pod, a ServiceAccount kubeconfig authenticates
 as that ServiceAccount, a drained node's pods move elsewhere; then stops the cluster and
 checks that no process is left. Prints the timings it measured.
@@ -11,6 +12,7 @@ checks that no process is left. Prints the timings it measured.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -19,8 +21,23 @@ from pathlib import Path
 
 from e2e.cluster.cluster import LocalCluster
 from e2e.cluster.kubeapi import JSON, ApiError, KubeApi
-from e2e.cluster.nodepools import DEFAULT_LAYOUT, GPU_RESOURCE, POOL_LABEL, create_pools, drain
-from e2e.cluster.stages import SIM_FAIL_LABEL, SIM_STARTUP_ANNOTATION, SIM_UNREADY_LABEL
+from e2e.cluster.nodepools import (
+    CPU_POOLS,
+    DEFAULT_LAYOUT,
+    GPU_POOLS,
+    GPU_RESOURCE,
+    POOL_LABEL,
+    create_pools,
+    drain,
+)
+from e2e.cluster.stages import (
+    COMPONENT_LABEL,
+    ROUTER_COMPONENT,
+    SIM_FAIL_LABEL,
+    SIM_READY_LABEL,
+    SIM_STARTUP_ANNOTATION,
+    SIM_UNREADY_LABEL,
+)
 
 NS = "harness-smoke"
 IMAGE = "registry.invalid/magistral/runtime:smoke"  # never pulled: kwok runs no containers
@@ -113,11 +130,90 @@ def check_deployment(api: KubeApi) -> float:
         expect(ip.startswith("127."), f"pod IP {ip!r} is not loopback")
         annotations = node["metadata"].get("annotations") or {}
         expect(annotations.get("kwok.x-k8s.io/node") == "fake", f"{node} is not a kwok node")
+        pool = node["metadata"]["labels"][POOL_LABEL]
+        expect(pool in {p.name for p in GPU_POOLS}, f"a GPU pod landed on pool {pool}")
         _say(
             f"  {pod['metadata']['name']} -> {node['metadata']['name']} "
             f"({node['metadata']['labels'][POOL_LABEL]}) ip {ip}"
         )
     return waited
+
+
+def cpu_deployment(name: str, replicas: int, extra_labels: dict[str, str] | None = None) -> JSON:
+    """CPU only: no GPU request, no tolerations, no nodeSelector (like the router pods)."""
+    labels = {"app": name, **(extra_labels or {})}
+    container = {
+        "name": "app",
+        "image": IMAGE,
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+        },
+    }
+
+
+def check_cpu_pool(api: KubeApi) -> None:
+    """CPU pods without tolerations run on the (untainted) CPU pool and turn Ready at once."""
+    api.create(f"/apis/apps/v1/namespaces/{NS}/deployments", cpu_deployment("cpu-app", 4))
+    wait_for(
+        "4 cpu-app pods Running and Ready",
+        lambda: (
+            len(items := pods(api, "app=cpu-app")) == 4
+            and all(_condition(p, "Ready") == "True" for p in items)
+        ),
+    )
+    nodes = {n["metadata"]["name"]: n for n in api.get("/api/v1/nodes")["items"]}
+    cpu_pools = {p.name for p in CPU_POOLS}
+    for pod in pods(api, "app=cpu-app"):
+        node = nodes[pod["spec"]["nodeName"]]
+        pool = node["metadata"]["labels"][POOL_LABEL]
+        expect(pool in cpu_pools, f"a CPU pod landed on pool {pool}, not {sorted(cpu_pools)}")
+        expect(not node["spec"].get("taints"), f"CPU node {node['metadata']['name']} is tainted")
+        expect(GPU_RESOURCE not in node["status"]["allocatable"], "a CPU node has GPUs")
+
+
+def check_router_gate(api: KubeApi) -> None:
+    """A router pod (by its label, no env) runs not Ready until labelled sim-ready=true (the pod
+    supervisor's verdict; no supervisor here), and sim-unready=true turns it unready again."""
+    api.create(
+        f"/apis/apps/v1/namespaces/{NS}/deployments",
+        cpu_deployment("router", 1, {COMPONENT_LABEL: ROUTER_COMPONENT}),
+    )
+    selector = f"app=router,{COMPONENT_LABEL}={ROUTER_COMPONENT}"
+
+    def router(ready: str) -> JSON | None:
+        items = [p for p in pods(api, selector) if p["status"].get("phase") == "Running"]
+        return items[0] if items and _condition(items[0], "Ready") == ready else None
+
+    def shows(ready: str) -> bool:
+        return router(ready) is not None
+
+    wait_for("router pod Running but not Ready", functools.partial(shows, "False"))
+    time.sleep(1.0)  # it must stay unready
+    pod = router("False")
+    expect(pod is not None, "router pod turned Ready without the supervisor's label")
+    assert pod is not None
+    path = f"/api/v1/namespaces/{NS}/pods/{pod['metadata']['name']}"
+    ip = pod["status"]["podIP"]
+    steps: list[tuple[dict[str, str | None], str]] = [
+        ({SIM_READY_LABEL: "true"}, "True"),
+        ({SIM_UNREADY_LABEL: "true"}, "False"),
+        ({SIM_UNREADY_LABEL: None}, "True"),
+    ]
+    for labels, ready in steps:
+        api.patch(path, {"metadata": {"labels": labels}})
+        wait_for(
+            f"router pod Ready={ready} after labels {labels}",
+            functools.partial(shows, ready),
+        )
+    expect(api.get(path)["status"]["podIP"] == ip, "router pod IP changed")
 
 
 def check_unready_and_recover(api: KubeApi) -> None:
@@ -285,6 +381,10 @@ def run(state_dir: Path | None) -> dict[str, float]:
         )
         timings["deployment_ready"] = check_deployment(api)
         _say(f"deployment scheduled and Ready in {timings['deployment_ready']:.1f}s")
+        check_cpu_pool(api)
+        _say("CPU pod on the CPU pool without tolerations: ok")
+        check_router_gate(api)
+        _say("router pod gated until labelled sim-ready: ok")
         check_unready_and_recover(api)
         _say("sim-unready / recover: ok")
         waited = check_startup(api)

@@ -5,8 +5,9 @@ Upstream's stage files ship inside the ``sigs.k8s.io/kwok`` Go module under
 this repository). Our own stages live next to this file in ``stages/``. Upstream's
 ``pod-ready`` gets one change at run time: it skips pods that our stages own (those
 labelled ``magistral.dev/sim-unready=true`` or ``magistral.dev/sim-fail=true``, annotated
-``magistral.dev/sim-startup``, or with a container env ``E2E_SIM_FAIL=true`` or
-``E2E_SIM_READINESS=supervisor``).
+``magistral.dev/sim-startup``, with a container env ``E2E_SIM_FAIL=true`` or
+``E2E_SIM_READINESS=supervisor``, and router pods, labelled
+``app.kubernetes.io/component=router``).
 """
 
 from __future__ import annotations
@@ -31,8 +32,14 @@ Ready until labelled :data:`SIM_READY_LABEL` ``true``: the pod supervisor plays 
 probe (``e2e/engine/supervisor.py``). Fixed at creation, so no stage can show it Ready first."""
 SIM_READINESS_SUPERVISOR = "supervisor"
 SIM_READY_LABEL = "magistral.dev/sim-ready"
-"""Set ``true`` by the pod supervisor on a gated pod (:data:`SIM_READINESS_ENV`) whose readiness
-probe passed; from then on :data:`SIM_UNREADY_LABEL` turns it unready and Ready again."""
+"""Set ``true`` by the pod supervisor on a gated pod (:data:`SIM_READINESS_ENV`, or a router pod)
+whose readiness probe passed; from then on :data:`SIM_UNREADY_LABEL` turns it unready and Ready
+again."""
+COMPONENT_LABEL = "app.kubernetes.io/component"
+ROUTER_COMPONENT = "router"
+"""A pod labelled :data:`COMPONENT_LABEL` ``router`` (the operator's router pods) is gated as if
+it had :data:`SIM_READINESS_ENV` ``supervisor``, without any env: Running but not Ready until
+the pod supervisor, which runs its containers as processes, labels it :data:`SIM_READY_LABEL`."""
 
 UPSTREAM_STAGES: tuple[str, ...] = (
     "node/fast/node-initialize.yaml",
@@ -63,6 +70,10 @@ _EXCLUDE_SIMULATED = "".join(
     "      operator: 'NotIn'\n"
     "      values:\n"
     f"      - '{SIM_READINESS_SUPERVISOR}'\n"
+    f"    - key: '.metadata.labels[\"{COMPONENT_LABEL}\"]'\n"
+    "      operator: 'NotIn'\n"
+    "      values:\n"
+    f"      - '{ROUTER_COMPONENT}'\n"
 )
 
 _PATCHES: dict[str, str] = {"pod/fast/pod-ready.yaml": _EXCLUDE_SIMULATED}

@@ -8,8 +8,8 @@ The kwok simulation knobs of ``e2e/cluster/stages.py`` map onto the engine:
 ``magistral.dev/sim-startup`` delays the port opening (model loading) until about when kwok
 turns the pod Ready, and
 ``magistral.dev/sim-unready=true`` makes ``/health`` answer 503 (the failing readiness probe),
-except on pods whose readiness the supervisor plays (``E2E_SIM_READINESS=supervisor``, or the
-real engine's pod): there the labels are the supervisor's verdict, not an input.
+except on pods whose readiness the supervisor plays (``E2E_SIM_READINESS=supervisor``, the real
+engine's pod, and every router pod): there the labels are the supervisor's verdict, not an input.
 The files the container mounts from ConfigMaps are recorded too (``ConfigMapMount``), so the
 supervisor can find the runtime config and the custom system prompt an operator pod reads.
 """
@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from e2e.cluster.stages import (
+    COMPONENT_LABEL,
+    ROUTER_COMPONENT,
     SIM_READINESS_ENV,
     SIM_READINESS_SUPERVISOR,
     SIM_STARTUP_ANNOTATION,
@@ -39,11 +41,10 @@ MANAGED_BY_SELECTOR = "app.kubernetes.io/managed-by=magistral-operator"
 ARGS_ANNOTATION = "magistral.dev/vllm-args"
 """Same value as ``magistral_operator.api.labels.ARGS_ANNOTATION`` (a test checks it)."""
 HTTP_PORT_NAME = "http"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-ROUTER_COMPONENT = "router"
-"""Pods labelled ``app.kubernetes.io/component: router`` are router pods (the operator's engine
-pods say ``inference``): they never get a simulator; their containers run as processes
-(``router_pods.py``)."""
+# COMPONENT_LABEL, ROUTER_COMPONENT (from e2e.cluster.stages): pods labelled
+# ``app.kubernetes.io/component: router`` are router pods (the operator's engine pods say
+# ``inference``): they never get a simulator; their containers run as processes
+# (``router_pods.py``), and kwok keeps them not Ready until the supervisor's probes pass.
 RUNTIME_CONFIG_ENV = "MAGISTRAL_RUNTIME_CONFIG"
 """Same value as ``magistral_runtime.config.CONFIG_ENV`` (a test checks it)."""
 RUNTIME_CONFIG_PATH = "/etc/magistral/runtime.json"
@@ -315,14 +316,15 @@ def is_router_pod(pod: JSON) -> bool:
 
 
 def readiness_gated(pod: JSON) -> bool:
-    """The pod's ``http`` container (any container of a router pod) has
+    """kwok leaves the pod's readiness to the supervisor: it is a router pod (always, by its
+    label: stage ``magistral-pod-sim-gated-router``), or its ``http`` container has
     ``E2E_SIM_READINESS=supervisor`` (see PodSim)."""
     if is_router_pod(pod):
-        containers = (pod.get("spec") or {}).get("containers") or []
-    else:
-        found = _http_container(pod)
-        containers = [] if found is None else [found[0]]
-    return any(_literal_env(c, SIM_READINESS_ENV) == SIM_READINESS_SUPERVISOR for c in containers)
+        return True
+    found = _http_container(pod)
+    return (
+        found is not None and _literal_env(found[0], SIM_READINESS_ENV) == SIM_READINESS_SUPERVISOR
+    )
 
 
 def vllm_argv(pod: JSON) -> list[str]:

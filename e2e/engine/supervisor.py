@@ -31,9 +31,11 @@ Router pods (label ``app.kubernetes.io/component: router``) never get a simulato
 containers' ``command + args`` runs as a process (the command from the repo venv's ``bin``),
 with ``0.0.0.0``/``127.0.0.1``/``localhost`` mapped to the pod IP and ``$KUBECONFIG`` pointing at
 a kubeconfig with the pod's ServiceAccount token (``router_pods.py``), under the same lifecycle
-rules; ``routers()`` and ``wait_for_routers()`` show them. A router pod gated by
-``E2E_SIM_READINESS=supervisor`` (in any container) turns Ready when every container's
-readiness probe passes.
+rules; ``routers()`` and ``wait_for_routers()`` show them. Every router pod is gated (kwok keeps
+it Running, not Ready from its creation, by its label, without any env): it is labelled
+``magistral.dev/sim-ready=true`` when every container's readiness probe passes (a container
+without one: when its process serves), and ``magistral.dev/sim-unready=true`` while one fails
+afterwards or a process is gone (killed, restarting).
 
 From Python (for example a pytest fixture)::
 
@@ -960,9 +962,10 @@ class Supervisor:
     def _sync_readiness(self, uid: str, pod: JSON) -> None:
         """Show the readiness probe's verdict on the pod, as labels kwok's stages act on.
 
-        A gated pod (``E2E_SIM_READINESS=supervisor``) gets ``sim-ready=true`` when the probe
-        first passes, then ``sim-unready=true`` while it fails. The real engine's pod without
-        the gate carries ``sim-unready=true`` while the probe has not passed.
+        A gated pod (``E2E_SIM_READINESS=supervisor``, or any router pod) gets
+        ``sim-ready=true`` when the probe first passes, then ``sim-unready=true`` while it
+        fails. The real engine's pod without the gate carries ``sim-unready=true`` while the
+        probe has not passed.
         """
         meta = pod.get("metadata") or {}
         if meta.get("deletionTimestamp"):

@@ -1,10 +1,12 @@
 """Router pods run as processes in the harness: vllm-router and the front on each pod's IP.
 
-A router-shaped Deployment (the operator's contract, written by hand here) and two engine pods:
+A router-shaped Deployment (the operator's contract, written by hand here: CPU only, no
+tolerations, no nodeSelector) and two engine pods: the router pods schedule onto the CPU pool;
 the pod supervisor starts every router container's command on the router pod's loopback IP,
 never a simulator; vllm-router's Kubernetes service discovery finds the engine pods through the
 local API server (with the token of the pod's ServiceAccount) and routes a chat completion to a
-simulator.
+simulator. A router pod is Ready exactly while its front's readiness probe (``/healthz`` on the
+``demand`` port) passes, by its label alone: kwok leaves its readiness to the supervisor.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from e2e.cluster.cluster import LocalCluster
-from e2e.cluster.nodepools import GPU_PRODUCT_LABEL, GPU_RESOURCE, H100
-from e2e.cluster.stages import SIM_READINESS_ENV, SIM_READY_LABEL
+from e2e.cluster.kubeapi import JSON, KubeApi
+from e2e.cluster.nodepools import CPU_POOLS, GPU_PRODUCT_LABEL, GPU_RESOURCE, H100, POOL_LABEL
+from e2e.cluster.stages import SIM_READY_LABEL, SIM_UNREADY_LABEL
 from e2e.engine.pods import ARGS_ANNOTATION
 from e2e.engine.supervisor import RouterProcessInfo, Supervisor, serving, serving_pods
 from tests.cluster.conftest import wait_for
@@ -82,11 +85,10 @@ def engine_deployment(ns: str) -> dict[str, Any]:
     }
 
 
-def router_deployment(ns: str) -> dict[str, Any]:
-    """The operator's router Deployment, as the contract describes it."""
+def router_deployment(ns: str, *, replicas: int = 2) -> dict[str, Any]:
+    """The operator's router Deployment, as the contract describes it: CPU only, no
+    tolerations, no nodeSelector, no simulation env (its label alone gates its readiness)."""
     containers = router_containers(namespace=ns, endpoint=ENDPOINT)
-    # Ready only when the supervisor's probe of the front's /healthz passes.
-    containers[1]["env"].append({"name": SIM_READINESS_ENV, "value": "supervisor"})
     selector = {
         k: ROUTER_LABELS[k] for k in ("app.kubernetes.io/component", "magistral.dev/endpoint")
     }
@@ -95,14 +97,13 @@ def router_deployment(ns: str) -> dict[str, Any]:
         "kind": "Deployment",
         "metadata": {"name": f"{ENDPOINT}-router", "namespace": ns, "labels": ROUTER_LABELS},
         "spec": {
-            "replicas": 2,
+            "replicas": replicas,
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {"labels": ROUTER_LABELS},
                 "spec": {
                     "serviceAccountName": f"{ENDPOINT}-router",
                     "terminationGracePeriodSeconds": 15,
-                    "tolerations": TOLERATE_GPU_TAINT,  # every simulated node is a GPU node
                     "containers": containers,
                 },
             },
@@ -166,6 +167,23 @@ def bin_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def gated_bin_dir(bin_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A bin dir whose ``magistral-runtime front`` waits until a gate file exists, then execs
+    ``bin_dir``'s (same pid), and the gate file (absent): the test decides when a front starts
+    serving, so when its ``/healthz`` can first answer."""
+    gate = tmp_path / "front-gate"
+    gated = tmp_path / "gated-bin"
+    gated.mkdir()
+    (gated / "vllm-router").symlink_to(bin_dir / "vllm-router")
+    wait = f"while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.1; done"
+    real = shlex.quote(str(bin_dir / "magistral-runtime"))
+    wrapper = gated / "magistral-runtime"
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = front ]; then {wait}; fi\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    return gated, gate
+
+
+@pytest.fixture
 def supervisor(
     cluster: LocalCluster, namespace: str, bin_dir: Path, tmp_path: Path
 ) -> Iterator[Supervisor]:
@@ -189,6 +207,39 @@ def pod_ips(cluster: LocalCluster, ns: str, component: str) -> dict[str, str]:
         for p in items
         if p.get("status", {}).get("podIP") and not p["metadata"].get("deletionTimestamp")
     }
+
+
+def router_pods(api: KubeApi, ns: str) -> list[JSON]:
+    items: list[JSON] = api.get(
+        f"/api/v1/namespaces/{ns}/pods?labelSelector=app.kubernetes.io/component=router"
+    )["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def is_ready(pod: JSON) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def assert_on_cpu_nodes(api: KubeApi, pods: list[JSON]) -> None:
+    """The pods run on the CPU pool's untainted nodes, without tolerating the GPU taint."""
+    cpu_pools = {pool.name for pool in CPU_POOLS}
+    for pod in pods:
+        tolerations = pod["spec"].get("tolerations") or []
+        assert not [t for t in tolerations if t.get("key") == GPU_RESOURCE], tolerations
+        assert not pod["spec"].get("nodeSelector")
+        node = api.get(f"/api/v1/nodes/{pod['spec']['nodeName']}")
+        assert node["metadata"]["labels"][POOL_LABEL] in cpu_pools, node["metadata"]["name"]
+        assert not node["spec"].get("taints")
+        assert GPU_RESOURCE not in node["status"]["allocatable"]
+
+
+def healthz(ip: str) -> int | None:
+    """The status of the front's /healthz on the ``demand`` port (None: no answer)."""
+    try:
+        return fetch(f"http://{ip}:9090/healthz", timeout=2)[0]
+    except OSError:
+        return None
 
 
 def workers(ip: str) -> list[str] | None:
@@ -237,6 +288,7 @@ def test_router_pods_run_vllm_router_and_discover_the_engines(
     assert len(routers) == 2
     assert len(set(routers.values())) == 2
     assert {s.pod for s in engines}.isdisjoint(routers)
+    assert_on_cpu_nodes(api, router_pods(api, ns))  # no toleration needed: the CPU pool
 
     # Every container runs its command from the venv, on its pod's IP.
     by_pod: dict[str, dict[str, RouterProcessInfo]] = {}
@@ -263,21 +315,12 @@ def test_router_pods_run_vllm_router_and_discover_the_engines(
         assert_service_account_identity(Path(router.kubeconfig), ns)
     no_simulator_on_routers(supervisor, set(routers), log_dir, ns)
 
-    # Readiness: the pods are gated; the supervisor's probe of the front's /healthz opens them.
+    # Readiness: router pods are gated by their label; the supervisor's probe of the front's
+    # /healthz opens them.
     def ready_routers() -> bool:
-        items = api.get(
-            f"/api/v1/namespaces/{ns}/pods?labelSelector=app.kubernetes.io/component=router"
-        )
-        return (
-            all(
-                p["metadata"]["labels"].get(SIM_READY_LABEL) == "true"
-                and any(
-                    c["type"] == "Ready" and c["status"] == "True"
-                    for c in p["status"]["conditions"]
-                )
-                for p in items["items"]
-            )
-            and len(items["items"]) == 2
+        items = router_pods(api, ns)
+        return len(items) == 2 and all(
+            p["metadata"]["labels"].get(SIM_READY_LABEL) == "true" and is_ready(p) for p in items
         )
 
     wait_for("both router pods Ready through the supervisor's probe", ready_routers, timeout=60)
@@ -356,3 +399,110 @@ def test_router_pods_run_vllm_router_and_discover_the_engines(
     routers = pod_ips(cluster, ns, "router")
     assert set(serving_pods(procs)) == set(routers)
     no_simulator_on_routers(supervisor, set(routers) | {victim}, log_dir, ns)
+
+
+def test_router_pod_is_ready_only_while_its_front_answers(
+    cluster: LocalCluster,
+    namespace: str,
+    gated_bin_dir: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    """No env, no toleration: a router pod lands on the CPU pool, stays Running but not Ready
+    until its front's /healthz answers, turns unready when the front stops answering (SIGSTOP)
+    or its process is killed (SIGKILL), and Ready again once it answers (SIGCONT, restart)."""
+    ns, api = namespace, cluster.api()
+    gated, gate = gated_bin_dir
+    for path, body in router_rbac(ns):
+        api.create(path, body)
+    api.create(f"/apis/apps/v1/namespaces/{ns}/deployments", router_deployment(ns, replicas=1))
+
+    def the_pod() -> JSON:
+        (pod,) = router_pods(api, ns)
+        return pod
+
+    def front_snapshot(sup: Supervisor) -> RouterProcessInfo:
+        (info,) = [i for i in sup.routers() if i.container == "front"]
+        return info
+
+    def shows(ready: bool) -> JSON | None:
+        pod = the_pod()
+        return pod if is_ready(pod) == ready else None
+
+    def stays_unready(seconds: float) -> JSON:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pod = the_pod()
+            assert pod["status"]["phase"] == "Running"
+            assert not is_ready(pod), "the router pod turned Ready while its front did not answer"
+            time.sleep(0.2)
+        return the_pod()
+
+    with Supervisor(
+        kubeconfig=cluster.kubeconfig,
+        namespace=ns,
+        sim_args=FAST,
+        log_dir=tmp_path / "logs",
+        bin_dir=gated,
+    ) as sup:
+        # Scheduled onto the CPU pool; Running with an IP, its router serving, its front held at
+        # the gate: not Ready, and it stays so while the front's probe fails (period 1 s).
+        sup.wait_for_routers(
+            lambda r: any(i.container == "router" and i.state == "serving" for i in r),
+            timeout=60,
+        )
+        pod = stays_unready(3.0)
+        assert_on_cpu_nodes(api, [pod])
+        ip, name = pod["status"]["podIP"], pod["metadata"]["name"]
+        assert SIM_READY_LABEL not in pod["metadata"]["labels"]
+        ready_condition = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
+        assert ready_condition["reason"] == "ContainersNotReady", ready_condition
+        front = front_snapshot(sup)
+        assert (front.state, front.ready) == ("starting", False), front
+        assert healthz(ip) is None  # nothing listens yet
+
+        # The front starts: its /healthz answers, the supervisor labels the pod, kwok shows it
+        # Ready (same pod, same IP).
+        gate.touch()
+        pod = wait_for("the router pod Ready once its front answers", lambda: shows(True))
+        assert (pod["metadata"]["name"], pod["status"]["podIP"]) == (name, ip)
+        assert pod["metadata"]["labels"][SIM_READY_LABEL] == "true"
+        assert healthz(ip) == 200
+        front = front_snapshot(sup)
+        assert front.ready
+        assert front.pid is not None
+
+        # The front stops answering (SIGSTOP: its probe times out): not Ready; SIGCONT: Ready.
+        os.kill(front.pid, signal.SIGSTOP)
+        try:
+            pod = wait_for(
+                "the router pod unready while its front is stopped",
+                lambda: shows(False),
+                timeout=30,
+            )
+            assert pod["metadata"]["labels"].get(SIM_UNREADY_LABEL) == "true"
+        finally:
+            os.kill(front.pid, signal.SIGCONT)
+        pod = wait_for("the router pod Ready again after SIGCONT", lambda: shows(True), timeout=30)
+        assert SIM_UNREADY_LABEL not in pod["metadata"]["labels"]
+
+        # The front is killed (SIGKILL through the snapshot's pid); the supervisor restarts it,
+        # held at the gate again: the pod turns unready and stays so until the front answers.
+        gate.unlink()
+        os.kill(front.pid, signal.SIGKILL)
+        wait_for("the router pod unready once its front is killed", lambda: shows(False))
+        sup.wait_for_routers(
+            lambda r: any(
+                i.container == "front" and i.restarts == 1 and i.pid not in (None, front.pid)
+                for i in r
+            ),
+            timeout=30,
+        )
+        pod = stays_unready(2.0)
+        assert pod["metadata"]["labels"].get(SIM_UNREADY_LABEL) == "true"
+        gate.touch()
+        pod = wait_for("the router pod Ready after its front's restart", lambda: shows(True))
+        assert (pod["metadata"]["name"], pod["status"]["podIP"]) == (name, ip)
+        assert SIM_UNREADY_LABEL not in pod["metadata"]["labels"]
+        restarted = front_snapshot(sup)
+        assert (restarted.ready, restarted.restarts) == (True, 1)
+        assert healthz(ip) == 200

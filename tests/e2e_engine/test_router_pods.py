@@ -182,8 +182,12 @@ def test_no_service_account_token_when_automount_is_off() -> None:
 
 def test_readiness_gate_and_termination_per_container() -> None:
     pod = router_pod()
-    assert not readiness_gated(pod)
-    pod["spec"]["containers"][1]["env"].append({"name": "E2E_SIM_READINESS", "value": "supervisor"})
-    assert readiness_gated(pod)  # any container of a router pod
+    assert readiness_gated(pod)  # every router pod, by its label, without any env
+    engine = copy.deepcopy(pod)
+    engine["metadata"]["labels"]["app.kubernetes.io/component"] = "inference"
+    assert not readiness_gated(engine)  # an engine pod only with the env, on its http container
+    front = engine["spec"]["containers"][1]
+    front["env"].append({"name": "E2E_SIM_READINESS", "value": "supervisor"})
+    assert readiness_gated(engine)
     assert (termination(pod, "front").prestop_s, termination(pod, "front").grace_s) == (3.0, 20.0)
     assert termination(pod, "router").prestop_s == 0.0
