@@ -8,8 +8,10 @@ reuse it instead. These tests never skip: a cluster that cannot start fails them
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,9 +21,11 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from e2e.cluster.cluster import LocalCluster
 from e2e.cluster.nodepools import create_pools
+from e2e.cluster.stages import COMPONENT_LABEL, ROUTER_COMPONENT, SIM_READY_LABEL
 from e2e.install import (
     OPERATOR_NAMESPACE,
     SERVICE_ACCOUNT,
@@ -82,6 +86,46 @@ def operator(
     proc.stop()
 
 
+class RouterReadiness:
+    """Marks a namespace's router pods Ready, standing in for processes the test does not run.
+
+    kwok keeps router pods Running-not-Ready until the pod supervisor's probe of their front
+    passes (docs/cluster-harness.md). Tests about the operator's children rather than the data
+    plane run no router processes: this labels each router pod ``magistral.dev/sim-ready=true``
+    as it appears, so the endpoint can turn Ready. Tests marked ``router_processes`` run a
+    Supervisor instead and get no stand-in.
+    """
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.core = client.CoreV1Api(api)
+        self.namespace = namespace
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RouterReadiness:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=10)
+
+    def _run(self) -> None:
+        selector = f"{COMPONENT_LABEL}={ROUTER_COMPONENT},!{SIM_READY_LABEL}"
+        while not self.stop_event.wait(0.5):
+            try:
+                pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector)
+                for pod in pods.items:
+                    if pod.status.phase == "Running" and not pod.metadata.deletion_timestamp:
+                        self.core.patch_namespaced_pod(
+                            pod.metadata.name,
+                            self.namespace,
+                            {"metadata": {"labels": {SIM_READY_LABEL: "true"}}},
+                        )
+            except ApiException:
+                continue  # the namespace is going away, or a pod went: try again
+
+
 @pytest.fixture
 def namespace(
     request: pytest.FixtureRequest, api: client.ApiClient, admin_kubeconfig: Path
@@ -93,7 +137,10 @@ def namespace(
     core.create_namespaced_secret(
         name, {"metadata": {"name": "magistral-small-api-key"}, "stringData": {"api-key": "k"}}
     )
-    yield name
+    with contextlib.ExitStack() as stack:
+        if request.node.get_closest_marker("router_processes") is None:
+            stack.enter_context(RouterReadiness(api, name))
+        yield name
     core.delete_namespace(name)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import config
 
 from e2e.cluster.cluster import LocalCluster
 from e2e.cluster.nodepools import create_pools
@@ -33,7 +34,7 @@ from e2e.install import CHART, tool
 from e2e.operator_process import OperatorProcess
 
 from .audit import writes
-from .conftest import endpoint_manifest, wait_for
+from .conftest import RouterReadiness, endpoint_manifest, wait_for
 
 RELEASE = "magistral-operator"
 NAMESPACE = "magistral-system"
@@ -276,7 +277,11 @@ def test_operator_under_the_release_service_account_serves_an_endpoint(
             return obj
         return None
 
-    obj = wait_for("the endpoint to be Ready under the release's ServiceAccount", ready, timeout=90)
+    api = config.new_client_from_config(config_file=str(fresh.kubeconfig))
+    with RouterReadiness(api, TEAM):  # no router processes here: only their readiness
+        obj = wait_for(
+            "the endpoint to be Ready under the release's ServiceAccount", ready, timeout=90
+        )
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
     selector = "magistral.dev/endpoint=magistral-small"
     for kind in ("deployment", "service", "configmap", "poddisruptionbudget", "networkpolicy"):

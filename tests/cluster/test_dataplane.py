@@ -30,6 +30,8 @@ from e2e.operator_process import OperatorProcess
 
 from .conftest import apply_manifest, condition, endpoint_manifest, get_endpoint, wait_for
 
+pytestmark = pytest.mark.router_processes  # the Supervisor runs the routers and their readiness
+
 SLOW = ["--itl-ms", "50", "--ttft-ms", "20"]
 KEY = "k"  # the namespace fixture's Secret
 TOKENS = 200  # x 50 ms: a request holds a sequence for about 10 s

@@ -41,6 +41,8 @@ from tests.e2e_engine.router_contract import (
     router_labels,
 )
 
+pytestmark = pytest.mark.router_processes  # the Supervisor plays the routers and their readiness
+
 VENV_BIN = Path(sys.executable).parent
 ENDPOINT = "ep"
 ENGINE_LABELS = engine_labels(ENDPOINT)
