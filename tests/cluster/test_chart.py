@@ -60,6 +60,10 @@ ALLOWLIST: set[tuple[str, str, str]] = {
     ("configmaps", "", "get create patch"),
     ("poddisruptionbudgets.policy", "", "get create patch"),
     ("networkpolicies.networking.k8s.io", "", "get create patch"),
+    # Each endpoint's router pods discover its engines with a ServiceAccount and a Role.
+    ("serviceaccounts", "", "get create patch"),
+    ("roles.rbac.authorization.k8s.io", "", "get create patch"),
+    ("rolebindings.rbac.authorization.k8s.io", "", "get create patch"),
     ("pods", "", "get list watch"),
     ("persistentvolumeclaims", "", "get"),
     ("events", "", "create"),
@@ -136,12 +140,16 @@ def walkthrough() -> str:
 
 
 def _stop_walkthrough_leftovers() -> None:
-    pid_file = TRY_STATE / "operator.pid"
-    if pid_file.exists():
-        pid = int(pid_file.read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline")
-        if cmdline.exists() and b"magistral-operator" in cmdline.read_bytes():
-            os.kill(pid, signal.SIGTERM)
+    for name, marker in (
+        ("operator.pid", b"magistral-operator"),
+        ("supervisor.pid", b"supervisor"),
+    ):
+        pid_file = TRY_STATE / name
+        if pid_file.exists():
+            pid = int(pid_file.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline")
+            if cmdline.exists() and marker in cmdline.read_bytes():
+                os.kill(pid, signal.SIGTERM)
     if (TRY_STATE / "state.json").exists():
         subprocess.run(
             [sys.executable, "-m", "e2e.cluster", "down", "--state-dir", str(TRY_STATE)],

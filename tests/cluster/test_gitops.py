@@ -33,7 +33,16 @@ ENDPOINT_DIR = ROOT / "examples" / "gitops" / "endpoint"
 ARGOCD = "argocd-controller"
 NAME = "magistral-small"
 SELECTOR = f"magistral.dev/endpoint={NAME}"
-CHILD_KINDS = ("deployment", "service", "configmap", "poddisruptionbudget", "networkpolicy")
+CHILD_KINDS = (
+    "deployment",
+    "service",
+    "configmap",
+    "poddisruptionbudget",
+    "networkpolicy",
+    "serviceaccount",
+    "role",
+    "rolebinding",
+)
 
 
 def argocd_apply(kubeconfig: Path, manifests: str, *, namespace: str | None = None) -> str:
@@ -181,9 +190,10 @@ def test_reapplying_the_same_endpoint_changes_nothing(
     admin_kubeconfig: Path, operator: OperatorProcess, synced: str
 ) -> None:
     before = versions(admin_kubeconfig, synced)
-    # The endpoint, a Deployment per pool (reserved-h100 serves, ondemand-h100 at 0) and four
-    # other children.
-    assert len(before) == 7, before
+    # The endpoint, a Deployment per pool (reserved-h100 serves, ondemand-h100 at 0), the
+    # router's Deployment, ServiceAccount, Role, RoleBinding, PDB and NetworkPolicy, the
+    # engines' PDB and NetworkPolicy, the two Services and the runtime ConfigMap.
+    assert len(before) == 14, before
     out = argocd_apply(admin_kubeconfig, endpoint_manifests(), namespace=synced)
     assert "serverside-applied" in out
     time.sleep(3 * operator.resync_seconds)  # several operator passes

@@ -27,7 +27,16 @@ from .conftest import (
 
 SELECTOR = "magistral.dev/endpoint={}"
 ENGINES = SELECTOR + ",app.kubernetes.io/component=inference"
-CHILD_KINDS = ("deployments", "services", "configmaps", "poddisruptionbudgets", "networkpolicies")
+CHILD_KINDS = (
+    "deployments",
+    "services",
+    "configmaps",
+    "poddisruptionbudgets",
+    "networkpolicies",
+    "serviceaccounts",
+    "roles",
+    "rolebindings",
+)
 
 
 def children(api: client.ApiClient, namespace: str, name: str) -> dict[str, list[str]]:
@@ -35,6 +44,7 @@ def children(api: client.ApiClient, namespace: str, name: str) -> dict[str, list
     selector = SELECTOR.format(name)
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     policy, net = client.PolicyV1Api(api), client.NetworkingV1Api(api)
+    rbac = client.RbacAuthorizationV1Api(api)
     listed = {
         "deployments": apps.list_namespaced_deployment(namespace, label_selector=selector),
         "replicasets": apps.list_namespaced_replica_set(namespace, label_selector=selector),
@@ -45,6 +55,9 @@ def children(api: client.ApiClient, namespace: str, name: str) -> dict[str, list
             namespace, label_selector=selector
         ),
         "networkpolicies": net.list_namespaced_network_policy(namespace, label_selector=selector),
+        "serviceaccounts": core.list_namespaced_service_account(namespace, label_selector=selector),
+        "roles": rbac.list_namespaced_role(namespace, label_selector=selector),
+        "rolebindings": rbac.list_namespaced_role_binding(namespace, label_selector=selector),
     }
     return {kind: sorted(i.metadata.name for i in result.items) for kind, result in listed.items()}
 
@@ -227,12 +240,17 @@ def test_operator_restart_mid_reconcile_converges_without_duplicates(
     operator.start()
     wait_for("the endpoint to be Ready", ready_status(api, namespace, "restart", 2), timeout=90)
     seen = children(api, namespace, "restart")
-    assert seen["deployments"] == ["restart-ondemand-h100", "restart-reserved-h100"]
-    assert seen["services"] == ["restart"]
+    assert seen["deployments"] == [
+        "restart-ondemand-h100",
+        "restart-reserved-h100",
+        "restart-router",
+    ]
+    assert seen["services"] == ["restart", "restart-engines"]
     assert seen["configmaps"] == ["restart-runtime"]
-    assert seen["poddisruptionbudgets"] == ["restart"]
-    assert seen["networkpolicies"] == ["restart"]
-    assert len(seen["pods"]) == 2
+    assert seen["poddisruptionbudgets"] == ["restart", "restart-router"]
+    assert seen["networkpolicies"] == ["restart", "restart-router"]
+    assert seen["serviceaccounts"] == seen["roles"] == seen["rolebindings"] == ["restart-router"]
+    assert len(seen["pods"]) == 2 + 2  # engines and routers
     # One ReplicaSet per Deployment that has replicas: no duplicate rollouts.
     assert len(seen["replicasets"]) <= 2
 
