@@ -12,9 +12,9 @@ kubelet's readiness probe (the pod's own: ``/magistral/ready`` every 5 s), label
     readiness probe passes;
 (b) a chat completion to the pod answers through our middleware: the reasoning split, the
     custom system prompt inserted, the API key from the namespace's Secret enforced;
-(c) the operator reads the engine's ``/metrics``: with ``maxNumSeqs: 2`` and four streams, two
-    wait, and status.autoscaler records the queue it observed (a scale-up held back by a
-    one-hour window, so no second replica starts);
+(c) the operator reads the engine's ``/metrics`` (and the routers' ``/demand``): with
+    ``maxNumSeqs: 2`` and four streams, two wait, and status.autoscaler records a
+    recommendation of 2 replicas held back by a one-hour up window (no second replica starts);
 (d) a rollout (a new default temperature) replaces the pod with a simulated one while a long
     stream runs on the engine: the old pod is deleted, the supervisor plays preStop, SIGTERM
     and the grace period, the stream ends cleanly (the middleware's cutoff error event and
@@ -355,8 +355,8 @@ def test_an_endpoint_served_by_the_real_engine(
         )
         assert queued["vllm:num_requests_running"] == 2, queued
         autoscaler = wait_for(
-            "status.autoscaler to record the engine's queue",
-            lambda: (a := endpoint_state(api, namespace)["autoscaler"]).get("observedQueue") and a,
+            "status.autoscaler to hold back a scale-up on the engine's queue",
+            lambda: (a := endpoint_state(api, namespace)["autoscaler"]).get("upSince") and a,
             timeout=60,
         )
     finally:
@@ -364,10 +364,11 @@ def test_an_endpoint_served_by_the_real_engine(
             stream.stop.set()
         for stream in load:
             stream.thread.join(timeout=30)
-    assert autoscaler["observedQueue"] >= 2, autoscaler
-    assert autoscaler["pendingDirection"] == "Up", autoscaler
-    assert autoscaler["pendingReplicas"] == 2, autoscaler  # ceil((2 + 2) / (2 + 1))
-    assert autoscaler["desiredReplicas"] == 1, autoscaler  # the one-hour window holds it
+    assert autoscaler["read"] == "ok", autoscaler  # the routers and the engine answered
+    # 4 requests in the engine (2 running, 2 waiting) against 2 sequences at 80 %: 2.5
+    # replicas, maxReplicas 2; the one-hour up window holds it.
+    assert autoscaler["window"][-1]["replicas"] == 2, autoscaler
+    assert autoscaler["desiredReplicas"] == 1, autoscaler
     wait_for(
         "the engine to be idle again",
         lambda: not any(gauges(engine).values()),
