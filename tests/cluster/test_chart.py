@@ -57,7 +57,7 @@ ALLOWLIST: set[tuple[str, str, str]] = {
     ("deployments.apps", "", "get list watch create patch delete"),
     ("replicasets.apps", "", "get list"),
     ("services", "", "get create patch"),
-    ("configmaps", "", "get create patch"),
+    ("configmaps", "", "get list create patch delete"),
     ("poddisruptionbudgets.policy", "", "get create patch"),
     ("networkpolicies.networking.k8s.io", "", "get create patch"),
     # Each endpoint's router pods discover its engines with a ServiceAccount and a Role.

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes import client
 
 from e2e.cluster.cluster import LocalCluster
@@ -246,7 +247,8 @@ def test_operator_restart_mid_reconcile_converges_without_duplicates(
         "restart-router",
     ]
     assert seen["services"] == ["restart", "restart-engines"]
-    assert seen["configmaps"] == ["restart-runtime"]
+    revision = get_endpoint(api, namespace, "restart")["status"]["currentRevision"]
+    assert seen["configmaps"] == [f"restart-runtime-{revision}"]
     assert seen["poddisruptionbudgets"] == ["restart", "restart-router"]
     assert seen["networkpolicies"] == ["restart", "restart-router"]
     assert seen["serviceaccounts"] == seen["roles"] == seen["rolebindings"] == ["restart-router"]
@@ -266,13 +268,24 @@ def test_edited_children_are_repaired(
         "drift-reserved-h100", namespace, {"spec": {"replicas": 3}}
     )
     core = client.CoreV1Api(api)
-    original = core.read_namespaced_config_map("drift-runtime", namespace).data
+    revision = get_endpoint(api, namespace, "drift")["status"]["currentRevision"]
+    runtime = f"drift-runtime-{revision}"
+    original = core.read_namespaced_config_map(runtime, namespace).data
     key = "runtime-reserved-h100.json"
-    core.patch_namespaced_config_map("drift-runtime", namespace, {"data": {key: "{}"}})
+    # The revision's ConfigMap is immutable: an edit is refused; a deleted one is put back.
+    with pytest.raises(client.ApiException) as refused:
+        core.patch_namespaced_config_map(runtime, namespace, {"data": {key: "{}"}})
+    assert refused.value.status == 422, refused.value
+    core.delete_namespaced_config_map(runtime, namespace)
 
     def repaired() -> bool:
         dep = apps.read_namespaced_deployment("drift-reserved-h100", namespace)
-        data = core.read_namespaced_config_map("drift-runtime", namespace).data
+        try:
+            data = core.read_namespaced_config_map(runtime, namespace).data
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
         return bool(dep.spec.replicas == 1 and data[key] == original[key])
 
     wait_for("the operator to undo the edits", repaired, timeout=10 * operator.resync_seconds)

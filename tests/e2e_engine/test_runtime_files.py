@@ -53,8 +53,12 @@ def test_configmap_files_resolve_through_the_mounts() -> None:
 def test_an_operator_pod_names_its_runtime_config_and_custom_prompt() -> None:
     objects = render({"inference": {"systemPrompt": {"mode": "custom", "text": CUSTOM_PROMPT}}})
     config_map = by_kind(objects, "ConfigMap")
-    sim = decide(running_pod(by_kind(objects, "Deployment"))).sim
+    deployment = by_kind(objects, "Deployment")
+    sim = decide(running_pod(deployment)).sim
     assert sim is not None
+    # The revision's own ConfigMap (docs/rollout.md), found by the name the pod spec mounts.
+    revision = deployment["spec"]["template"]["metadata"]["labels"]["magistral.dev/revision"]
+    assert config_map["metadata"]["name"].endswith(f"-runtime-{revision}")
     assert sim.runtime_config_path == "/etc/magistral/runtime.json"
     assert sim.runtime_config_source == ConfigMapKey(
         config_map["metadata"]["name"], "runtime-reserved-h100.json"

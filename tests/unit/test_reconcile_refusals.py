@@ -21,7 +21,10 @@ from magistral_operator.kube.client import KubeError
 from tests.unit.fake_kube import FakeKube, ScriptedDemand
 
 NS, NAME = "ns", "ep"
-REFUSAL = 'ConfigMap.v1 "ep-runtime" is invalid: data: Too long: must have at most 1048576 bytes'
+REFUSAL = (
+    'ConfigMap.v1 "ep-runtime-0123456789" is invalid: '
+    "data: Too long: must have at most 1048576 bytes"
+)
 
 
 def _endpoint(spec: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +56,19 @@ def _pass(kube: FakeKube, config: OperatorConfig, book: RefusalBook, clock: Cloc
     return reconcile(kube, config, body, demand=ScriptedDemand(), refusals=book, clock=clock)
 
 
+def _runtime_config_map(kube: FakeKube) -> str:
+    """Kind/name of the revision's runtime ConfigMap, as the engine Deployment mounts it."""
+    dep = kube.get("Deployment", namespace=NS, name=f"{NAME}-reserved-h100")
+    assert dep is not None
+    (name,) = [
+        v["configMap"]["name"]
+        for v in dep["spec"]["template"]["spec"]["volumes"]
+        if "configMap" in v
+    ]
+    assert name.startswith(f"{NAME}-runtime-")
+    return f"ConfigMap/{name}"
+
+
 def _refuse_configmaps(obj: dict[str, Any]) -> tuple[int, str] | None:
     if obj["kind"] == "ConfigMap":
         return 422, REFUSAL
@@ -71,14 +87,14 @@ def test_refused_child_degrades_and_others_are_applied(
 ) -> None:
     kube, book, clock = setup
     outcome = _pass(kube, operator_config, book, clock)
-    assert outcome.refused == [f"ConfigMap/{NAME}-runtime"]
+    assert outcome.refused == [_runtime_config_map(kube)]
     applied_kinds = {label.split("/")[0] for verb, label in kube.writes if verb == "apply"}
     assert {"Deployment", "Service"} <= applied_kinds
     degraded = _conditions(kube)["Degraded"]
     assert degraded["status"] == "True"
     assert degraded["reason"] == "ChildRefused"
     assert REFUSAL in degraded["message"]
-    assert f"ConfigMap/{NAME}-runtime" in degraded["message"]
+    assert _runtime_config_map(kube) in degraded["message"]
 
 
 def test_refused_child_is_held_then_retried_with_backoff(
@@ -86,18 +102,19 @@ def test_refused_child_is_held_then_retried_with_backoff(
 ) -> None:
     kube, book, clock = setup
     _pass(kube, operator_config, book, clock)
-    assert kube.writes.count(("refused", f"ConfigMap/{NAME}-runtime")) == 1
+    runtime = _runtime_config_map(kube)
+    assert kube.writes.count(("refused", runtime)) == 1
     writes_before = len(kube.writes)
     clock.now += refusal_backoff(1) - 1
     outcome = _pass(kube, operator_config, book, clock)  # still in back-off: not sent
-    assert outcome.refused == [f"ConfigMap/{NAME}-runtime"]  # but still reported
+    assert outcome.refused == [runtime]  # but still reported
     assert kube.writes[writes_before:] == []  # and nothing written: status unchanged
     clock.now += 2
     _pass(kube, operator_config, book, clock)  # back-off over: tried again, refused again
-    assert kube.writes.count(("refused", f"ConfigMap/{NAME}-runtime")) == 2
+    assert kube.writes.count(("refused", runtime)) == 2
     clock.now += refusal_backoff(1) + 1  # the second refusal waits longer
     _pass(kube, operator_config, book, clock)
-    assert kube.writes.count(("refused", f"ConfigMap/{NAME}-runtime")) == 2
+    assert kube.writes.count(("refused", runtime)) == 2
     assert refusal_backoff(2) > refusal_backoff(1)
 
 
@@ -114,7 +131,7 @@ def test_fixed_spec_is_tried_at_once_and_recovers(
     kube.add(body)
     outcome = _pass(kube, operator_config, book, clock)  # same clock: no back-off wait
     assert outcome.refused == []
-    assert ("apply", f"ConfigMap/{NAME}-runtime") in kube.writes
+    assert ("apply", _runtime_config_map(kube)) in kube.writes
     assert _conditions(kube)["Degraded"]["reason"] != "ChildRefused"
 
 

@@ -212,3 +212,43 @@ def test_config_map_holds_a_valid_runtime_config_per_pool(operator_config: Opera
         cfg = parse_runtime_config(text, source=key)
         assert cfg.tensor_parallel_size == 1
         assert cfg.served_model_name == "magistral-small"
+
+
+def test_each_revision_has_its_own_immutable_config_map(operator_config: OperatorConfig) -> None:
+    """The runtime config is part of the revision: a ConfigMap named and labelled by it,
+    immutable, mounted (config and custom prompt) by every engine pod template of it; a spec
+    that changes only the runtime config gets a new revision and a new ConfigMap, and the same
+    spec always renders the same name."""
+    base = {
+        "auth": {"disabled": True},
+        "inference": {"systemPrompt": {"mode": "custom", "text": "Be brief."}},
+    }
+
+    def runtime(spec: dict[str, Any]) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+        result = render_endpoint(endpoint_from_spec(spec), operator_config)
+        assert result.revision is not None
+        (cm,) = [o for o in result.objects if o["kind"] == "ConfigMap"]
+        return result.revision, cm, [o for o in result.objects if is_engine_deployment(o)]
+
+    revision, cm, deployments = runtime(base)
+    assert cm["immutable"] is True
+    name = cm["metadata"]["labels"][ENDPOINT_LABEL]
+    assert cm["metadata"]["name"] == f"{name}-runtime-{revision}"
+    assert cm["metadata"]["labels"][REVISION_LABEL] == revision
+    assert deployments
+    for dep in deployments:
+        assert dep["spec"]["template"]["metadata"]["labels"][REVISION_LABEL] == revision
+        mounted = {
+            v["configMap"]["name"]
+            for v in dep["spec"]["template"]["spec"]["volumes"]
+            if "configMap" in v
+        }
+        assert mounted == {cm["metadata"]["name"]}
+    assert runtime(base)[1] == cm  # deterministic
+    # Runtime config only (no pod template field but the ConfigMap's name changes).
+    for change in ({"runtime": {"maxModelLen": 32768}}, {"inference": {"systemPrompt": {
+            "mode": "custom", "text": "Be verbose."}}}):  # fmt: skip
+        other_revision, other, _ = runtime({**base, **change})
+        assert other_revision != revision
+        assert other["metadata"]["name"] != cm["metadata"]["name"]
+        assert other["data"] != cm["data"]

@@ -55,10 +55,15 @@ serving pods read the API key through secretKeyRef, the operator never does.
 - apiGroups: ["apps"]
   resources: ["replicasets"]
   verbs: ["get", "list"]
+# One immutable runtime ConfigMap per revision (docs/rollout.md): listed and deleted to prune
+# the revisions no ReplicaSet of the endpoint mounts any more. Not watched.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 # The other children are applied (server-side apply) and garbage-collected through owner
 # references, so the operator never lists, watches or deletes them.
 - apiGroups: [""]
-  resources: ["services", "configmaps"]
+  resources: ["services"]
   verbs: ["get", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]

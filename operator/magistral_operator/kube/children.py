@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,8 +10,13 @@ from ..api.labels import APPLIED_HASH_ANNOTATION, ENDPOINT_LABEL, MANAGER
 from .client import Kube, KubeError
 from .drift import drifted
 
-# Kinds whose set can shrink (one Deployment per usable pool); the others always exist.
-PRUNABLE_KINDS = ("Deployment",)
+# Kinds whose set can shrink: one Deployment per usable pool, one ConfigMap per revision
+# (pruned only once no pod template of the endpoint mounts it: config_maps_to_prune). The
+# others always exist. Deployments are pruned first, so that their templates no longer count.
+PRUNABLE_KINDS = ("Deployment", "ConfigMap")
+# Objects whose pod templates keep a revision's ConfigMap alive: the Deployments, and the
+# ReplicaSets Kubernetes keeps for them (revisionHistoryLimit), which a rollback restores from.
+TEMPLATE_KINDS = ("Deployment", "ReplicaSet")
 
 
 @dataclass(frozen=True)
@@ -87,13 +93,64 @@ def apply_children(
             continue
         report.applied.append(label)
     keep = {(o["kind"], o["metadata"]["name"]) for o, _ in desired}
+    selector = f"{ENDPOINT_LABEL}={endpoint}"
     for kind in PRUNABLE_KINDS:
-        for live in kube.list(kind, namespace=namespace, selector=f"{ENDPOINT_LABEL}={endpoint}"):
-            name = live["metadata"]["name"]
-            if (kind, name) not in keep and _owned_by_us(live):
-                kube.delete(kind, namespace=namespace, name=name)
-                report.deleted.append(f"{kind}/{name}")
+        names = [
+            o["metadata"]["name"]
+            for o in kube.list(kind, namespace=namespace, selector=selector)
+            if _owned_by_us(o)
+        ]
+        current = {name for k, name in keep if k == kind}
+        if kind == "ConfigMap":
+            templates = [
+                (o.get("spec") or {}).get("template") or {}
+                for k in TEMPLATE_KINDS
+                for o in kube.list(k, namespace=namespace, selector=selector)
+            ]
+            stale = config_maps_to_prune(names, current=current, templates=templates)
+        else:
+            stale = [name for name in names if name not in current]
+        for name in stale:
+            kube.delete(kind, namespace=namespace, name=name)
+            report.deleted.append(f"{kind}/{name}")
     return report
+
+
+def config_maps_in_template(template: Mapping[str, Any]) -> set[str]:
+    """The ConfigMaps a pod template needs: volumes (also projected), envFrom and env refs."""
+    spec = template.get("spec") or {}
+    names: set[str] = set()
+    for volume in spec.get("volumes") or []:
+        if volume.get("configMap"):
+            names.add(volume["configMap"].get("name", ""))
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            if source.get("configMap"):
+                names.add(source["configMap"].get("name", ""))
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        for env_from in container.get("envFrom") or []:
+            if env_from.get("configMapRef"):
+                names.add(env_from["configMapRef"].get("name", ""))
+        for env in container.get("env") or []:
+            ref = (env.get("valueFrom") or {}).get("configMapKeyRef")
+            if ref:
+                names.add(ref.get("name", ""))
+    names.discard("")
+    return names
+
+
+def config_maps_to_prune(
+    live: Iterable[str], *, current: set[str], templates: Iterable[Mapping[str, Any]]
+) -> list[str]:
+    """The endpoint's ConfigMaps (``live``, owned by the operator) that may be deleted.
+
+    A revision's ConfigMap stays while it is rendered now (``current``) or a pod template of the
+    endpoint mounts it (``templates``: its Deployments' and ReplicaSets'). Kubernetes keeps
+    ``revisionHistoryLimit`` ReplicaSets per Deployment, and a rollback restores a template
+    from one of them: the config it mounts must still be there. When the last ReplicaSet that
+    mounts a ConfigMap is gone, so is the ConfigMap (on the next pass).
+    """
+    in_use = set().union(*(config_maps_in_template(t) for t in templates))
+    return sorted(name for name in live if name not in current and name not in in_use)
 
 
 def refusal(exc: KubeError) -> bool:

@@ -13,7 +13,7 @@ from ..api.endpoint import Endpoint
 from ..api.spec import SystemPromptMode
 from ..plan import EndpointPlan, plan_endpoint, replica_capacity
 from .hashing import content_hash
-from .metadata import config_map_name, object_meta
+from .metadata import REVISION_LABEL, config_map_name, object_meta
 from .network import (
     render_engines_service,
     render_network_policies,
@@ -40,16 +40,28 @@ class RenderedEndpoint:
     runtime_configs: dict[str, RuntimeConfig] = field(default_factory=dict)
 
 
-def render_config_map(endpoint: Endpoint, configs: dict[str, RuntimeConfig]) -> dict[str, Any]:
+def config_map_data(endpoint: Endpoint, configs: dict[str, RuntimeConfig]) -> dict[str, str]:
     """One key per pool with that pool's runtime config, plus a custom prompt text if any."""
     data = {runtime_config_key(pool): dump_runtime_config(cfg) for pool, cfg in configs.items()}
     prompt = endpoint.spec.inference.system_prompt
     if prompt.mode == SystemPromptMode.CUSTOM and prompt.text is not None:
         data[PROMPT_FILE] = prompt.text
+    return data
+
+
+def render_config_map(endpoint: Endpoint, data: dict[str, str], *, revision: str) -> dict[str, Any]:
+    """The revision's ConfigMap: immutable, named and labelled by the revision (the revision
+    hash covers `data`, so a name never holds two contents). Kept while a ReplicaSet of the
+    endpoint mounts it, then pruned (kube/children.py)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": object_meta(endpoint, name=config_map_name(endpoint)),
+        "metadata": object_meta(
+            endpoint,
+            name=config_map_name(endpoint, revision),
+            labels={REVISION_LABEL: revision},
+        ),
+        "immutable": True,
         "data": data,
     }
 
@@ -90,19 +102,20 @@ def render_endpoint(
         startup=config.startup,
         cache_warm=cache_warm,
     )
-    config_map = render_config_map(endpoint, configs)
+    data = config_map_data(endpoint, configs)
     # The revision covers everything a pod is started from; replicas and budgets are excluded
     # so scaling and a warming cache never restart pods.
     revision = content_hash(
         {
             "image": image,
-            "configMap": config_map["data"],
+            "configMap": data,
             "spec": endpoint.spec.model_dump(
                 mode="json", include={"model", "runtime", "inference", "auth"}
             ),
             "pools": {p.pool.name: _pod_facing(p.pool.to_wire()) for p in plan.usable_pools},
         }
     )
+    config_map = render_config_map(endpoint, data, revision=revision)
     deployments = [
         render_deployment(
             endpoint=endpoint,

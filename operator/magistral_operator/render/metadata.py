@@ -81,6 +81,11 @@ def deployment_name(endpoint: Endpoint, pool: str) -> str:
     return f"{endpoint.name}-{pool}"
 
 
-def config_map_name(endpoint: Endpoint) -> str:
-    """The ConfigMap that holds the runtime config of every pool."""
-    return f"{endpoint.name}-runtime"
+CONFIG_MAP_REVISION_CHARS = 10
+
+
+def config_map_name(endpoint: Endpoint, revision: str) -> str:
+    """The immutable ConfigMap of one revision: the runtime config of every pool (and a custom
+    prompt). Named by the revision, so a pod template restored from a ReplicaSet mounts the
+    config its revision started with (docs/rollout.md)."""
+    return f"{endpoint.name}-runtime-{revision[:CONFIG_MAP_REVISION_CHARS]}"
