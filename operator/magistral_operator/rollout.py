@@ -27,10 +27,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .api.config import CANARY_POOL_NAME
 from .api.labels import POOL_LABEL, REVISION_LABEL
 from .api.spec import RolloutSpec
-from .api.status import DEGRADED, PROGRESSING, ConditionStatus, RolloutPhase, RolloutStatus
+from .api.status import (
+    DEGRADED,
+    PROGRESSING,
+    AnalysisStatus,
+    ConditionStatus,
+    RolloutPhase,
+    RolloutStatus,
+)
 from .api.timestamps import rfc3339
+from .rollout_analysis import Verdict
+
+CANARY_POOL = CANARY_POOL_NAME
+"""The pool label of the canary replica's pods (a reserved pool name): its Deployment's selector
+does not overlap any pool Deployment's, and no pool's observations count it."""
 
 RESTART_THRESHOLD = 3
 """Restarts of a crash-looping container of the new revision that fail the rollout."""
@@ -68,6 +81,8 @@ class RolloutDecision:
     templates: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: tuple[EventNote, ...] = ()
     restore_problems: tuple[str, ...] = ()
+    canary: bool = False
+    """Run one replica of the rendered revision beside the restored ones (phase Canary)."""
 
 
 def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
@@ -192,6 +207,7 @@ def _state(
         "last_healthy_revision": previous.last_healthy_revision if previous else None,
         "failed_revision": previous.failed_revision if previous else None,
         "message": previous.message if previous else "",
+        "analysis": None,
     }
     base.update(changes)
     return RolloutStatus(**base)
@@ -202,7 +218,8 @@ def _restore(
 ) -> RolloutDecision:
     """Apply the last healthy revision's templates while the spec renders a failed revision."""
     target = state.last_healthy_revision
-    if state.phase != "RolledBack" or not rollout.auto_rollback or target is None:
+    holding = state.phase == "Canary" or (state.phase == "RolledBack" and rollout.auto_rollback)
+    if not holding or target is None:
         return RolloutDecision(state=state, applied_revision=revision)
     templates: dict[str, dict[str, Any]] = {}
     problems = []
@@ -217,7 +234,132 @@ def _restore(
         applied_revision=target if templates else revision,
         templates=templates,
         restore_problems=tuple(problems),
+        canary=state.phase == "Canary",
     )
+
+
+def canary_wanted(rollout: RolloutSpec, *, replacing: str | None, desired_replicas: int) -> bool:
+    """Whether a new revision is analysed as a canary first (spec.rollout.canary.enabled unset:
+    yes whenever there is a healthy revision serving to compare it with)."""
+    return rollout.canary.enabled is not False and replacing is not None and desired_replicas > 0
+
+
+def _fail(
+    state: RolloutStatus,
+    *,
+    pools: Sequence[PoolRollout],
+    rollout: RolloutSpec,
+    revision: str,
+    failure: str,
+    stamp: str,
+    analysis: AnalysisStatus | None = None,
+) -> RolloutDecision:
+    """Roll back to the last healthy revision, or report the failure where there is none."""
+    target = state.last_healthy_revision
+    can_restore = rollout.auto_rollback and target is not None and target != revision
+    if can_restore and any(healthy_template(p, revision=target or "") for p in pools):
+        message = f"revision {revision} failed: {failure}; restored revision {target}"
+        failed = _state(
+            state,
+            revision=revision,
+            phase="RolledBack",
+            since=stamp,
+            failed_revision=revision,
+            message=message,
+            analysis=analysis,
+        )
+        decision = _restore(state=failed, pools=pools, rollout=rollout, revision=revision)
+        return RolloutDecision(
+            state=failed,
+            applied_revision=decision.applied_revision,
+            templates=decision.templates,
+            restore_problems=decision.restore_problems,
+            events=(EventNote("Warning", "RolledBack", message),),
+        )
+    if not rollout.auto_rollback:
+        left = "spec.rollout.autoRollback is false: the Deployments are left as they are"
+    else:
+        left = "no healthy revision to return to: the Deployments are left as they are"
+    message = f"revision {revision} failed: {failure}; {left}"
+    failed = _state(
+        state,
+        revision=revision,
+        phase="Failed",
+        since=stamp,
+        failed_revision=revision,
+        message=message,
+        analysis=analysis,
+    )
+    return RolloutDecision(
+        state=failed,
+        applied_revision=revision,
+        events=(EventNote("Warning", "RolloutFailed", message),),
+    )
+
+
+def _canary_pass(
+    state: RolloutStatus,
+    *,
+    pools: Sequence[PoolRollout],
+    canary: PoolRollout | None,
+    verdict: Verdict | None,
+    rollout: RolloutSpec,
+    revision: str,
+    stamp: str,
+) -> RolloutDecision:
+    """Phase Canary: the healthy revision serves, one replica of `revision` is analysed."""
+    previous = state.analysis or AnalysisStatus(phase="Pending")
+    failure = pool_failure(canary, revision=revision) if canary is not None else None
+    if failure is not None:
+        analysis = previous.model_copy(update={"phase": "Failed", "message": failure})
+        return _fail(
+            state,
+            pools=pools,
+            rollout=rollout,
+            revision=revision,
+            failure=f"canary: {failure}",
+            stamp=stamp,
+            analysis=analysis,
+        )
+    if verdict is None:
+        return _restore(state=state, pools=pools, rollout=rollout, revision=revision)
+    starts = previous.phase == "Pending" and verdict.phase != "Pending"
+    analysis = AnalysisStatus(
+        phase=verdict.phase,
+        canary_pod=verdict.pod or previous.canary_pod,
+        started_at=stamp if starts or verdict.pod != previous.canary_pod else previous.started_at,
+        canary_requests=verdict.canary_requests,
+        baseline_requests=verdict.baseline_requests,
+        message=verdict.message,
+    )
+    if verdict.phase == "Failed":
+        return _fail(
+            state,
+            pools=pools,
+            rollout=rollout,
+            revision=revision,
+            failure=f"canary analysis failed: {verdict.message}",
+            stamp=stamp,
+            analysis=analysis,
+        )
+    if verdict.phase == "Successful":
+        promoted = _state(
+            state, revision=revision, phase="Progressing", since=stamp, analysis=analysis
+        )
+        return RolloutDecision(
+            state=promoted,
+            applied_revision=revision,
+            events=(
+                EventNote(
+                    "Normal",
+                    "CanaryPromoted",
+                    f"revision {revision} passed its canary analysis ({verdict.message}); "
+                    "rolling it out to every replica",
+                ),
+            ),
+        )
+    held = state.model_copy(update={"analysis": analysis})
+    return _restore(state=held, pools=pools, rollout=rollout, revision=revision)
 
 
 def decide(
@@ -228,25 +370,60 @@ def decide(
     state: RolloutStatus | None,
     now: datetime,
     desired_replicas: int,
+    canary: PoolRollout | None = None,
+    verdict: Verdict | None = None,
 ) -> RolloutDecision:
-    """One rollout pass (see the module docstring)."""
+    """One rollout pass (see the module docstring).
+
+    `canary` is what the cluster shows of the canary replica's Deployment and pods, `verdict`
+    the analysis of its window so far (rollout_analysis.judge; None while it cannot be read).
+    """
     stamp = rfc3339(now)
     if state is None or state.current_revision != revision:
         # A new revision (or the first): it has to prove itself; a new spec tries again.
+        replacing = state.last_healthy_revision if state else None
+        analysed = canary_wanted(rollout, replacing=replacing, desired_replicas=desired_replicas)
         started = _state(
             state,
             revision=revision,
-            phase="Progressing",
+            phase="Canary" if analysed else "Progressing",
             since=stamp,
             failed_revision=None,
             message="",
+            analysis=(
+                AnalysisStatus(phase="Pending", message="the canary replica is starting")
+                if analysed
+                else None
+            ),
         )
-        replacing = state.last_healthy_revision if state else None
         what = f"revision {revision}" + (f" replaces {replacing}" if replacing else "")
+        if analysed:
+            what += (
+                f"; one canary replica is analysed first ({rollout.canary.analysis_seconds} s "
+                "window, spec.rollout.canary)"
+            )
+        decision = (
+            _restore(state=started, pools=pools, rollout=rollout, revision=revision)
+            if analysed
+            else RolloutDecision(state=started, applied_revision=revision)
+        )
         return RolloutDecision(
             state=started,
-            applied_revision=revision,
+            applied_revision=decision.applied_revision,
+            templates=decision.templates,
+            restore_problems=decision.restore_problems,
+            canary=decision.canary,
             events=(EventNote("Normal", "RolloutStarted", f"rolling out {what}"),),
+        )
+    if state.phase == "Canary":
+        return _canary_pass(
+            state,
+            pools=pools,
+            canary=canary,
+            verdict=verdict,
+            rollout=rollout,
+            revision=revision,
+            stamp=stamp,
         )
     if state.phase in ("RolledBack", "Failed"):
         return _restore(state=state, pools=pools, rollout=rollout, revision=revision)
@@ -256,47 +433,23 @@ def decide(
     # Progressing: judge the revision.
     failure = next((why for p in pools if (why := pool_failure(p, revision=revision))), None)
     if failure is not None:
-        target = state.last_healthy_revision
-        can_restore = rollout.auto_rollback and target is not None and target != revision
-        if can_restore and any(healthy_template(p, revision=target or "") for p in pools):
-            message = f"revision {revision} failed: {failure}; restored revision {target}"
-            failed = _state(
-                state,
-                revision=revision,
-                phase="RolledBack",
-                since=stamp,
-                failed_revision=revision,
-                message=message,
-            )
-            decision = _restore(state=failed, pools=pools, rollout=rollout, revision=revision)
-            return RolloutDecision(
-                state=failed,
-                applied_revision=decision.applied_revision,
-                templates=decision.templates,
-                restore_problems=decision.restore_problems,
-                events=(EventNote("Warning", "RolledBack", message),),
-            )
-        if not rollout.auto_rollback:
-            left = "spec.rollout.autoRollback is false: the Deployments are left as they are"
-        else:
-            left = "no healthy revision to return to: the Deployments are left as they are"
-        message = f"revision {revision} failed: {failure}; {left}"
-        failed = _state(
+        return _fail(
             state,
+            pools=pools,
+            rollout=rollout,
             revision=revision,
-            phase="Failed",
-            since=stamp,
-            failed_revision=revision,
-            message=message,
-        )
-        return RolloutDecision(
-            state=failed,
-            applied_revision=revision,
-            events=(EventNote("Warning", "RolloutFailed", message),),
+            failure=failure,
+            stamp=stamp,
+            analysis=state.analysis,
         )
     if desired_replicas > 0 and pools and all(pool_healthy(p, revision=revision) for p in pools):
         healthy = _state(
-            state, revision=revision, phase="Healthy", since=stamp, last_healthy_revision=revision
+            state,
+            revision=revision,
+            phase="Healthy",
+            since=stamp,
+            last_healthy_revision=revision,
+            analysis=state.analysis,
         )
         return RolloutDecision(
             state=healthy,
@@ -347,6 +500,19 @@ def condition_overrides(
         return [
             ConditionOverride(PROGRESSING, "False", "RolloutFailed", state.message),
             ConditionOverride(DEGRADED, "True", "RolloutFailed", state.message),
+        ]
+    if state.phase == "Canary":
+        analysis = state.analysis
+        return [
+            ConditionOverride(
+                PROGRESSING,
+                "True",
+                "CanaryAnalysis",
+                f"revision {state.current_revision} runs one canary replica beside "
+                f"{state.last_healthy_revision}: analysis "
+                f"{analysis.phase if analysis else 'Pending'}"
+                + (f": {analysis.message}" if analysis and analysis.message else ""),
+            )
         ]
     if (
         state.phase == "Progressing"

@@ -36,7 +36,13 @@ from .conftest import (
 
 NAME = "roll"
 REPLICAS = 2
-ROLLOUT = {"maxSurge": 1, "maxUnavailable": 0, "healthySeconds": 2, "autoRollback": True}
+ROLLOUT = {
+    "maxSurge": 1,
+    "maxUnavailable": 0,
+    "healthySeconds": 2,
+    "autoRollback": True,
+    "canary": {"enabled": False},  # the plain health-gated rollout; test_canary.py has its own
+}
 
 
 def manifest(namespace: str, env: list[dict[str, str]]) -> dict[str, Any]:

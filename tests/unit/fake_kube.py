@@ -15,6 +15,7 @@ from typing import Any
 
 from magistral_operator.autoscale.demand import DemandSample
 from magistral_operator.kube.client import Kube, KubeError
+from magistral_operator.rollout_analysis import WindowReading
 
 Key = tuple[str, str, str]
 Refuser = Callable[[dict[str, Any]], tuple[int, str] | None]
@@ -128,6 +129,9 @@ class ScriptedDemand:
 
     sample: DemandSample = field(default_factory=lambda: DemandSample(router_ok=True))
     reads: list[tuple[tuple[str, str], list[str], list[str]]] = field(default_factory=list)
+    window: WindowReading | str = "no canary reading scripted"
+    """What read_window answers; `windows` records (window, canary pods, baseline pods)."""
+    windows: list[tuple[str, list[str], list[str]]] = field(default_factory=list)
 
     def read(
         self,
@@ -145,6 +149,25 @@ class ScriptedDemand:
             )
         )
         return self.sample
+
+    def read_window(
+        self,
+        key: tuple[str, str],
+        *,
+        window: str,
+        canary: Sequence[dict[str, Any]],
+        baseline: Sequence[dict[str, Any]],
+        routers: Sequence[dict[str, Any]],
+        now: float,
+    ) -> WindowReading | str:
+        self.windows.append(
+            (
+                window,
+                [p["metadata"]["name"] for p in canary],
+                [p["metadata"]["name"] for p in baseline],
+            )
+        )
+        return self.window
 
     def forget(self, key: tuple[str, str]) -> None:
         pass

@@ -87,6 +87,8 @@ def _endpoint(temperature: float, *, replicas: int = 1) -> dict[str, Any]:
             "scaling": {"minReplicas": replicas, "maxReplicas": replicas},
             "auth": {"disabled": True},
             "inference": {"sampling": {"temperature": temperature}},
+            # The plain health-gated rollout (the canary has tests of its own).
+            "rollout": {"canary": {"enabled": False}},
         },
     }
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from magistral_operator.api.canary import CanarySpec
 from magistral_operator.api.spec import RolloutSpec
 from magistral_operator.api.status import RolloutStatus
 from magistral_operator.rollout import (
@@ -176,7 +177,7 @@ def test_transitions(row: tuple[Any, ...]) -> None:
     decision = decide(
         revision=B,
         pools=pools,
-        rollout=RolloutSpec(auto_rollback=auto),
+        rollout=RolloutSpec(auto_rollback=auto, canary=CanarySpec(enabled=False)),
         state=previous,
         now=NOW,
         desired_replicas=2,

@@ -141,6 +141,11 @@ class SizingModel(ApiModel):
 
 DEFAULT_ROUTER_IMAGE = "ghcr.io/magistral-operator/router:0.1.0-vllm-router0.1.17"
 ROUTER_POOL_NAME = "router"
+CANARY_POOL_NAME = "canary"
+RESERVED_POOL_NAMES = {
+    ROUTER_POOL_NAME: "the endpoint's router Deployment is called <endpoint>-router",
+    CANARY_POOL_NAME: "a rollout's canary Deployment is called <endpoint>-canary",
+}
 
 
 class OperatorConfig(ApiModel):
@@ -167,11 +172,9 @@ class OperatorConfig(ApiModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"pool names must be unique; repeated: {', '.join(dupes)}")
-        if ROUTER_POOL_NAME in names:
-            raise ValueError(
-                f"pool name {ROUTER_POOL_NAME!r} is reserved: the endpoint's router Deployment "
-                f"is called <endpoint>-{ROUTER_POOL_NAME}"
-            )
+        for reserved, why in RESERVED_POOL_NAMES.items():
+            if reserved in names:
+                raise ValueError(f"pool name {reserved!r} is reserved: {why}")
         return pools
 
     def pool(self, name: str) -> GPUPool | None:

@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
 
 from .base import ApiModel
+from .canary import CanarySpec
 from .dataplane import RouterSpec, ScalingSpec
 from .env_policy import ENV_VAR_CEL_RULES, env_problems
 from .k8s_rules import (
@@ -604,6 +605,11 @@ class RolloutSpec(ApiModel):
     )
     auto_rollback: bool = Field(
         default=True, description="Return to the last healthy revision when a rollout fails."
+    )
+    canary: CanarySpec = Field(
+        default_factory=CanarySpec,
+        description="The SLO analysis of one replica of a new revision before it replaces the "
+        "healthy one (docs/rollout.md).",
     )
 
     @model_validator(mode="after")

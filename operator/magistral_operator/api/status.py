@@ -173,7 +173,26 @@ class PlacementStatus(ApiModel):
         return {p.name: p.replicas for p in self.pools}
 
 
-RolloutPhase = Literal["Progressing", "Healthy", "RolledBack", "Failed"]
+RolloutPhase = Literal["Canary", "Progressing", "Healthy", "RolledBack", "Failed"]
+AnalysisPhase = Literal["Pending", "Running", "Inconclusive", "Successful", "Failed"]
+
+
+class AnalysisStatus(ApiModel):
+    """The canary analysis of the current revision (Argo Rollouts' AnalysisRun phases)."""
+
+    phase: AnalysisPhase = Field(
+        description="Pending (the canary replica is starting), Running, Inconclusive (too "
+        "little traffic so far: waiting), Successful or Failed."
+    )
+    canary_pod: str | None = Field(default=None, description="The canary replica's pod.")
+    started_at: str | None = Field(
+        default=None, description="When the window started (the canary replica Ready)."
+    )
+    canary_requests: int = Field(default=0, ge=0, description="Requests the canary finished.")
+    baseline_requests: int = Field(
+        default=0, ge=0, description="Requests the healthy replicas finished in the window."
+    )
+    message: str = Field(default="", description="The measurements and the verdict, in words.")
 
 
 class RolloutStatus(ApiModel):
@@ -184,7 +203,8 @@ class RolloutStatus(ApiModel):
 
     current_revision: str = Field(description="The revision the spec renders now.")
     phase: RolloutPhase = Field(
-        description="Progressing (proving health), Healthy, RolledBack (the last healthy "
+        description="Canary (one replica of the revision under analysis beside the healthy "
+        "ones), Progressing (proving health), Healthy, RolledBack (the last healthy "
         "revision was restored) or Failed (no rollback: autoRollback is off or nothing to "
         "restore)."
     )
@@ -196,6 +216,9 @@ class RolloutStatus(ApiModel):
         default=None, description="The revision whose rollout failed, while the spec renders it."
     )
     message: str = Field(default="", description="Why the rollout failed, and what was done.")
+    analysis: AnalysisStatus | None = Field(
+        default=None, description="The canary analysis of currentRevision (spec.rollout.canary)."
+    )
 
 
 class RouterStatus(ApiModel):

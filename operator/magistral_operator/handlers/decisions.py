@@ -6,27 +6,33 @@ here writes to the cluster.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from ..api.config import OperatorConfig
 from ..api.endpoint import Endpoint
-from ..api.labels import ENDPOINT_LABEL, POOL_LABEL
+from ..api.labels import ENDPOINT_LABEL, POOL_LABEL, REVISION_LABEL
 from ..api.status import MagistralEndpointStatus, RolloutStatus
 from ..autoscale.demand import DemandConfig, DemandDecision, DemandState, fill_order
 from ..autoscale.demand import decide as decide_demand
 from ..kube.client import Kube
 from ..kube.demand import DemandReader
+from ..kube.metrics import pod_ready
 from ..placement import Placement, PlacementPool, place
 from ..plan import EndpointPlan, plan_endpoint, replica_capacity
 from ..references import READ_BEFORE_PODS, Reference
+from ..render.canary import canary_deployment, canary_name
+from ..render.metadata import is_engine_deployment
 from ..rollout import (
+    CANARY_POOL,
     PoolRollout,
     RolloutDecision,
     condition_overrides,
     restore_template,
 )
 from ..rollout import decide as decide_rollout
+from ..rollout_analysis import Verdict, judge
 from ..sizing.throughput import ReplicaThroughput
 from ..status.conditions import ConditionUpdate
 from ..status.observe import PoolObservation, pool_load
@@ -87,6 +93,75 @@ def autoscale(
     )
 
 
+def _labels(obj: dict[str, Any]) -> dict[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def canary_verdict(
+    *,
+    endpoint: Endpoint,
+    state: RolloutStatus,
+    pods: list[dict[str, Any]],
+    routers: list[dict[str, Any]],
+    reader: DemandReader,
+    now: float,
+) -> Verdict:
+    """The canary analysis so far: the window read (kube/demand.py), judged
+    (rollout_analysis.judge). Pending while the canary replica is not Ready."""
+    revision = state.current_revision
+    canary = [
+        p
+        for p in pods
+        if _labels(p).get(POOL_LABEL) == CANARY_POOL and _labels(p).get(REVISION_LABEL) == revision
+    ]
+    ready = [p for p in canary if pod_ready(p)]
+    if not ready:
+        why = next((w for p in canary if (w := pod_waiting_reason(p))), None)
+        return Verdict(
+            "Pending",
+            "the canary replica is not ready yet" + (f": {why}" if why else ""),
+        )
+    baseline = [
+        p
+        for p in pods
+        if pod_ready(p)
+        and _labels(p).get(POOL_LABEL) != CANARY_POOL
+        and _labels(p).get(REVISION_LABEL) == state.last_healthy_revision
+    ]
+    pod = ready[0]["metadata"]["name"]
+    reading = reader.read_window(
+        (endpoint.namespace, endpoint.name),
+        window=f"{revision}/{pod}",
+        canary=ready[:1],
+        baseline=baseline,
+        routers=routers,
+        now=now,
+    )
+    previous = state.analysis
+    if isinstance(reading, str):
+        return Verdict(
+            previous.phase if previous and previous.phase != "Pending" else "Running",
+            f"the window could not be read this pass: {reading}",
+            canary_requests=previous.canary_requests if previous else 0,
+            baseline_requests=previous.baseline_requests if previous else 0,
+            pod=pod,
+        )
+    return replace(judge(endpoint.spec.rollout.canary, reading), pod=pod)
+
+
+def pod_waiting_reason(pod: dict[str, Any]) -> str | None:
+    """Why a pod is not running yet, as the scheduler or the kubelet says."""
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return f"{cond.get('reason') or 'Unschedulable'}: {cond.get('message') or ''}".strip()
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason"):
+            return str(waiting["reason"])
+    return None
+
+
 def rollout_pass(
     kube: Kube,
     *,
@@ -96,11 +171,24 @@ def rollout_pass(
     previous: RolloutStatus | None,
     deployments: dict[str, dict[str, Any]],
     pods: list[dict[str, Any]],
+    routers: list[dict[str, Any]],
+    reader: DemandReader,
+    now: float,
 ) -> RolloutDecision:
-    """Judge the rollout (rollout.py) from the Deployments, ReplicaSets and pods as they are."""
+    """Judge the rollout (rollout.py) from the Deployments, ReplicaSets and pods as they are,
+    and during a canary, from the analysis of its window (read through `reader`)."""
     name, namespace = endpoint.name, endpoint.namespace
     selector = f"{ENDPOINT_LABEL}={name}"
     replica_sets = kube.list("ReplicaSet", namespace=namespace, selector=selector)
+    verdict = None
+    if (
+        previous is not None
+        and previous.phase == "Canary"
+        and previous.current_revision == revision
+    ):
+        verdict = canary_verdict(
+            endpoint=endpoint, state=previous, pods=pods, routers=routers, reader=reader, now=now
+        )
     pools = [
         PoolRollout(
             pool=p.pool.name,
@@ -117,7 +205,34 @@ def rollout_pass(
         state=previous,
         now=datetime.now(UTC),
         desired_replicas=plan.desired_replicas,
+        canary=PoolRollout(
+            pool=CANARY_POOL,
+            deployment=deployments.get(canary_name(name)),
+            replica_sets=replica_sets,
+            pods=pods,
+        ),
+        verdict=verdict,
     )
+
+
+def with_canary(
+    objects: list[dict[str, Any]],
+    *,
+    rendered: list[dict[str, Any]],
+    rollout: RolloutDecision,
+    endpoint: Endpoint,
+    plan: EndpointPlan,
+) -> list[dict[str, Any]]:
+    """`objects`, plus the canary Deployment while the rollout runs one: the rendered
+    revision's Deployment of the first pool in fill order (reserved first), as one replica."""
+    if not rollout.canary:
+        return objects
+    by_pool = {_labels(o).get(POOL_LABEL): o for o in rendered if is_engine_deployment(o)}
+    order = fill_order([(p.pool.name, p.pool.tier) for p in plan.usable_pools])
+    pool = next((p for p in order if p in by_pool), None)
+    if pool is None:
+        return objects
+    return [*objects, canary_deployment(by_pool[pool], endpoint=endpoint.name)]
 
 
 def with_restored_templates(

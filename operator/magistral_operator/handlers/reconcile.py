@@ -56,6 +56,7 @@ from .decisions import (
     place_replicas,
     read_references,
     rollout_pass,
+    with_canary,
     with_restored_templates,
     with_rollout_conditions,
 )
@@ -193,8 +194,17 @@ def reconcile(
         previous=previous.rollout,
         deployments=deployments,
         pods=pods_before,
+        routers=routers_before,
+        reader=demand,
+        now=float(clock()),
     )
-    objects = with_restored_templates(rendered.objects, rollout)
+    objects = with_canary(
+        with_restored_templates(rendered.objects, rollout),
+        rendered=rendered.objects,
+        rollout=rollout,
+        endpoint=endpoint,
+        plan=plan,
+    )
     desired = [(obj, content_hash(obj, length=16)) for obj in objects]
     book = refusals if refusals is not None else RefusalBook()
     key, now = (namespace, name), float(clock())

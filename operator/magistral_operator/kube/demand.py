@@ -25,7 +25,16 @@ from typing import Any, Protocol
 
 from ..autoscale.arrivals import ArrivalRecord, CounterReading
 from ..autoscale.demand import DemandSample, ReplicaLoad
-from .metrics import TIMEOUT_SECONDS, EngineReading, http_get, metrics_target, pod_ready, scrape
+from ..rollout_analysis import Counters, RouterCounts, WindowReading, WindowTracker
+from .metrics import (
+    TIMEOUT_SECONDS,
+    EngineReading,
+    http_get,
+    metrics_target,
+    pod_ready,
+    scrape,
+    scrape_counters,
+)
 
 DEMAND_PORT_NAME = "demand"
 DEMAND_PATH = "/demand"
@@ -43,6 +52,8 @@ class FrontReading:
     start_time: float
     workers: int
     router_up: bool
+    responses_total: int = 0
+    responses_5xx_total: int = 0
 
 
 def parse_front(text: str) -> FrontReading:
@@ -57,6 +68,9 @@ def parse_front(text: str) -> FrontReading:
             raise ValueError(f"{key}: expected a non-negative integer, got {value!r}")
         return value
 
+    def optional_count(key: str) -> int:  # absent from fronts older than the canary analysis
+        return count(key) if key in data else 0
+
     start = data.get("startTime")
     if not isinstance(start, int | float) or isinstance(start, bool):
         raise ValueError(f"startTime: expected a number, got {start!r}")
@@ -69,6 +83,8 @@ def parse_front(text: str) -> FrontReading:
         start_time=float(start),
         workers=count("workers"),
         router_up=bool(isinstance(router, dict) and router.get("up")),
+        responses_total=optional_count("responsesTotal"),
+        responses_5xx_total=optional_count("responses5xxTotal"),
     )
 
 
@@ -91,6 +107,20 @@ class DemandReader(Protocol):
         engines: Sequence[dict[str, Any]],
         now: float,
     ) -> DemandSample: ...
+
+    def read_window(
+        self,
+        key: tuple[str, str],
+        *,
+        window: str,
+        canary: Sequence[dict[str, Any]],
+        baseline: Sequence[dict[str, Any]],
+        routers: Sequence[dict[str, Any]],
+        now: float,
+    ) -> WindowReading | str:
+        """The canary analysis' window so far: counters added since the first read of
+        `window` (a name for one canary replica of one revision), or why there is none."""
+        ...
 
     def forget(self, key: tuple[str, str]) -> None: ...
 
@@ -167,6 +197,7 @@ class HttpDemandReader:
     def __init__(self, *, timeout: float = TIMEOUT_SECONDS) -> None:
         self.timeout = timeout
         self._records: dict[tuple[str, str], ArrivalRecord] = {}
+        self._windows: dict[tuple[str, str], tuple[str, WindowTracker]] = {}
         self._guard = threading.Lock()
 
     def _record(self, key: tuple[str, str]) -> ArrivalRecord:
@@ -177,6 +208,58 @@ class HttpDemandReader:
         """Drop a deleted endpoint's record."""
         with self._guard:
             self._records.pop(key, None)
+            self._windows.pop(key, None)
+
+    def read_window(
+        self,
+        key: tuple[str, str],
+        *,
+        window: str,
+        canary: Sequence[dict[str, Any]],
+        baseline: Sequence[dict[str, Any]],
+        routers: Sequence[dict[str, Any]],
+        now: float,
+    ) -> WindowReading | str:
+        """The analysis counters of the canary and baseline pods and the fronts, as the
+        difference since the window's first read (the tracker is kept per endpoint)."""
+        canary_now = self._counters(canary)
+        if not canary_now:
+            return "the canary replica's /metrics did not answer"
+        baseline_now = self._counters(baseline)
+        fronts = self._fronts(routers)
+        with self._guard:
+            held = self._windows.get(key)
+            if held is None or held[0] != window:
+                tracker = WindowTracker(
+                    now=now, canary=canary_now, baseline=baseline_now, routers=fronts
+                )
+                self._windows[key] = (window, tracker)
+            else:
+                tracker = held[1]
+        return tracker.reading(now=now, canary=canary_now, baseline=baseline_now, routers=fronts)
+
+    def _counters(self, pods: Sequence[dict[str, Any]]) -> dict[str, Counters]:
+        named = [(p["metadata"]["name"], metrics_target(p)) for p in pods]
+        targets = [(n, t) for n, t in named if t is not None]
+        found = _parallel(
+            lambda t: scrape_counters(t[0], t[1], timeout=self.timeout), [t for _, t in targets]
+        )
+        return {n: c for (n, _), c in zip(targets, found, strict=True) if c is not None}
+
+    def _fronts(self, routers: Sequence[dict[str, Any]]) -> dict[str, RouterCounts]:
+        named = [
+            (str(r["metadata"].get("uid") or r["metadata"]["name"]), t)
+            for r in routers
+            if (t := metrics_target(r, port_name=DEMAND_PORT_NAME)) is not None
+        ]
+        found = _parallel(
+            lambda t: read_front(t[0], t[1], timeout=self.timeout), [t for _, t in named]
+        )
+        return {
+            key: RouterCounts(float(f.responses_total), float(f.responses_5xx_total))
+            for (key, _), f in zip(named, found, strict=True)
+            if isinstance(f, FrontReading)
+        }
 
     def read(
         self,

@@ -21,6 +21,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..rollout_analysis import Counters
+
 WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
 KV_USAGE = "vllm:kv_cache_usage_perc"
@@ -136,3 +138,51 @@ def scrape_pods(
     with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
         results = list(pool.map(lambda t: scrape(t[0], t[1], timeout=timeout), targets))
     return [r for r in results if r is not None]
+
+
+TTFT = "vllm:time_to_first_token_seconds"
+ITL = "vllm:inter_token_latency_seconds"
+MAX_TOKENS = "vllm:request_params_max_tokens"
+
+
+def _buckets(samples: dict[float, float]) -> tuple[tuple[float, float], ...]:
+    return tuple(sorted(samples.items()))
+
+
+def parse_counters(text: str) -> Counters | None:
+    """The canary analysis' counters of one /metrics page (rollout_analysis.Counters), summed
+    over engines and model names; None when the page has no `vllm:request_success` counter."""
+    ttft: dict[float, float] = {}
+    itl: dict[float, float] = {}
+    finishes: dict[str, float] = {}
+    probes = 0.0
+    seen = False
+    for family in text_string_to_metric_families(text):
+        if family.name in (TTFT, ITL):
+            into = ttft if family.name == TTFT else itl
+            for s in family.samples:
+                if s.name == f"{family.name}_bucket":
+                    le = float(s.labels.get("le", "inf"))
+                    into[le] = into.get(le, 0.0) + s.value
+        elif family.name == SUCCESSES:
+            seen = True
+            for s in family.samples:
+                if s.name in (SUCCESSES, f"{SUCCESSES}_total"):
+                    reason = s.labels.get("finished_reason", "")
+                    finishes[reason] = finishes.get(reason, 0.0) + s.value
+        elif family.name == MAX_TOKENS:
+            for s in family.samples:
+                if s.name == f"{MAX_TOKENS}_bucket" and float(s.labels.get("le", "inf")) == 1.0:
+                    probes += s.value
+    if not seen:
+        return None
+    return Counters(ttft=_buckets(ttft), itl=_buckets(itl), finishes=finishes, probes=probes)
+
+
+def scrape_counters(ip: str, port: int, *, timeout: float = TIMEOUT_SECONDS) -> Counters | None:
+    """One pod's analysis counters; None on any error."""
+    try:
+        return parse_counters(http_get(ip, port, "/metrics", timeout=timeout))
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        log.debug("scraping %s:%s failed: %s", ip, port, exc)
+        return None

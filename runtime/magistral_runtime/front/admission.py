@@ -55,6 +55,10 @@ class GateCounts:
     completed_total: int
     hold_timeouts_total: int
     cancelled_total: int
+    responses_total: int = 0
+    """Answers relayed from the router (or the front's 502 when it broke off)."""
+    responses_5xx_total: int = 0
+    """Of those, 5xx: what clients saw fail (the canary analysis reads it)."""
 
 
 class _Waiter:
@@ -88,6 +92,8 @@ class Gate:
         self._completed = 0
         self._timeouts = 0
         self._cancelled = 0
+        self._responses = 0
+        self._responses_5xx = 0
 
     # ------------------------------------------------------------------ state
 
@@ -120,7 +126,15 @@ class Gate:
             completed_total=self._completed,
             hold_timeouts_total=self._timeouts,
             cancelled_total=self._cancelled,
+            responses_total=self._responses,
+            responses_5xx_total=self._responses_5xx,
         )
+
+    def responded(self, status: int) -> None:
+        """Count an answer the router gave (the front's own hold-timeout 503s are not)."""
+        self._responses += 1
+        if status >= 500:
+            self._responses_5xx += 1
 
     # ------------------------------------------------------------------ inputs
 

@@ -210,6 +210,7 @@ class Proxy:
                     if says_no_workers(upstream.status, head):
                         log.debug("router: no workers for %s %s", request.method, request.path)
                         return None
+                self._gate.responded(upstream.status)
                 return await self._relay(request, upstream, head)
         except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
             # Refused, reset or closed before an answer: the router is (re)starting.
@@ -217,6 +218,7 @@ class Proxy:
             return None
         except aiohttp.ClientError as exc:
             log.warning("router request failed: %s", exc)
+            self._gate.responded(502)
             return json_error(502, f"the router failed to answer: {exc}", error_type="BadGateway")
 
     async def _relay(

@@ -44,6 +44,8 @@ def demand_document(*, gate: Gate, poller: WorkerPoller, start_time: float) -> d
         "completedTotal": counts.completed_total,
         "holdTimeoutsTotal": counts.hold_timeouts_total,
         "cancelledTotal": counts.cancelled_total,
+        "responsesTotal": counts.responses_total,
+        "responses5xxTotal": counts.responses_5xx_total,
         "workers": counts.workers,
         "capacity": counts.capacity,
         "router": {"up": view.up, "error": view.error},
@@ -65,6 +67,16 @@ class FrontCollector(Collector):
             "magistral_front_requests",
             "Requests received by the front.",
             value=counts.arrivals_total,
+        )
+        yield CounterMetricFamily(
+            "magistral_front_responses",
+            "Answers relayed from the router.",
+            value=counts.responses_total,
+        )
+        yield CounterMetricFamily(
+            "magistral_front_responses_5xx",
+            "Answers relayed from the router with a 5xx status.",
+            value=counts.responses_5xx_total,
         )
         yield CounterMetricFamily(
             "magistral_front_hold_timeouts",
