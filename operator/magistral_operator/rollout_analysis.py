@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .api.canary import CanarySpec
 from .api.status import AnalysisPhase
@@ -233,7 +234,7 @@ def _latency_failures(
     quantile_name: str,
     baseline_counted: bool,
 ) -> list[str]:
-    out = []
+    out: list[str] = []
     if canary is None:
         return out
     if absolute is not None and canary > absolute:
@@ -249,7 +250,7 @@ def judge(spec: CanarySpec, reading: WindowReading) -> Verdict:
     """One measurement of the window so far (see the module docstring)."""
     c, b = reading.canary, reading.baseline
     n_c, n_b = c.requests, b.requests
-    counts = {"canary_requests": n_c, "baseline_requests": n_b}
+    counts: dict[str, Any] = {"canary_requests": n_c, "baseline_requests": n_b}
     err_c, err_b = c.error_share(), b.error_share()
     enough = n_c >= spec.min_requests
     baseline_counted = n_b >= spec.min_requests
