@@ -45,6 +45,8 @@ def test_a_front_report_is_parsed() -> None:
         workers=1,
         router_up=True,
     )
+    counted = front(responsesTotal=30, responses5xxTotal=2)
+    assert (counted.responses_total, counted.responses_5xx_total) == (30, 2)
 
 
 @pytest.mark.parametrize(
@@ -55,6 +57,7 @@ def test_a_front_report_is_parsed() -> None:
         ({"inFlight": "3"}, "inFlight"),
         ({"queued": True}, "queued"),
         ({"startTime": None}, "startTime"),
+        ({"responses5xxTotal": -1}, "responses5xxTotal"),
     ],
 )
 def test_a_bad_front_report_is_refused(change: dict[str, object], fragment: str) -> None:

@@ -265,3 +265,30 @@ async def test_body_over_the_limit_is_413_before_the_router() -> None:
             assert resp.status == 200
         assert len(router.seen) == 1
         assert front.gate.counts().arrivals_total == 1
+
+
+async def test_router_answers_are_counted_by_class_for_the_canary_analysis() -> None:
+    """Every answer the router gives counts; 5xx among them (what clients saw fail). The
+    no-workers 503, which the front holds and retries, is not an answer."""
+    answers = [
+        web.Response(status=503, body=NO_WORKERS),
+        web.json_response({"ok": True}),
+        web.Response(status=500, body=b'{"error":{"message":"boom","code":500}}'),
+        web.Response(status=400, body=b"{}"),
+    ]
+
+    async def respond(request: web.Request) -> web.StreamResponse:
+        return answers.pop(0)
+
+    async with fake_router(respond) as (_router, url), front_to(url) as front:
+        front.gate.set_workers(1)
+        call = asyncio.create_task(front.session.post(front.url + "/v1/chat/completions"))
+        await until(lambda: front.gate.counts().held == 1)
+        front.gate.set_workers(1)
+        assert (await call).status == 200
+        for expected in (500, 400):
+            async with front.session.post(front.url + "/v1/chat/completions") as resp:
+                assert resp.status == expected
+        counts = front.gate.counts()
+        assert counts.responses_total == 3
+        assert counts.responses_5xx_total == 1
