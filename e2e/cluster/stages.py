@@ -31,6 +31,16 @@ SIM_READINESS_ENV = "E2E_SIM_READINESS"
 Ready until labelled :data:`SIM_READY_LABEL` ``true``: the pod supervisor plays its readiness
 probe (``e2e/engine/supervisor.py``). Fixed at creation, so no stage can show it Ready first."""
 SIM_READINESS_SUPERVISOR = "supervisor"
+SIM_TTFT_MS_ENV = "E2E_SIM_TTFT_MS"
+"""Give a pod's container this environment variable (milliseconds, >= 0) and its simulator
+runs with ``--ttft-ms``: the fixed part of every request's time to first token. Read by the
+pod supervisor (``e2e/engine/pods.py``), not by kwok; like :data:`SIM_FAIL_ENV`, not
+``MAGISTRAL_*`` so that endpoints can set it through ``spec.runtime.env``."""
+SIM_ITL_MS_ENV = "E2E_SIM_ITL_MS"
+"""Milliseconds (> 0): the simulator's ``--itl-ms``, the inter-token latency at batch 1."""
+SIM_ERROR_RATE_ENV = "E2E_SIM_ERROR_RATE"
+"""A share in [0, 1]: the simulator's ``--error-rate``, the requests its engine fails (HTTP
+500, or an SSE error event; ``vllm:request_success_total{finished_reason="error"}``)."""
 SIM_READY_LABEL = "magistral.dev/sim-ready"
 """Set ``true`` by the pod supervisor on a gated pod (:data:`SIM_READINESS_ENV`, or a router pod)
 whose readiness probe passed; from then on :data:`SIM_UNREADY_LABEL` turns it unready and Ready

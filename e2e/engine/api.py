@@ -7,6 +7,12 @@ and ``GET /metrics``. With an API key, ``/v1`` (and ``/v2``, ``/inference``) nee
 vLLM's AuthenticationMiddleware does; health, metrics, ping and version stay open. Response
 bodies follow vLLM's shapes (``chat.completion``, ``chat.completion.chunk``,
 ``text_completion``, ``{"error": {...}}``).
+
+A request the engine finishes with ``error`` (``--error-rate``) is answered as vLLM 0.32
+answers a ``GenerationError`` (``serve/exception_handling``, ``_raise_if_error``): 500
+``{"error": {"message": "Internal server error", "type": "InternalServerError", "param":
+null, "code": 500}}``, or, streamed, that object as an SSE event (after the role chunk of a
+chat stream) and then ``data: [DONE]``.
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ _LAX_INT: TypeAdapter[int | None] = TypeAdapter(int | None)
 NOT_AN_OBJECT = "Input should be a valid dictionary or object to extract fields from"
 
 
+GENERATION_ERROR_MESSAGE = "Internal server error"
+GENERATION_ERROR_TYPE = "InternalServerError"
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, *, kind: str, param: str | None = None):
         super().__init__(message)
@@ -63,6 +73,22 @@ class ApiError(Exception):
                 }
             }
         )
+
+
+def _generation_error() -> ApiError:
+    """vLLM's answer to a request finished with ``error`` (GenerationError, 500)."""
+    return ApiError(500, GENERATION_ERROR_MESSAGE, kind=GENERATION_ERROR_TYPE)
+
+
+def _stream_error_event() -> bytes:
+    """vLLM's SSE event for a GenerationError in a stream (json.dumps' default separators)."""
+    error = {
+        "message": GENERATION_ERROR_MESSAGE,
+        "type": GENERATION_ERROR_TYPE,
+        "param": None,
+        "code": 500,
+    }
+    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
 
 
 def _bad(message: str, *, param: str | None = None, value: Any = None) -> ApiError:
@@ -172,10 +198,12 @@ class _ChatStream:
         self._split = split_reasoning
         # vLLM 0.32: the role chunk carries the (null) prompt fields, the others a null
         # `token_ids`; the finish chunk gets `system_fingerprint` unless a usage chunk follows.
-        self._first_tail = (
+        first_tail = (
             b',"logprobs":null,"finish_reason":null}],"prompt_token_ids":null,'
             b'"prompt_text":null}\n\n'
         )
+        self.role_chunk = head + b'{"role":"assistant","content":""}' + first_tail
+        """The first event: vLLM sends it with the first output, even an ``error`` one."""
         self._tail = b',"logprobs":null,"finish_reason":null,"token_ids":null}]}\n\n'
         self._last_tail = (
             b',"logprobs":null,"finish_reason":"%b","stop_reason":null,"token_ids":null}]%b}\n\n'
@@ -186,7 +214,7 @@ class _ChatStream:
         token = next(self._tokens, Token(Kind.CONTENT, ""))
         out = b""
         if index == 0:
-            out = self._head + b'{"role":"assistant","content":""}' + self._first_tail
+            out = self.role_chunk
         if self._split and token.kind is Kind.TAG:
             delta = b"{}" if last else b""
         elif self._split and token.kind is Kind.REASONING:
@@ -455,12 +483,20 @@ class OpenAIApp:
         model: str,
         include_usage: bool,
         object_kind: str,
+        opening: bytes = b"",
     ) -> None:
-        """Run a streamed request to its end: chunks through `sink`, then usage and [DONE]."""
+        """Run a streamed request to its end: chunks through `sink`, then usage and [DONE].
+
+        A request the engine fails (it emitted no token) ends with ``opening`` (the role
+        chunk of a chat stream), vLLM's error event and [DONE]: no finish or usage chunk."""
         seq = self._sequence(plan, request_id=request_id, sink=sink)
         resp.start_stream(200, content_type=SSE)
-        if await self._run(seq, resp) == "abort":
+        reason = await self._run(seq, resp)
+        if reason == "abort":
             resp.abort()
+            return
+        if reason == "error":
+            resp.end((opening if seq.generated == 0 else b"") + _stream_error_event() + DONE)
             return
         tail = b""
         if include_usage:
@@ -513,6 +549,7 @@ class OpenAIApp:
                 model=model,
                 include_usage=include_usage,
                 object_kind="chat.completion.chunk",
+                opening=stream.role_chunk,
             )
             return
         collect = _Collect(plan.tokens, special_tags=split, split=split)
@@ -521,6 +558,8 @@ class OpenAIApp:
         if reason == "abort":
             resp.abort()
             return
+        if reason == "error":
+            raise _generation_error()
         message: dict[str, Any] = {
             "role": "assistant",
             "content": "".join(collect.content),
@@ -609,6 +648,8 @@ class OpenAIApp:
         if reason == "abort":
             resp.abort()
             return
+        if reason == "error":
+            raise _generation_error()
         out = {
             "id": request_id,
             "object": "text_completion",

@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from fractions import Fraction
 
 DEFAULT_MODEL = "mistralai/Magistral-Small-2506"
 API_KEY_ENV = "VLLM_API_KEY"
@@ -153,6 +154,11 @@ class SimConfig:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     kv_cache_dtype: str = "auto"
+    error_rate: float = 0.0
+    """Share of requests (0..1) that fail inside the engine (``finished_reason="error"``,
+    HTTP 500 or an SSE error event, as vLLM answers a ``GenerationError``). Deterministic:
+    the n-th request the engine takes fails when ``floor(n x error_rate)`` grows, so exactly
+    ``floor(N x error_rate)`` of the first N fail (:func:`fails_at`)."""
 
     @property
     def served_model_name(self) -> str:
@@ -186,7 +192,31 @@ class SimConfig:
             out.append("max_num_seqs must be at least 1")
         if not 1 <= self.output_tokens_min <= self.output_tokens_max:
             out.append("need 1 <= output-tokens-min <= output-tokens-max")
+        if not 0.0 <= self.error_rate <= 1.0:
+            out.append(f"error-rate must be in [0, 1], got {self.error_rate:g}")
         return out
+
+
+def fails_at(n: int, error_rate: float) -> bool:
+    """Whether the n-th request (from 1) fails at ``error_rate``: when ``floor(n x rate)``
+    grows. Exact over any prefix (``floor(N x rate)`` failures in the first N), the first
+    request fails only at rate 1, and no seed or clock is involved. The rate is read as a
+    fraction with a denominator up to 10**6, so 0.1 x 10 is exactly 1."""
+    if error_rate <= 0 or n < 1:
+        return False
+    rate = Fraction(min(1.0, error_rate)).limit_denominator(1_000_000)
+    return math.floor(n * rate) > math.floor((n - 1) * rate)
+
+
+def parse_fraction(text: str) -> float:
+    """A finite number in [0, 1] (ValueError otherwise): ``--error-rate``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{text!r} is not a number in [0, 1]")
+    return value
 
 
 # ---------------------------------------------------------------- `vllm serve` command lines
@@ -251,6 +281,13 @@ def simulator_args_from_vllm(argv: Sequence[str]) -> list[str]:
 # ---------------------------------------------------------------------------- command line
 
 
+def _fraction_arg(text: str) -> float:
+    try:
+        return parse_fraction(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m e2e.engine.simulator",
@@ -276,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--prefill-ms-per-token", type=float, default=None, help="derived if unset")
     add("--itl-ms", type=float, default=None, help="ITL at batch 1 (derived if unset)")
     add("--itl-batch-factor", type=float, default=0.01)
+    add(
+        "--error-rate",
+        type=_fraction_arg,
+        default=0.0,
+        help="share of requests (0..1) that fail in the engine: HTTP 500, or an SSE error "
+        "event then [DONE]; counted as finished_reason=error (every k-th, deterministic)",
+    )
     add("--output-tokens-min", type=int, default=64)
     add("--output-tokens-max", type=int, default=1024)
     add("--reasoning-fraction", type=float, default=0.7)
@@ -346,6 +390,7 @@ def config_from_args(
         tensor_parallel_size=ns.tensor_parallel_size,
         gpu_memory_utilization=ns.gpu_memory_utilization,
         kv_cache_dtype=ns.kv_cache_dtype,
+        error_rate=ns.error_rate,
     )
 
 

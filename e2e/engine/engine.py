@@ -10,6 +10,11 @@ and then emits one token per step. A step lasts ``itl_ms x (1 + itl_batch_factor
 sequence needs a block and none is free, the most recently admitted sequence is preempted
 (its blocks freed, back to the head of the queue, recomputed later), as vLLM does.
 
+With ``error_rate`` a share of the requests fails inside the engine (``config.fails_at``
+picks them, in the order they are submitted): such a request queues and prefills like any
+other, and at the step that would give its first token it finishes with ``error`` instead
+(vLLM's ``FinishReason.ERROR``). No token is emitted, so it adds no TTFT or ITL observation.
+
 Tokens are pushed to each request's sink synchronously from the step, so a busy replica costs
 one timer per step, not one per stream.
 """
@@ -26,7 +31,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
-from e2e.engine.config import SimConfig, blocks_for
+from e2e.engine.config import SimConfig, blocks_for, fails_at
 from e2e.engine.metrics import EngineMetrics
 
 log = logging.getLogger("e2e.engine")
@@ -57,8 +62,11 @@ class Sequence:
     finish_reason: str
     sink: Sink
     done: asyncio.Future[str]
-    """Resolves to the finish reason: ``stop``, ``length`` or ``abort``."""
+    """Resolves to the finish reason: ``stop``, ``length``, ``abort`` or ``error``."""
     max_tokens_param: int | None = None
+    fails: bool = False
+    """Finishes with ``error`` at the step of its first token (set by ``Engine.submit`` from
+    ``error_rate``)."""
     phase: Phase = Phase.ARRIVING
     generated: int = 0
     arrival: float = 0.0
@@ -93,6 +101,7 @@ class Engine:
         self._task: asyncio.Task[None] | None = None
         self._last_step = 0.0
         self._accepting = True
+        self._submitted = 0
         self.metrics = EngineMetrics(
             model_name=config.served_model_name,
             max_model_len=config.max_model_len,
@@ -153,6 +162,9 @@ class Engine:
         if not self._accepting:
             raise EngineClosedError("the engine is shutting down")
         loop = asyncio.get_running_loop()
+        self._submitted += 1
+        if fails_at(self._submitted, self.config.error_rate):
+            seq.fails = True
         seq.arrival = loop.time()
         seq.phase = Phase.ARRIVING
         self._arriving.add(seq)
@@ -277,6 +289,9 @@ class Engine:
             self.metrics.iteration_tokens.observe(tokens)
 
     def _emit(self, seq: Sequence, now: float) -> None:
+        if seq.fails:  # an engine-side failure, where its first token would have been
+            self._finish(seq, reason="error", now=now)
+            return
         index = seq.generated
         seq.generated += 1
         m = self.metrics

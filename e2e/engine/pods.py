@@ -10,6 +10,11 @@ turns the pod Ready, and
 ``magistral.dev/sim-unready=true`` makes ``/health`` answer 503 (the failing readiness probe),
 except on pods whose readiness the supervisor plays (``E2E_SIM_READINESS=supervisor``, the real
 engine's pod, and every router pod): there the labels are the supervisor's verdict, not an input.
+Container env knobs make the engine slow or failing (a revision that is up but misbehaves):
+``E2E_SIM_TTFT_MS``, ``E2E_SIM_ITL_MS`` and ``E2E_SIM_ERROR_RATE`` become ``--ttft-ms``,
+``--itl-ms`` and ``--error-rate`` after the ``vllm serve`` flags; a value that is not valid is
+ignored and named in ``PodSim.warnings`` (the supervisor logs it), as an unparsable
+``sim-startup`` is ignored.
 The files the container mounts from ConfigMaps are recorded too (``ConfigMapMount``), so the
 supervisor can find the runtime config and the custom system prompt an operator pod reads.
 """
@@ -17,9 +22,10 @@ supervisor can find the runtime config and the custom system prompt an operator 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,12 +33,15 @@ from typing import Any
 from e2e.cluster.stages import (
     COMPONENT_LABEL,
     ROUTER_COMPONENT,
+    SIM_ERROR_RATE_ENV,
+    SIM_ITL_MS_ENV,
     SIM_READINESS_ENV,
     SIM_READINESS_SUPERVISOR,
     SIM_STARTUP_ANNOTATION,
+    SIM_TTFT_MS_ENV,
     SIM_UNREADY_LABEL,
 )
-from e2e.engine.config import API_KEY_ENV, simulator_args_from_vllm
+from e2e.engine.config import API_KEY_ENV, parse_fraction, simulator_args_from_vllm
 
 JSON = dict[str, Any]
 
@@ -56,6 +65,47 @@ LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
 _GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _milliseconds(*, positive: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise ValueError(
+                f"{text!r} is not a number of milliseconds {'> 0' if positive else '>= 0'}"
+            )
+        return value
+
+    return parse
+
+
+SIM_ENV_FLAGS: dict[str, tuple[str, Callable[[str], float]]] = {
+    SIM_TTFT_MS_ENV: ("--ttft-ms", _milliseconds(positive=False)),
+    SIM_ITL_MS_ENV: ("--itl-ms", _milliseconds(positive=True)),
+    SIM_ERROR_RATE_ENV: ("--error-rate", parse_fraction),
+}
+"""Container env knob -> the simulator flag it sets, and the parser that checks its value."""
+
+
+def sim_env_args(container: JSON) -> tuple[list[str], list[str]]:
+    """The simulator flags of the container's literal env knobs (``SIM_ENV_FLAGS``), and a
+    warning for each knob whose value is not valid (that one is ignored)."""
+    args: list[str] = []
+    warnings: list[str] = []
+    for name, (flag, parse) in SIM_ENV_FLAGS.items():
+        text = _literal_env(container, name)
+        if text is None:
+            continue
+        try:
+            value = parse(text.strip())
+        except ValueError as err:
+            warnings.append(f"{name} ignored: {err}")
+            continue
+        args += [flag, repr(value)]
+    return args, warnings
 
 
 def parse_go_duration(text: str) -> float:
@@ -178,7 +228,8 @@ class PodSim:
     ip: str
     port: int
     sim_args: tuple[str, ...]
-    """Simulator flags translated from the pod's ``vllm serve`` line."""
+    """Simulator flags translated from the pod's ``vllm serve`` line, then those of its env
+    knobs (``SIM_ENV_FLAGS``)."""
     api_key: str | None
     api_key_secret: SecretKey | None
     node_name: str | None
@@ -193,6 +244,8 @@ class PodSim:
     readiness_gated: bool = False
     """``E2E_SIM_READINESS=supervisor``: kwok shows the pod Ready only when the supervisor's
     readiness probe passes (then its sim-ready/sim-unready labels are the supervisor's)."""
+    warnings: tuple[str, ...] = ()
+    """Env knobs ignored because their values are not valid (the supervisor logs them)."""
 
     @property
     def runtime_config_source(self) -> ConfigMapKey | None:
@@ -374,6 +427,7 @@ def decide(pod: JSON, *, now: datetime | None = None) -> Decision:
             elapsed = ((now or datetime.now(UTC)) - started).total_seconds()
             delay = max(0.0, delay - elapsed)
     key, secret = _api_key(container)
+    knob_args, warnings = sim_env_args(container)
     return Decision(
         PodSim(
             uid=str(meta.get("uid", "")),
@@ -381,7 +435,7 @@ def decide(pod: JSON, *, now: datetime | None = None) -> Decision:
             name=str(meta.get("name", "")),
             ip=ip,
             port=port,
-            sim_args=tuple(simulator_args_from_vllm(vllm_argv(pod))),
+            sim_args=(*simulator_args_from_vllm(vllm_argv(pod)), *knob_args),
             api_key=key,
             api_key_secret=secret,
             node_name=(pod.get("spec") or {}).get("nodeName"),
@@ -391,6 +445,7 @@ def decide(pod: JSON, *, now: datetime | None = None) -> Decision:
             runtime_config_path=_literal_env(container, RUNTIME_CONFIG_ENV) or RUNTIME_CONFIG_PATH,
             readiness=readiness_probe(container),
             readiness_gated=_literal_env(container, SIM_READINESS_ENV) == SIM_READINESS_SUPERVISOR,
+            warnings=tuple(warnings),
         )
     )
 

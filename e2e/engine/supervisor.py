@@ -3,13 +3,14 @@
 It watches the pods matching a label selector (default: the operator's
 ``app.kubernetes.io/managed-by=magistral-operator``) and, for each pod kwok runs with a loopback
 IP, starts ``python -m e2e.engine.simulator`` on ``podIP:<container port "http">`` with the
-flags of the pod's ``vllm serve`` line (annotation ``magistral.dev/vllm-args``), the GPU of its
-node and its API key (a literal ``VLLM_API_KEY`` or, read through the API, the Secret it refers
-to). It plays the kubelet's part in the pod's lifecycle: a deleted pod's simulator gets the
-preStop sleep, then SIGTERM (and drains for the ``--shutdown-timeout`` of its vLLM line), then
-SIGKILL when the grace period ends; a pod that loses its IP or whose container stops running
-loses its simulator at once; a simulator that dies while its pod runs is restarted with
-back-off. Pod IPs outside 127.0.0.0/8 are refused.
+flags of the pod's ``vllm serve`` line (annotation ``magistral.dev/vllm-args``) and of its env
+knobs (``E2E_SIM_TTFT_MS``, ``E2E_SIM_ITL_MS``, ``E2E_SIM_ERROR_RATE``: ``pods.SIM_ENV_FLAGS``),
+the GPU of its node and its API key (a literal ``VLLM_API_KEY`` or, read through the API, the
+Secret it refers to). It plays the kubelet's part in the pod's lifecycle: a deleted pod's
+simulator gets the preStop sleep, then SIGTERM (and drains for the ``--shutdown-timeout`` of its
+vLLM line), then SIGKILL when the grace period ends; a pod that loses its IP or whose container
+stops running loses its simulator at once; a simulator that dies while its pod runs is restarted
+with back-off. Pod IPs outside 127.0.0.0/8 are refused.
 
 A pod that mounts a runtime config from a ConfigMap (as the operator's pods do) gets the
 project's runtime middleware, as ``magistral-runtime serve`` starts vLLM: the supervisor reads
@@ -842,6 +843,8 @@ class Supervisor:
             self._procs[uid] = proc
             what = "real engine" if real else "simulator"
             self._report(live, f"{what} wanted on {spec.ip}:{spec.port}")
+            for warning in spec.warnings:
+                log.warning("%s: %s", pod_key(live), warning)
             return
         current.spec = spec
         if current.real or spec.readiness_gated:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from e2e.cluster.stages import SIM_ERROR_RATE_ENV, SIM_ITL_MS_ENV, SIM_TTFT_MS_ENV
 from e2e.engine import pods
 from e2e.engine.config import (
     API_KEY_ENV,
@@ -207,3 +208,80 @@ def test_termination_plan() -> None:
     assert termination(pod()) == pods.Termination(prestop_s=10, grace_s=50)
     deleted = pod(metadata__deletionGracePeriodSeconds=0)
     assert termination(deleted).grace_s == 0
+
+
+# ------------------------------------------------------------- slow or failing revisions
+
+
+def with_env(*entries: dict[str, Any]) -> dict[str, Any]:
+    p = pod()
+    p["spec"]["containers"][0]["env"] += list(entries)
+    return p
+
+
+def test_env_knobs_become_simulator_flags() -> None:
+    """E2E_SIM_TTFT_MS, E2E_SIM_ITL_MS and E2E_SIM_ERROR_RATE (literal container env, what
+    spec.runtime.env renders) follow the vllm serve flags, and the simulator reads them."""
+    plain = decide(pod(), now=NOW).sim
+    sim = decide(
+        with_env(
+            {"name": SIM_TTFT_MS_ENV, "value": "400"},
+            {"name": SIM_ITL_MS_ENV, "value": " 45.5 "},
+            {"name": SIM_ERROR_RATE_ENV, "value": "0.2"},
+        ),
+        now=NOW,
+    ).sim
+    assert plain is not None
+    assert sim is not None
+    assert sim.sim_args == (
+        *plain.sim_args,
+        *("--ttft-ms", "400.0", "--itl-ms", "45.5", "--error-rate", "0.2"),
+    )
+    assert sim.warnings == ()
+    assert sim.fingerprint() != plain.fingerprint()  # a different simulator process
+    config = config_from_args(list(sim.sim_args), environ={})
+    assert (config.ttft_ms, config.itl_ms, config.error_rate) == (400.0, 45.5, 0.2)
+    assert config.max_num_seqs == 48  # the vllm serve flags still apply
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        (SIM_TTFT_MS_ENV, "-1"),
+        (SIM_TTFT_MS_ENV, "slow"),
+        (SIM_ITL_MS_ENV, "0"),
+        (SIM_ITL_MS_ENV, "inf"),
+        (SIM_ERROR_RATE_ENV, "1.5"),
+        (SIM_ERROR_RATE_ENV, "10%"),
+        (SIM_ERROR_RATE_ENV, "nan"),
+    ],
+)
+def test_invalid_env_knob_is_ignored_with_a_warning(name: str, text: str) -> None:
+    """Ignored, as an unparsable sim-startup is, and named for the supervisor's log; the
+    other knobs still apply and the pod still gets its simulator."""
+    other = SIM_ITL_MS_ENV if name != SIM_ITL_MS_ENV else SIM_TTFT_MS_ENV
+    decision = decide(
+        with_env({"name": name, "value": text}, {"name": other, "value": "20"}), now=NOW
+    )
+    assert decision.sim is not None
+    flag = pods.SIM_ENV_FLAGS[name][0]
+    assert flag not in decision.sim.sim_args
+    assert pods.SIM_ENV_FLAGS[other][0] in decision.sim.sim_args
+    (warning,) = decision.sim.warnings
+    assert name in warning
+    assert repr(text) in warning
+
+
+def test_env_knobs_need_a_literal_value() -> None:
+    ref = {"configMapKeyRef": {"name": "knobs", "key": "rate"}}
+    sim = decide(with_env({"name": SIM_ERROR_RATE_ENV, "valueFrom": ref}), now=NOW).sim
+    assert sim is not None
+    assert "--error-rate" not in sim.sim_args
+
+
+def test_env_knob_names_pass_the_operator_env_policy() -> None:
+    """Endpoints set them through spec.runtime.env, which refuses MAGISTRAL_* and others."""
+    env_policy = pytest.importorskip("magistral_operator.api.env_policy")
+    for name in pods.SIM_ENV_FLAGS:
+        assert not name.startswith("MAGISTRAL_")
+        assert env_policy.env_refusal(name) is None, name
