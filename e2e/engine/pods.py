@@ -228,8 +228,7 @@ class PodSim:
     ip: str
     port: int
     sim_args: tuple[str, ...]
-    """Simulator flags translated from the pod's ``vllm serve`` line, then those of its env
-    knobs (``SIM_ENV_FLAGS``)."""
+    """Simulator flags translated from the pod's ``vllm serve`` line."""
     api_key: str | None
     api_key_secret: SecretKey | None
     node_name: str | None
@@ -244,6 +243,9 @@ class PodSim:
     readiness_gated: bool = False
     """``E2E_SIM_READINESS=supervisor``: kwok shows the pod Ready only when the supervisor's
     readiness probe passes (then its sim-ready/sim-unready labels are the supervisor's)."""
+    knob_args: tuple[str, ...] = ()
+    """Simulator flags of the pod's env knobs (``SIM_ENV_FLAGS``): the supervisor puts them
+    last, after its own flags, so that a knob on one revision wins over a test's defaults."""
     warnings: tuple[str, ...] = ()
     """Env knobs ignored because their values are not valid (the supervisor logs them)."""
 
@@ -267,6 +269,7 @@ class PodSim:
             self.ip,
             self.port,
             self.sim_args,
+            self.knob_args,
             self.api_key,
             self.api_key_secret,
             self.node_name,
@@ -435,7 +438,8 @@ def decide(pod: JSON, *, now: datetime | None = None) -> Decision:
             name=str(meta.get("name", "")),
             ip=ip,
             port=port,
-            sim_args=(*simulator_args_from_vllm(vllm_argv(pod)), *knob_args),
+            sim_args=tuple(simulator_args_from_vllm(vllm_argv(pod))),
+            knob_args=tuple(knob_args),
             api_key=key,
             api_key_secret=secret,
             node_name=(pod.get("spec") or {}).get("nodeName"),

@@ -1439,6 +1439,7 @@ class Supervisor:
             argv += ["--start-unhealthy"]
         proc.applied_healthy = proc.healthy
         argv += self.sim_args
+        argv += spec.knob_args  # a revision's own knobs win over the supervisor's defaults
         env = {k: v for k, v in os.environ.items() if k not in (API_KEY_ENV, "KUBECONFIG")}
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p

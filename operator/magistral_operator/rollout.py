@@ -327,7 +327,11 @@ def _canary_pass(
     analysis = AnalysisStatus(
         phase=verdict.phase,
         canary_pod=verdict.pod or previous.canary_pod,
-        started_at=stamp if starts or verdict.pod != previous.canary_pod else previous.started_at,
+        started_at=None
+        if verdict.phase == "Pending"
+        else stamp
+        if starts or (verdict.pod is not None and verdict.pod != previous.canary_pod)
+        else previous.started_at,
         canary_requests=verdict.canary_requests,
         baseline_requests=verdict.baseline_requests,
         message=verdict.message,

@@ -233,13 +233,12 @@ def test_env_knobs_become_simulator_flags() -> None:
     ).sim
     assert plain is not None
     assert sim is not None
-    assert sim.sim_args == (
-        *plain.sim_args,
-        *("--ttft-ms", "400.0", "--itl-ms", "45.5", "--error-rate", "0.2"),
-    )
+    assert sim.sim_args == plain.sim_args
+    assert sim.knob_args == ("--ttft-ms", "400.0", "--itl-ms", "45.5", "--error-rate", "0.2")
     assert sim.warnings == ()
     assert sim.fingerprint() != plain.fingerprint()  # a different simulator process
-    config = config_from_args(list(sim.sim_args), environ={})
+    # The supervisor puts the knobs last: they win over its own defaults (e.g. a fast ITL).
+    config = config_from_args([*sim.sim_args, "--itl-ms", "5", *sim.knob_args], environ={})
     assert (config.ttft_ms, config.itl_ms, config.error_rate) == (400.0, 45.5, 0.2)
     assert config.max_num_seqs == 48  # the vllm serve flags still apply
 
@@ -265,8 +264,8 @@ def test_invalid_env_knob_is_ignored_with_a_warning(name: str, text: str) -> Non
     )
     assert decision.sim is not None
     flag = pods.SIM_ENV_FLAGS[name][0]
-    assert flag not in decision.sim.sim_args
-    assert pods.SIM_ENV_FLAGS[other][0] in decision.sim.sim_args
+    assert flag not in decision.sim.knob_args
+    assert pods.SIM_ENV_FLAGS[other][0] in decision.sim.knob_args
     (warning,) = decision.sim.warnings
     assert name in warning
     assert repr(text) in warning
@@ -276,12 +275,12 @@ def test_env_knobs_need_a_literal_value() -> None:
     ref = {"configMapKeyRef": {"name": "knobs", "key": "rate"}}
     sim = decide(with_env({"name": SIM_ERROR_RATE_ENV, "valueFrom": ref}), now=NOW).sim
     assert sim is not None
-    assert "--error-rate" not in sim.sim_args
+    assert "--error-rate" not in sim.knob_args
 
 
 def test_env_knob_names_pass_the_operator_env_policy() -> None:
     """Endpoints set them through spec.runtime.env, which refuses MAGISTRAL_* and others."""
-    env_policy = pytest.importorskip("magistral_operator.api.env_policy")
+    from magistral_operator.api import env_policy
     for name in pods.SIM_ENV_FLAGS:
         assert not name.startswith("MAGISTRAL_")
         assert env_policy.env_refusal(name) is None, name

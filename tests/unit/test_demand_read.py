@@ -11,7 +11,7 @@ import json
 import pytest
 
 from magistral_operator.autoscale.arrivals import ArrivalRecord, CounterReading
-from magistral_operator.kube.demand import FrontReading, parse_front, sample_from
+from magistral_operator.kube.demand import FrontReading, canary_not_routed, parse_front, sample_from
 from magistral_operator.kube.metrics import EngineReading, parse_sample
 
 REPORT = {
@@ -148,3 +148,25 @@ def test_engine_metrics_are_summed_over_engines() -> None:
         parse_sample("# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 1\n")
         is None
     )
+
+
+def test_a_canary_window_waits_until_every_router_routes_to_it() -> None:
+    pod = {
+        "metadata": {"name": "ep-canary-x"},
+        "spec": {"containers": [{"ports": [{"name": "http", "containerPort": 8000}]}]},
+        "status": {
+            "phase": "Running",
+            "podIP": "127.64.0.9",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+    url = "http://127.64.0.9:8000"
+    knows = front(workerUrls=[url, "http://127.64.0.2:8000"])
+    blind = front(workerUrls=["http://127.64.0.2:8000"])
+    assert canary_not_routed([pod], [knows, knows]) is None
+    assert canary_not_routed([pod], [knows, blind]) == (
+        "the routers have not added the canary replica yet (1/2 route to it)"
+    )
+    assert canary_not_routed([pod], [front()]) is None  # a front that does not say
+    with pytest.raises(ValueError, match="workerUrls"):
+        front(workerUrls="all")

@@ -196,6 +196,14 @@ def test_too_little_traffic_waits(operator_config: OperatorConfig) -> None:
 def test_an_unreadable_window_is_not_a_verdict(operator_config: OperatorConfig) -> None:
     kube = FakeKube()
     _start_canary(kube, operator_config)
+    not_yet = "the routers have not added the canary replica yet (1/2 route to it)"
+    _pass(kube, operator_config, not_yet)
+    state = _rollout(kube)
+    assert state["analysis"]["phase"] == "Pending"  # the window has not started
+    assert state["analysis"]["message"] == not_yet
+    assert "startedAt" not in state["analysis"]
+    _pass(kube, operator_config, reading(10, counters(3), counters(9)))
+    assert _rollout(kube)["analysis"]["phase"] == "Running"
     _pass(kube, operator_config, "the canary replica's /metrics did not answer")
     state = _rollout(kube)
     assert state["phase"] == "Canary"

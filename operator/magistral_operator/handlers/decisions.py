@@ -139,8 +139,10 @@ def canary_verdict(
     )
     previous = state.analysis
     if isinstance(reading, str):
+        if previous is None or previous.phase == "Pending":  # the window has not started
+            return Verdict("Pending", reading, pod=pod)
         return Verdict(
-            previous.phase if previous and previous.phase != "Pending" else "Running",
+            previous.phase,
             f"the window could not be read this pass: {reading}",
             canary_requests=previous.canary_requests if previous else 0,
             baseline_requests=previous.baseline_requests if previous else 0,

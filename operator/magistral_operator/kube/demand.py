@@ -18,7 +18,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -54,6 +54,8 @@ class FrontReading:
     router_up: bool
     responses_total: int = 0
     responses_5xx_total: int = 0
+    worker_urls: tuple[str, ...] | None = None
+    """The router's healthy workers (None from a front that does not report them)."""
 
 
 def parse_front(text: str) -> FrontReading:
@@ -85,7 +87,16 @@ def parse_front(text: str) -> FrontReading:
         router_up=bool(isinstance(router, dict) and router.get("up")),
         responses_total=optional_count("responsesTotal"),
         responses_5xx_total=optional_count("responses5xxTotal"),
+        worker_urls=_urls(data.get("workerUrls")),
     )
+
+
+def _urls(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(u, str) for u in value):
+        raise ValueError(f"workerUrls: expected a list of strings, got {value!r}")
+    return tuple(value)
 
 
 def read_front(ip: str, port: int, *, timeout: float = TIMEOUT_SECONDS) -> FrontReading | str:
@@ -191,6 +202,24 @@ def sample_from(
     )
 
 
+def canary_not_routed(
+    canary: Sequence[dict[str, Any]], fronts: Iterable[FrontReading]
+) -> str | None:
+    """Why the canary's window cannot start yet: a router that answered does not list the
+    canary replica among its healthy workers (vllm-router adds a new pod after its own health
+    poll, up to 30 s after the pod is Ready). None when every answering front lists it, or
+    does not report its workers."""
+    urls = {f"http://{t[0]}:{t[1]}" for t in map(metrics_target, canary) if t is not None}
+    answered = [f for f in fronts if f.worker_urls is not None]
+    routed = sum(1 for f in answered if urls & set(f.worker_urls or ()))
+    if routed < len(answered):
+        return (
+            f"the routers have not added the canary replica yet ({routed}/{len(answered)} "
+            "route to it)"
+        )
+    return None
+
+
 class HttpDemandReader:
     """Reads the fronts' /demand and the engines' /metrics over HTTP; one record per endpoint."""
 
@@ -226,10 +255,17 @@ class HttpDemandReader:
         if not canary_now:
             return "the canary replica's /metrics did not answer"
         baseline_now = self._counters(baseline)
-        fronts = self._fronts(routers)
+        readings = self._front_readings(routers)
+        fronts = {
+            k: RouterCounts(float(f.responses_total), float(f.responses_5xx_total))
+            for k, f in readings.items()
+        }
         with self._guard:
             held = self._windows.get(key)
             if held is None or held[0] != window:
+                waiting = canary_not_routed(canary, readings.values())
+                if waiting:
+                    return waiting
                 tracker = WindowTracker(
                     now=now, canary=canary_now, baseline=baseline_now, routers=fronts
                 )
@@ -246,7 +282,7 @@ class HttpDemandReader:
         )
         return {n: c for (n, _), c in zip(targets, found, strict=True) if c is not None}
 
-    def _fronts(self, routers: Sequence[dict[str, Any]]) -> dict[str, RouterCounts]:
+    def _front_readings(self, routers: Sequence[dict[str, Any]]) -> dict[str, FrontReading]:
         named = [
             (str(r["metadata"].get("uid") or r["metadata"]["name"]), t)
             for r in routers
@@ -256,9 +292,7 @@ class HttpDemandReader:
             lambda t: read_front(t[0], t[1], timeout=self.timeout), [t for _, t in named]
         )
         return {
-            key: RouterCounts(float(f.responses_total), float(f.responses_5xx_total))
-            for (key, _), f in zip(named, found, strict=True)
-            if isinstance(f, FrontReading)
+            key: f for (key, _), f in zip(named, found, strict=True) if isinstance(f, FrontReading)
         }
 
     def read(

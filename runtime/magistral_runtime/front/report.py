@@ -50,6 +50,7 @@ def demand_document(*, gate: Gate, poller: WorkerPoller, start_time: float) -> d
         "capacity": counts.capacity,
         "router": {"up": view.up, "error": view.error},
         "workerLoads": dict(view.loads),
+        "workerUrls": list(view.urls),
         "startTime": start_time,
     }
 

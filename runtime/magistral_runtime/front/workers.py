@@ -42,6 +42,9 @@ class RouterView:
     """Healthy workers (0 when the router is down)."""
     loads: Mapping[str, int] = field(default_factory=dict)
     """Requests the router has in flight, per worker URL."""
+    urls: tuple[str, ...] = ()
+    """The healthy workers' URLs (the operator starts a canary's window once every router
+    routes to it)."""
 
 
 NOT_POLLED = RouterView(up=False, error="not polled yet", workers=0)
@@ -62,6 +65,13 @@ def parse_workers(payload: object) -> tuple[int, dict[str, int]]:
         if isinstance(load, int) and not isinstance(load, bool):
             loads[worker["url"]] = load
     return healthy, loads
+
+
+def healthy_urls(payload: object) -> tuple[str, ...]:
+    """The URLs of the healthy workers in a ``GET /workers`` answer (checked by
+    :func:`parse_workers` first), sorted."""
+    assert isinstance(payload, dict)
+    return tuple(sorted(w["url"] for w in payload["workers"] if w.get("is_healthy") is True))
 
 
 class WorkerPoller:
@@ -90,8 +100,11 @@ class WorkerPoller:
             async with self._session.get(self._url, timeout=timeout) as resp:
                 if resp.status != 200:
                     raise ValueError(f"GET {WORKERS_PATH} answered {resp.status}")
-                workers, loads = parse_workers(await resp.json(content_type=None))
-            view = RouterView(up=True, error=None, workers=workers, loads=loads)
+                payload = await resp.json(content_type=None)
+                workers, loads = parse_workers(payload)
+            view = RouterView(
+                up=True, error=None, workers=workers, loads=loads, urls=healthy_urls(payload)
+            )
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             view = RouterView(up=False, error=f"{type(exc).__name__}: {exc}".strip(), workers=0)
         if view.up != self.view.up or view.workers != self.view.workers:
