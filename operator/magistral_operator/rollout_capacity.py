@@ -61,7 +61,7 @@ IN_PLACE = (0, 1)
 @dataclass(frozen=True)
 class CapacityPool:
     """One usable pool, in the endpoint's order: its planned replicas, its overflow delay, its
-    Deployment as the cluster shows it and its pods (not being deleted)."""
+    Deployment as the cluster shows it and its pods (terminating ones included)."""
 
     name: str
     replicas: int
@@ -102,7 +102,13 @@ def _unschedulable(pod: Mapping[str, Any]) -> tuple[datetime | None, str] | None
     return None
 
 
+def _terminating(pod: Mapping[str, Any]) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
 def _ready(pod: Mapping[str, Any]) -> bool:
+    if _terminating(pod):
+        return False
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
@@ -113,16 +119,22 @@ def _template_revision(pool: CapacityPool) -> str | None:
 
 
 def replacing(pool: CapacityPool, revision: str) -> bool:
-    """The pool rolls to `revision`: its Deployment carries it and older pods remain."""
-    return _template_revision(pool) == revision and any(
-        _labels(p).get(REVISION_LABEL) != revision for p in pool.pods
-    )
+    """The pool rolls to `revision` (the rollout is Progressing): older pods remain (its
+    Deployment may not carry the revision yet: this pass applies it)."""
+    return any(_labels(p).get(REVISION_LABEL) != revision for p in pool.pods)
+
+
+def _stepping(pool: CapacityPool) -> bool:
+    """A replica of the pool is down: a step of a replacement in progress."""
+    return sum(1 for p in pool.pods if _ready(p)) < pool.replicas
 
 
 def pending(pool: CapacityPool, revision: str | None, *, now: datetime) -> str | None:
     """The scheduler's message on a pod (of `revision`, if given) Unschedulable for longer
     than the pool's delay: the pool is full. A pod without a readable time counts as old."""
     for pod in pool.pods:
+        if _terminating(pod):
+            continue
         if revision is not None and _labels(pod).get(REVISION_LABEL) != revision:
             continue
         found = _unschedulable(pod)
@@ -136,7 +148,8 @@ def pending(pool: CapacityPool, revision: str | None, *, now: datetime) -> str |
 
 def _any_unschedulable(pool: CapacityPool, revision: str | None = None) -> bool:
     return any(
-        _unschedulable(p) is not None
+        not _terminating(p)
+        and _unschedulable(p) is not None
         and (revision is None or _labels(p).get(REVISION_LABEL) == revision)
         for p in pool.pods
     )
@@ -207,17 +220,18 @@ def _in_place_or_wait(
     )
 
 
-def _excused(pools: Sequence[CapacityPool], revision: str, borrow: str | None) -> bool:
+def _excused(pools: Sequence[CapacityPool], revision: str, handled: set[str | None]) -> bool:
     """Every Unschedulable pod is a pod of the rolling-out revision on a pool being replaced
-    (a surge pod) or on the pool lending the extra replica."""
+    (a surge pod, or a replacement waiting for an old pod's GPUs) or on a pool the capacity
+    rules handle (the full pool, the one lending the extra replica)."""
     found = False
     for pool in pools:
         for pod in pool.pods:
-            if _unschedulable(pod) is None:
+            if _terminating(pod) or _unschedulable(pod) is None:
                 continue
             found = True
             mine = _labels(pod).get(REVISION_LABEL) == revision
-            if not mine or not (pool.name == borrow or replacing(pool, revision)):
+            if not mine or not (pool.name in handled or replacing(pool, revision)):
                 return False
     return found
 
@@ -237,6 +251,21 @@ def decide(
     """One pass of the capacity rules (module docstring). `ready`: the endpoint's Ready engine
     pods; `needed`: the replicas the current demand recommends (None: unknown)."""
     if phase != "Progressing" or not pools:
+        released = (
+            state is not None
+            and state.revision == revision
+            and phase == "Healthy"
+            and state.pool is not None
+            and state.borrow_pool is not None
+        )
+        if released and state is not None:
+            note = EventNote(
+                "Normal",
+                "CapacityReleased",
+                f"pool {state.pool} runs revision {revision}: the extra replica on "
+                f"{state.borrow_pool} is removed",
+            )
+            return CapacityDecision(events=(note,))
         return CapacityDecision()
     prev = state if state is not None and state.revision == revision else None
     by_name = {p.name: p for p in pools}
@@ -309,7 +338,7 @@ def decide(
                 mark_full(borrow)
                 borrow = candidate(active)
                 if borrow is None:
-                    mode, message = no_surge(p, scheduler, stepping=False)
+                    mode, message = no_surge(p, scheduler, stepping=_stepping(p))
                 else:
                     message = _surge_message(active, borrow, revision, scheduler, full)
             elif extra_available(lender):
@@ -324,9 +353,7 @@ def decide(
                 active = mode = borrow = None  # room appeared: the Deployment proceeds by itself
                 message = scheduler = ""
             else:
-                ready_here = sum(1 for pod in p.pods if _ready(pod))
-                stepping = mode == "ReplaceInPlace" and ready_here < p.replicas
-                mode, message = no_surge(p, scheduler, stepping=stepping)
+                mode, message = no_surge(p, scheduler, stepping=_stepping(p))
 
     # A new full pool: the first being replaced whose revision's pod waited out the delay.
     if active is None:
@@ -343,7 +370,7 @@ def decide(
                 mode = "SurgeElsewhere"
                 message = _surge_message(active, borrow, revision, scheduler, full)
             else:
-                mode, message = no_surge(p, scheduler, stepping=False)
+                mode, message = no_surge(p, scheduler, stepping=_stepping(p))
             break
 
     if active is None and not full:
@@ -377,12 +404,30 @@ def decide(
         extra[borrow] = 1
     if active is not None and mode in ("ReplaceWithBorrowed", "ReplaceInPlace"):
         strategies[active] = IN_PLACE
+    # maxUnavailable is an allowance, granted per step: a pool being replaced holds its
+    # replicas (maxUnavailable 0) while taking one down would leave fewer than the PDB
+    # guarantees or the current demand needs.
+    if rollout.max_unavailable >= 1:
+        for p in pools:
+            if p.name in strategies or not replacing(p, revision):
+                continue
+            allowed, _ = _in_place_or_wait(
+                rollout=rollout,
+                pool=p,
+                stepping=_stepping(p),
+                ready=ready,
+                desired=desired,
+                needed=needed,
+            )
+            if allowed == "Waiting":
+                strategies[p.name] = (max(1, rollout.max_surge), 0)
+    handled = {active, borrow, prev.borrow_pool if prev else None} if active else set()
     return CapacityDecision(
         state=new_state,
         extra=extra,
         strategies=strategies,
         events=tuple(events),
-        excused=_excused(pools, revision, borrow),
+        excused=_excused(pools, revision, handled),
     )
 
 
@@ -480,7 +525,8 @@ def capacity_pass(
             replicas=p.replicas,
             delay_seconds=p.pool.overflow_delay_seconds,
             deployment=deployments.get(f"{name}-{p.pool.name}"),
-            pods=[q for q in live if _labels(q).get(POOL_LABEL) == p.pool.name],
+            # Terminating pods too: an old one still holds the GPUs its replacement waits for.
+            pods=[q for q in pods if _labels(q).get(POOL_LABEL) == p.pool.name],
         )
         for p in plan.usable_pools
     ]
