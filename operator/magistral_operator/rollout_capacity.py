@@ -576,18 +576,24 @@ def with_capacity(
 def placement_pods(
     pods: list[dict[str, Any]], previous: RolloutStatus | None
 ) -> list[dict[str, Any]]:
-    """The pods placement judges capacity from, without the Unschedulable pods of a pool the
-    capacity rules replace in place (the replacement waits for the GPUs of the pod it
-    replaces; it must not overflow the pool's replicas)."""
-    capacity = previous.capacity if previous else None
-    if capacity is None or capacity.pool is None:
+    """The pods placement judges capacity from, without the Unschedulable pods of a rollout in
+    progress (its surge pods, and replacements waiting for the GPUs of the pods they replace):
+    the capacity rules handle those; placement must not overflow the pool's replicas for them.
+    """
+    if previous is None or previous.phase != "Progressing":
         return pods
+    revision = previous.current_revision
+    rolling = {
+        _labels(p).get(POOL_LABEL) for p in pods if _labels(p).get(REVISION_LABEL) != revision
+    }
+    if previous.capacity is not None and previous.capacity.pool is not None:
+        rolling.add(previous.capacity.pool)
     return [
         p
         for p in pods
         if not (
-            _labels(p).get(POOL_LABEL) == capacity.pool
-            and _labels(p).get(REVISION_LABEL) == capacity.revision
+            _labels(p).get(POOL_LABEL) in rolling
+            and _labels(p).get(REVISION_LABEL) == revision
             and _unschedulable(p) is not None
         )
     ]

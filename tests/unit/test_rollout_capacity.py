@@ -23,7 +23,7 @@ import pytest
 
 from magistral_operator.api.config import OperatorConfig
 from magistral_operator.api.spec import RolloutSpec
-from magistral_operator.api.status import RolloutCapacity
+from magistral_operator.api.status import RolloutCapacity, RolloutStatus
 from magistral_operator.handlers.reconcile import reconcile
 from magistral_operator.handlers.refusals import RefusalBook
 from magistral_operator.rollout import RESTART_THRESHOLD, PoolRollout, pool_failure
@@ -385,18 +385,18 @@ def test_with_capacity() -> None:
     assert objects[0]["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 1  # not mutated
 
 
-def test_placement_does_not_see_an_in_place_replacement_waiting_for_its_gpus() -> None:
-    from magistral_operator.api.status import RolloutStatus
-
+def test_placement_does_not_see_a_rollouts_pending_pods() -> None:
     pending_b, pending_a = pod(B, pending=OLD), pod(A, pending=OLD)
-    other = pod(B, pool=Q, pending=OLD)
-    status = RolloutStatus(
-        current_revision=B, phase="Progressing", since=OLD, capacity=cap("ReplaceInPlace")
-    )
+    other = pod(B, pool=Q, pending=OLD)  # a pool not rolling: placement's
+    status = RolloutStatus(current_revision=B, phase="Progressing", since=OLD)
     pods = [pending_b, pending_a, other]
     assert placement_pods(pods, status) == [pending_a, other]
+    only_new = [pod(B), pending_b, other]  # the old pods gone, the pool still handled
+    assert placement_pods(only_new, status) == only_new
+    handled = status.model_copy(update={"capacity": cap("ReplaceInPlace")})
+    assert placement_pods(only_new, handled) == [only_new[0], other]
     assert placement_pods(pods, None) == pods
-    assert placement_pods(pods, status.model_copy(update={"capacity": None})) == pods
+    assert placement_pods(pods, status.model_copy(update={"phase": "Healthy"})) == pods
 
 
 # --- a deadline the scheduler caused ------------------------------------------------------
@@ -490,6 +490,7 @@ class Cluster:
         self.kube, self.slots = kube, slots
         self.names = itertools.count()
         self.deadline: set[str] = set()  # Deployments that report ProgressDeadlineExceeded
+        self.grace = False  # deleted pods terminate over one tick, holding their GPUs
         kube.add(
             {
                 "kind": "Pod",
@@ -526,7 +527,13 @@ class Cluster:
         return bool(p["spec"].get("nodeName"))
 
     def _delete(self, p: dict[str, Any]) -> None:
-        self.kube.objects.pop(("Pod", NS, p["metadata"]["name"]))
+        if not self.grace:
+            self.kube.objects.pop(("Pod", NS, p["metadata"]["name"]))
+            return
+        # Terminating for one tick: not counted by the controller, still on its GPUs.
+        p["metadata"]["deletionTimestamp"] = LONG_AGO
+        p["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+        self.kube.add(p)
 
     def _create(self, template: dict[str, Any]) -> None:
         name = f"{NAME}-pod-{next(self.names)}"
@@ -544,6 +551,9 @@ class Cluster:
         )
 
     def tick(self) -> None:
+        for p in self.pods():  # terminated
+            if p["metadata"].get("deletionTimestamp"):
+                self.kube.objects.pop(("Pod", NS, p["metadata"]["name"]))
         for p in self.pods():  # kubelet
             if self._scheduled(p) and not self._ready(p):
                 p["status"] = {
@@ -560,7 +570,7 @@ class Cluster:
             n, revision = int(spec["replicas"]), spec["template"]["metadata"]["labels"][REVISION]
             ru = spec["strategy"]["rollingUpdate"]
             surge, unavailable = int(ru["maxSurge"]), int(ru["maxUnavailable"])
-            pods = self.pods(pool)
+            pods = [p for p in self.pods(pool) if not p["metadata"].get("deletionTimestamp")]
             new = [p for p in pods if p["metadata"]["labels"][REVISION] == revision]
             old = [p for p in pods if p not in new]
             for extra in sorted(new, key=self._ready)[: max(0, len(new) - n)]:
@@ -575,7 +585,12 @@ class Cluster:
                 old.remove(victim)
             while len(new) < n and len(new) + len(old) < n + surge:
                 self._create(spec["template"])
-                new = [p for p in self.pods(pool) if p["metadata"]["labels"][REVISION] == revision]
+                new = [
+                    p
+                    for p in self.pods(pool)
+                    if p["metadata"]["labels"][REVISION] == revision
+                    and not p["metadata"].get("deletionTimestamp")
+                ]
         for pool, slots in self.slots.items():  # scheduler
             pods = self.pods(pool)
             used = sum(1 for p in pods if self._scheduled(p))
@@ -603,7 +618,7 @@ class Cluster:
         for d in self._deployments():  # Deployment status
             pool = d["metadata"]["labels"][POOL]
             revision = d["spec"]["template"]["metadata"]["labels"][REVISION]
-            pods = self.pods(pool)
+            pods = [p for p in self.pods(pool) if not p["metadata"].get("deletionTimestamp")]
             d["status"] = {
                 "replicas": len(pods),
                 "updatedReplicas": sum(
@@ -794,3 +809,29 @@ def test_in_place_waits_while_the_demand_needs_every_replica(
     assert "the current demand needs 2 ready replicas" in progressing[2]
     assert cluster.ready_by() == {(RESERVED, a): 2}
     assert min(r for _, r, _ in seen) >= 2
+
+
+def test_a_replacement_waiting_for_the_gpus_it_replaces_never_overflows(
+    operator_config: OperatorConfig,
+) -> None:
+    """In place, the new pod waits (Unschedulable) while the old one terminates on its GPUs:
+    placement must not take that for a full pool and move the replica elsewhere."""
+    kube = FakeKube()
+    rollout = {"maxSurge": 1, "maxUnavailable": 1, "healthySeconds": 0}
+    body = _endpoint("a", pools=[RESERVED, ONDEMAND], replicas=1, max_replicas=2, rollout=rollout)
+    body["status"] = {"autoscaler": {"desiredReplicas": 2}}
+    kube.add(body)
+    cluster = Cluster(kube, {RESERVED: 2, ONDEMAND: 0})
+    a = _healthy_a(kube, cluster, operator_config)
+    assert cluster.ready_by() == {(RESERVED, a): 2}
+    cluster.grace = True
+
+    _set_stage(kube, "b")
+    seen = _run(kube, cluster, operator_config, 16)
+    final = seen[-1][0]
+    assert final["rollout"]["phase"] == "Healthy", final["rollout"]
+    assert cluster.ready_by() == {(RESERVED, final["rollout"]["currentRevision"]): 2}
+    for status, _, _ in seen:
+        split = {p["name"]: p["replicas"] for p in status["placement"]["pools"]}
+        assert split == {RESERVED: 2, ONDEMAND: 0}, status["placement"]
+    assert "Overflow" not in [e["reason"] for e in kube.events]
