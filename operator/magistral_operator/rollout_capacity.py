@@ -80,8 +80,11 @@ class CapacityDecision:
     strategies: dict[str, tuple[int, int]] = field(default_factory=dict)
     """(maxSurge, maxUnavailable) replacing a pool's rendered strategy."""
     events: tuple[EventNote, ...] = ()
-    excused: bool = False
-    """Every Unschedulable pod of the endpoint is the rollout's own (not a Degraded endpoint)."""
+    revision: str | None = None
+    """The revision rolling out (None: no rollout to help)."""
+    handled: frozenset[str] = frozenset()
+    """Pools the rules handle (the full pool, the lending ones): their pending pods of the
+    revision are the rollout's own."""
 
 
 # --- observations ------------------------------------------------------------------------
@@ -220,19 +223,25 @@ def _in_place_or_wait(
     )
 
 
-def _excused(pools: Sequence[CapacityPool], revision: str, handled: set[str | None]) -> bool:
-    """Every Unschedulable pod is a pod of the rolling-out revision on a pool being replaced
-    (a surge pod, or a replacement waiting for an old pod's GPUs) or on a pool the capacity
-    rules handle (the full pool, the one lending the extra replica)."""
+def rollouts_own_pending(
+    pods: Sequence[Mapping[str, Any]], revision: str | None, handled: frozenset[str]
+) -> bool:
+    """Whether every Unschedulable pod is the rollout's own: a pod of the rolling-out revision
+    on a pool being replaced (a surge pod, or a replacement waiting for an old pod's GPUs) or
+    on a pool the capacity rules handle. False when none is Unschedulable."""
+    if revision is None:
+        return False
+    rolling = {
+        _labels(p).get(POOL_LABEL) for p in pods if _labels(p).get(REVISION_LABEL) != revision
+    }
     found = False
-    for pool in pools:
-        for pod in pool.pods:
-            if _terminating(pod) or _unschedulable(pod) is None:
-                continue
-            found = True
-            mine = _labels(pod).get(REVISION_LABEL) == revision
-            if not mine or not (pool.name in handled or replacing(pool, revision)):
-                return False
+    for pod in pods:
+        if _terminating(pod) or _unschedulable(pod) is None:
+            continue
+        found = True
+        pool = _labels(pod).get(POOL_LABEL)
+        if _labels(pod).get(REVISION_LABEL) != revision or not (pool in handled or pool in rolling):
+            return False
     return found
 
 
@@ -427,7 +436,8 @@ def decide(
         extra=extra,
         strategies=strategies,
         events=tuple(events),
-        excused=_excused(pools, revision, handled),
+        revision=revision,
+        handled=frozenset(n for n in handled if n is not None),
     )
 
 
@@ -465,7 +475,9 @@ CONDITION_REASONS: dict[str, str] = {
 
 
 def capacity_conditions(
-    updates: list[ConditionUpdate], decision: CapacityDecision
+    updates: list[ConditionUpdate],
+    decision: CapacityDecision,
+    pods: Sequence[Mapping[str, Any]],
 ) -> list[ConditionUpdate]:
     """Progressing and Degraded as the capacity rules see them.
 
@@ -475,6 +487,7 @@ def capacity_conditions(
     - `Degraded=True, Unschedulable` when every Unschedulable pod is the rollout's own (a surge
       or borrowed pod of the new revision): `Degraded=False, AsExpected` — the endpoint serves
       all its replicas; waiting for capacity is reported by Progressing, never as a failure.
+      `pods` are the engine pods the observed conditions come from.
     Any other condition (a rollout failure, a crash-looping pod, a refused child) stands.
     """
     state = decision.state
@@ -490,7 +503,11 @@ def capacity_conditions(
             update = ConditionUpdate(
                 PROGRESSING, "True", CONDITION_REASONS[state.mode], state.message
             )
-        elif update.type == DEGRADED and update.reason == "Unschedulable" and decision.excused:
+        elif (
+            update.type == DEGRADED
+            and update.reason == "Unschedulable"
+            and rollouts_own_pending(pods, decision.revision, decision.handled)
+        ):
             update = ConditionUpdate(
                 DEGRADED,
                 "False",

@@ -283,30 +283,6 @@ def test_waiting_messages_say_why() -> None:
     assert "proceeds when room appears" in message(SURGE, 1)
 
 
-# --- the Degraded excuse ------------------------------------------------------------------
-
-EXCUSES = [
-    ("surge pod of the new revision on a pool being replaced", [ROLLING_P, IDLE_Q], None, True),
-    ("the borrowed replica pending", [ROLLING_P, Q_EXTRA_PENDING], Q, True),
-    ("a pending pod on a pool not rolling (placement's)", [P_DONE, cpool(Q, pod(B, pool=Q,
-     pending=OLD))], None, False),
-    ("a pending pod of the old revision", [cpool(P, pod(A), pod(A, pending=OLD), pod(B))], None,
-     False),
-    ("nothing pending", [P_DONE, IDLE_Q], None, False),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize("row", EXCUSES, ids=[r[0] for r in EXCUSES])
-def test_excused(row: tuple[Any, ...]) -> None:
-    _, pools, borrow, excused = row
-    state = cap("SurgeElsewhere", borrow=borrow) if borrow else None
-    decision = decide(
-        revision=B, phase="Progressing", pools=pools, rollout=SURGE, state=state, ready=2,
-        desired=2, needed=2, now=NOW,
-    )  # fmt: skip
-    assert decision.excused is excused
-
-
 # --- conditions ---------------------------------------------------------------------------
 
 ROLLING = ConditionUpdate("Progressing", "True", "RollingOut", "1/2 replicas of it ready")
@@ -315,44 +291,71 @@ FAILED = ConditionUpdate("Degraded", "True", "RolloutFailed", "revision bbbb fai
 ROLLED = ConditionUpdate("Progressing", "True", "RolledBack", "rolled back")
 READY = ConditionUpdate("Ready", "True", "ReplicasReady", "2/2 replicas ready")
 
+SURGE_PENDING = [pod(A), pod(A), pod(B, pending=OLD)]  # P rolling, its surge pod pending
+BORROW_PENDING = [pod(A), pod(A), pod(B, pending=OLD), pod(B, pool=Q, pending=OLD)]
+REPLACEMENT_PENDING = [pod(B), pod(B, pending=OLD)]  # the old pods gone, P still handled
+PLACEMENTS = [pod(B), pod(B), pod(B, pool=Q, pending=OLD)]  # not a rollout's
+OLD_PENDING = [pod(A), pod(A, pending=OLD), pod(B)]
 
-def _d(mode: str | None, excused: bool = False) -> CapacityDecision:
-    return CapacityDecision(state=cap(mode) if mode else None, excused=excused)
+
+def _d(mode: str | None, handled: tuple[str, ...] = ()) -> CapacityDecision:
+    return CapacityDecision(
+        state=cap(mode) if mode else None, revision=B, handled=frozenset(handled)
+    )
 
 
-# (case, updates, decision -> [(type, status, reason)])
+# (case, updates, decision, pods -> [(type, status, reason)])
 CONDITIONS = [
-    ("no capacity state: as observed", [READY, ROLLING, UNSCHED], _d(None),
+    ("no capacity state, nothing pending: as observed", [READY, ROLLING, UNSCHED], _d(None), [],
      [("Ready", "True", "ReplicasReady"), ("Progressing", "True", "RollingOut"),
       ("Degraded", "True", "Unschedulable")]),
-    ("waiting", [READY, ROLLING, UNSCHED], _d("Waiting", excused=True),
+    ("waiting: Progressing says so, the surge pod is no degradation", [READY, ROLLING, UNSCHED],
+     _d("Waiting", (P,)), SURGE_PENDING,
      [("Ready", "True", "ReplicasReady"), ("Progressing", "True", "WaitingForCapacity"),
       ("Degraded", "False", "AsExpected")]),
-    ("surging elsewhere", [ROLLING], _d("SurgeElsewhere"),
-     [("Progressing", "True", "SurgingElsewhere")]),
-    ("replacing with the borrowed replica", [ROLLING], _d("ReplaceWithBorrowed"),
-     [("Progressing", "True", "ReplacingInPlace")]),
-    ("replacing in place", [ROLLING], _d("ReplaceInPlace"),
-     [("Progressing", "True", "ReplacingInPlace")]),
-    ("an Unschedulable pod not the rollout's stays Degraded", [ROLLING, UNSCHED],
-     _d("Waiting", excused=False),
+    ("surging elsewhere, the borrowed pod pending", [ROLLING, UNSCHED],
+     _d("SurgeElsewhere", (P, Q)), BORROW_PENDING,
+     [("Progressing", "True", "SurgingElsewhere"), ("Degraded", "False", "AsExpected")]),
+    ("a borrowed pod pending on a pool not handled is not excused", [ROLLING, UNSCHED],
+     _d("Waiting", (P,)), BORROW_PENDING,
      [("Progressing", "True", "WaitingForCapacity"), ("Degraded", "True", "Unschedulable")]),
-    ("pending surge pods within the delay are excused too", [ROLLING, UNSCHED],
-     _d(None, excused=True),
+    ("replacing with the borrowed replica", [ROLLING], _d("ReplaceWithBorrowed"), [],
+     [("Progressing", "True", "ReplacingInPlace")]),
+    ("replacing in place, the replacement waits for the old pod's GPUs", [ROLLING, UNSCHED],
+     _d("ReplaceInPlace", (P,)), REPLACEMENT_PENDING,
+     [("Progressing", "True", "ReplacingInPlace"), ("Degraded", "False", "AsExpected")]),
+    ("a pending pod on a pool not rolling (placement's) stays Degraded", [ROLLING, UNSCHED],
+     _d("Waiting", (P,)), PLACEMENTS,
+     [("Progressing", "True", "WaitingForCapacity"), ("Degraded", "True", "Unschedulable")]),
+    ("a pending pod of the old revision stays Degraded", [UNSCHED], _d(None), OLD_PENDING,
+     [("Degraded", "True", "Unschedulable")]),
+    ("a surge pod within the delay is excused too", [ROLLING, UNSCHED], _d(None), SURGE_PENDING,
      [("Progressing", "True", "RollingOut"), ("Degraded", "False", "AsExpected")]),
-    ("a rollback stands", [ROLLED, FAILED], _d("Waiting", excused=True),
+    ("no rollout to help: as observed", [ROLLING, UNSCHED], CapacityDecision(), SURGE_PENDING,
+     [("Progressing", "True", "RollingOut"), ("Degraded", "True", "Unschedulable")]),
+    ("a rollback stands", [ROLLED, FAILED], _d("Waiting", (P,)), SURGE_PENDING,
      [("Progressing", "True", "RolledBack"), ("Degraded", "True", "RolloutFailed")]),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("row", CONDITIONS, ids=[r[0] for r in CONDITIONS])
 def test_capacity_conditions(row: tuple[Any, ...]) -> None:
-    _, updates, decision, expected = row
-    got = capacity_conditions(updates, decision)
+    _, updates, decision, pods, expected = row
+    got = capacity_conditions(updates, decision, pods)
     assert [(u.type, u.status, u.reason) for u in got] == expected
     for u in got:
         if u.reason in ("WaitingForCapacity", "SurgingElsewhere", "ReplacingInPlace"):
             assert u.message == "before"  # the state's message: pool and scheduler quoted
+
+
+def test_decide_names_the_pools_it_handles() -> None:
+    d = decide(
+        revision=B, phase="Progressing", pools=[ROLLING_P, Q_EXTRA_PENDING], rollout=SURGE,
+        state=cap("SurgeElsewhere", borrow=Q), ready=2, desired=2, needed=2, now=NOW,
+    )  # fmt: skip
+    assert (d.revision, d.handled) == (B, frozenset({P, Q}))  # Q lent, now found full
+    assert d.state is not None
+    assert d.state.mode == "Waiting"
 
 
 # --- children -----------------------------------------------------------------------------

@@ -276,6 +276,7 @@ def reconcile(
                             desired=plan.desired_replicas,
                         ),
                         capacity,
+                        pods,
                     ),
                     router,
                 ),
