@@ -12,7 +12,8 @@ replace the rendered ones (a rollback) and the Events to post.
   old pods are removed only then (KubeAI's rule: a new revision replaces the old one only when
   its replicas are ready). The revision becomes `lastHealthyRevision`; it is never judged again.
 - **Failed**: a pod of the revision is Failed, or its container crash-loops with at least
-  `RESTART_THRESHOLD` restarts, or the Deployment reports `ProgressDeadlineExceeded`.
+  `RESTART_THRESHOLD` restarts, or the Deployment reports `ProgressDeadlineExceeded` (unless
+  the scheduler caused it: `deadline_from_capacity`, rollout_capacity.py).
 - **Rollback** (`autoRollback`, and a healthy revision to return to): the last healthy
   revision's pod template, taken from its ReplicaSet (Kubernetes keeps `revisionHistoryLimit`
   of them), is applied instead of the rendered one for as long as the spec renders the failed
@@ -120,6 +121,7 @@ def pool_failure(observed: PoolRollout, *, revision: str) -> str | None:
                 and cond.get("type") == "Progressing"
                 and cond.get("status") == "False"
                 and cond.get("reason") == "ProgressDeadlineExceeded"
+                and not deadline_from_capacity(observed, revision=revision, cond=cond)
             ):
                 return f"pool {observed.pool}: progress deadline exceeded ({cond.get('message')})"
     for pod in observed.pods:
@@ -132,6 +134,44 @@ def pool_failure(observed: PoolRollout, *, revision: str) -> str | None:
         if why:
             return f"pool {observed.pool}: {why}"
     return None
+
+
+# --- capacity: a deadline the scheduler caused is no failure (docs/rollout.md, Capacity) ---
+
+
+def _pod_scheduled(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled":
+            return dict(cond)
+    return None
+
+
+def deadline_from_capacity(
+    observed: PoolRollout, *, revision: str, cond: Mapping[str, Any]
+) -> bool:
+    """Whether the pool's ProgressDeadlineExceeded comes from GPU capacity, not the revision:
+    a pod of the revision on the pool is Unschedulable now, or one was scheduled only after
+    the deadline was declared (room appeared since; Kubernetes keeps the condition until the
+    Deployment progresses again)."""
+    declared = str(cond.get("lastUpdateTime") or cond.get("lastTransitionTime") or "")
+    for pod in observed.pods:
+        labels = _labels(pod)
+        if labels.get(REVISION_LABEL) != revision or labels.get(POOL_LABEL) != observed.pool:
+            continue
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        scheduled = _pod_scheduled(pod)
+        if scheduled is None:
+            continue
+        if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+            return True
+        when = str(scheduled.get("lastTransitionTime") or "")
+        if scheduled.get("status") == "True" and declared and when > declared:
+            return True  # RFC 3339 UTC stamps of one format order as text
+    return False
+
+
+# --- end capacity ---
 
 
 def pool_healthy(observed: PoolRollout, *, revision: str) -> bool:

@@ -195,6 +195,43 @@ class AnalysisStatus(ApiModel):
     message: str = Field(default="", description="The measurements and the verdict, in words.")
 
 
+CapacityMode = Literal["SurgeElsewhere", "ReplaceWithBorrowed", "ReplaceInPlace", "Waiting"]
+
+
+class RolloutCapacity(ApiModel):
+    """How a rollout gets past a full GPU pool (rollout_capacity.py; docs/rollout.md, Capacity).
+
+    Written only when the mode, the pools or the full pools change.
+    """
+
+    revision: str = Field(description="The revision rolling out when this was decided.")
+    full_pools: list[str] = Field(
+        default_factory=list,
+        description="Pools the scheduler found full for this revision (an Unschedulable surge "
+        "or borrowed replica), in the order found; not tried again for this revision.",
+    )
+    pool: str | None = Field(
+        default=None, description="The full pool whose replicas are being replaced, if any."
+    )
+    borrow_pool: str | None = Field(
+        default=None,
+        description="The pool running one extra replica of the revision while `pool` is "
+        "replaced in place.",
+    )
+    mode: CapacityMode | None = Field(
+        default=None,
+        description="SurgeElsewhere (the extra replica on borrowPool is starting), "
+        "ReplaceWithBorrowed (it is available: pool is replaced in place, one at a time), "
+        "ReplaceInPlace (no pool has room; spec.rollout.maxUnavailable allows it), or Waiting "
+        "(no room and no in-place replacement allowed).",
+    )
+    since: str | None = Field(default=None, description="When the mode was entered (RFC 3339).")
+    scheduler: str = Field(
+        default="", description="The scheduler's message on the full pool's Unschedulable pod."
+    )
+    message: str = Field(default="", description="What the rollout does about it, and why.")
+
+
 class RolloutStatus(ApiModel):
     """The revision rollout's persisted state (see docs/rollout.md).
 
@@ -218,6 +255,11 @@ class RolloutStatus(ApiModel):
     message: str = Field(default="", description="Why the rollout failed, and what was done.")
     analysis: AnalysisStatus | None = Field(
         default=None, description="The canary analysis of currentRevision (spec.rollout.canary)."
+    )
+    capacity: RolloutCapacity | None = Field(
+        default=None,
+        description="How the rollout gets past a full GPU pool, while it has to (see "
+        "docs/rollout.md, Capacity).",
     )
 
 

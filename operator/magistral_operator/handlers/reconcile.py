@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,6 +37,13 @@ from ..render import render_endpoint
 from ..render.hashing import content_hash
 from ..render.metadata import COMPONENT, COMPONENT_LABEL
 from ..render.router import ROUTER_COMPONENT, router_name
+from ..rollout_capacity import (  # capacity: no rollout deadlocks on GPUs (docs/rollout.md)
+    capacity_conditions,
+    capacity_pass,
+    placement_pods,
+    with_capacity,
+    with_capacity_state,
+)
 from ..status.compute import (
     build_status,
     invalid_spec_updates,
@@ -160,7 +168,11 @@ def reconcile(
     desired_replicas = decision.desired_replicas if decision else None
     unplaced = plan_endpoint(endpoint, config, desired_replicas=desired_replicas)
     placement = (
-        place_replicas(plan=unplaced, previous=previous, pods=pods_before) if unplaced.ok else None
+        place_replicas(
+            plan=unplaced, previous=previous, pods=placement_pods(pods_before, previous.rollout)
+        )
+        if unplaced.ok
+        else None
     )
     rendered = render_endpoint(
         endpoint,
@@ -198,8 +210,22 @@ def reconcile(
         reader=demand,
         now=float(clock()),
     )
+    # --- capacity: a full GPU pool never deadlocks the rollout (rollout_capacity.py) ---
+    capacity = capacity_pass(
+        name=name,
+        plan=plan,
+        rollout=rollout,
+        previous=previous.rollout,
+        rollout_spec=endpoint.spec.rollout,
+        deployments=deployments,
+        pods=pods_before,
+        needed=decision.recommended if decision else None,
+        now=datetime.now(UTC),
+    )
+    rollout = with_capacity_state(rollout, capacity)
+    # --- end capacity ---
     objects = with_canary(
-        with_restored_templates(rendered.objects, rollout),
+        with_capacity(with_restored_templates(rendered.objects, rollout), capacity),
         rendered=rendered.objects,
         rollout=rollout,
         endpoint=endpoint,
@@ -248,15 +274,19 @@ def reconcile(
         updates=with_refused_children(
             with_secret_problems(
                 with_router(
-                    with_rollout_conditions(
-                        serving_updates(
-                            plan=plan,
+                    capacity_conditions(
+                        with_rollout_conditions(
+                            serving_updates(
+                                plan=plan,
+                                observed=observed,
+                                can_scale_from_zero=endpoint.spec.scaling.max_replicas > 0,
+                            ),
+                            rollout=rollout,
                             observed=observed,
-                            can_scale_from_zero=endpoint.spec.scaling.max_replicas > 0,
+                            desired=plan.desired_replicas,
                         ),
-                        rollout=rollout,
-                        observed=observed,
-                        desired=plan.desired_replicas,
+                        capacity,
+                        pods,
                     ),
                     router,
                 ),
