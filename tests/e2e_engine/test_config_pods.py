@@ -281,6 +281,7 @@ def test_env_knobs_need_a_literal_value() -> None:
 def test_env_knob_names_pass_the_operator_env_policy() -> None:
     """Endpoints set them through spec.runtime.env, which refuses MAGISTRAL_* and others."""
     from magistral_operator.api import env_policy
+
     for name in pods.SIM_ENV_FLAGS:
         assert not name.startswith("MAGISTRAL_")
         assert env_policy.env_refusal(name) is None, name
