@@ -84,6 +84,8 @@ class RolloutDecision:
     restore_problems: tuple[str, ...] = ()
     canary: bool = False
     """Run one replica of the rendered revision beside the restored ones (phase Canary)."""
+    canary_pool: str | None = None
+    """The pool the canary replica runs on."""
 
 
 def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
@@ -275,6 +277,7 @@ def _restore(
         templates=templates,
         restore_problems=tuple(problems),
         canary=state.phase == "Canary",
+        canary_pool=state.analysis.pool if state.analysis else None,
     )
 
 
@@ -337,6 +340,32 @@ def _fail(
     )
 
 
+def _canary_placed(
+    state: RolloutStatus, *, pools: Sequence[str], full: str | None
+) -> RolloutStatus:
+    """The canary moved to the next pool with room when its pool was found full; it stays on
+    the last pool tried (its Pending pod waits there) when none has room."""
+    analysis = state.analysis or AnalysisStatus(phase="Pending")
+    if full is None or full in analysis.full_pools or full != analysis.pool:
+        return state
+    known = [*analysis.full_pools, full]
+    room = [p for p in pools if p not in known]
+    moved = analysis.model_copy(
+        update={"full_pools": known, "pool": room[0] if room else analysis.pool}
+    )
+    return state.model_copy(update={"analysis": moved})
+
+
+def canary_waits_for_capacity(state: RolloutStatus) -> bool:
+    """Every pool the canary may run on was found full (it stays on the last one tried)."""
+    analysis = state.analysis
+    return bool(
+        analysis is not None
+        and analysis.phase == "Pending"
+        and analysis.pool in analysis.full_pools
+    )
+
+
 def _canary_pass(
     state: RolloutStatus,
     *,
@@ -375,6 +404,8 @@ def _canary_pass(
         canary_requests=verdict.canary_requests,
         baseline_requests=verdict.baseline_requests,
         message=verdict.message,
+        pool=previous.pool,
+        full_pools=previous.full_pools,
     )
     if verdict.phase == "Failed":
         return _fail(
@@ -416,11 +447,15 @@ def decide(
     desired_replicas: int,
     canary: PoolRollout | None = None,
     verdict: Verdict | None = None,
+    canary_pools: Sequence[str] = (),
+    canary_full: str | None = None,
 ) -> RolloutDecision:
     """One rollout pass (see the module docstring).
 
     `canary` is what the cluster shows of the canary replica's Deployment and pods, `verdict`
-    the analysis of its window so far (rollout_analysis.judge; None while it cannot be read).
+    the analysis of its window so far (rollout_analysis.judge; None while it cannot be read),
+    `canary_pools` the pools it may run on in fill order, `canary_full` the pool where its pod
+    stayed Unschedulable past the pool's overflow delay (this pass).
     """
     stamp = rfc3339(now)
     if state is None or state.current_revision != revision:
@@ -435,7 +470,11 @@ def decide(
             failed_revision=None,
             message="",
             analysis=(
-                AnalysisStatus(phase="Pending", message="the canary replica is starting")
+                AnalysisStatus(
+                    phase="Pending",
+                    message="the canary replica is starting",
+                    pool=canary_pools[0] if canary_pools else None,
+                )
                 if analysed
                 else None
             ),
@@ -461,7 +500,7 @@ def decide(
         )
     if state.phase == "Canary":
         return _canary_pass(
-            state,
+            _canary_placed(state, pools=canary_pools, full=canary_full),
             pools=pools,
             canary=canary,
             verdict=verdict,
@@ -544,6 +583,19 @@ def condition_overrides(
         return [
             ConditionOverride(PROGRESSING, "False", "RolloutFailed", state.message),
             ConditionOverride(DEGRADED, "True", "RolloutFailed", state.message),
+        ]
+    if state.phase == "Canary" and canary_waits_for_capacity(state):
+        analysis = state.analysis
+        assert analysis is not None
+        return [
+            ConditionOverride(
+                PROGRESSING,
+                "True",
+                "WaitingForCapacity",
+                f"the canary replica of revision {state.current_revision} waits for capacity: "
+                f"no pool has room for it (full: {', '.join(analysis.full_pools)}): "
+                f"{analysis.message}; {state.last_healthy_revision} keeps serving",
+            )
         ]
     if state.phase == "Canary":
         analysis = state.analysis

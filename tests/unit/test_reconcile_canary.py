@@ -224,3 +224,55 @@ def test_canary_off_rolls_out_at_once(operator_config: OperatorConfig) -> None:
     _pass(kube, operator_config)
     assert _rollout(kube)["phase"] == "Progressing"
     assert f"{NAME}-canary" not in _by_name(kube)
+
+
+def _unschedulable_canary(kube: FakeKube) -> str:
+    """The scheduler found no node for the canary's pod, long ago; returns its pool."""
+    (pod,) = [
+        p
+        for p in kube.list("Pod", namespace=NS, selector=f"{POOL}=canary")
+        if not p["metadata"].get("deletionTimestamp")
+    ]
+    pod["status"] = {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+                "lastTransitionTime": "2020-01-01T00:00:00Z",
+            }
+        ],
+    }
+    kube.add(pod)
+    canary = _by_name(kube)[f"{NAME}-canary"]
+    return str(canary["metadata"]["annotations"]["magistral.dev/canary-of"])
+
+
+def test_a_canary_on_a_full_pool_moves_on_then_waits_honestly(
+    operator_config: OperatorConfig,
+) -> None:
+    kube = FakeKube()
+    _start_canary(kube, operator_config)
+    pools = [
+        n.removeprefix(f"{NAME}-") for n in _by_name(kube) if n != f"{NAME}-canary"
+    ]  # every pool the endpoint may use
+    tried = []
+    for _ in pools:
+        tried.append(_unschedulable_canary(kube))
+        _pass(kube, operator_config, "not read")
+        _controller(kube)  # the moved canary's pod (the stand-in schedules it at once)
+    assert tried[0] == "reserved-h100"  # reserved first
+    assert sorted(tried) == sorted(pools)  # each pool tried once
+    state = _rollout(kube)
+    assert state["phase"] == "Canary"  # waiting, never failed
+    assert state["analysis"]["fullPools"] == tried
+    _unschedulable_canary(kube)
+    _pass(kube, operator_config, "not read")
+    progressing = _condition(kube, "Progressing")
+    assert progressing["reason"] == "WaitingForCapacity"
+    assert "Insufficient nvidia.com/gpu" in progressing["message"]
+    assert _rollout(kube)["phase"] == "Canary"
+    degraded = _condition(kube, "Degraded")
+    assert degraded["status"] == "False"

@@ -193,6 +193,14 @@ class AnalysisStatus(ApiModel):
         default=0, ge=0, description="Requests the healthy replicas finished in the window."
     )
     message: str = Field(default="", description="The measurements and the verdict, in words.")
+    pool: str | None = Field(
+        default=None, description="The pool the canary replica runs on (reserved first)."
+    )
+    full_pools: list[str] = Field(
+        default_factory=list,
+        description="Pools where the canary replica stayed Unschedulable past the pool's "
+        "overflow delay, in the order found; the canary moves to the next pool with room.",
+    )
 
 
 CapacityMode = Literal["SurgeElsewhere", "ReplaceWithBorrowed", "ReplaceInPlace", "Waiting"]

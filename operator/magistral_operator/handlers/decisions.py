@@ -35,7 +35,7 @@ from ..rollout import decide as decide_rollout
 from ..rollout_analysis import Verdict, judge
 from ..sizing.throughput import ReplicaThroughput
 from ..status.conditions import ConditionUpdate
-from ..status.observe import PoolObservation, pool_load
+from ..status.observe import PoolObservation, pending_since, pool_load
 
 DEFAULT_STARTUP_SECONDS = 300.0
 
@@ -191,6 +191,16 @@ def rollout_pass(
         verdict = canary_verdict(
             endpoint=endpoint, state=previous, pods=pods, routers=routers, reader=reader, now=now
         )
+    canary_pools = fill_order([(p.pool.name, p.pool.tier) for p in plan.usable_pools])
+    canary_full = None
+    if verdict is not None and previous is not None and previous.analysis is not None:
+        canary_full = canary_pool_full(
+            pods=pods,
+            revision=revision,
+            pool=previous.analysis.pool,
+            plan=plan,
+            now=datetime.now(UTC),
+        )
     pools = [
         PoolRollout(
             pool=p.pool.name,
@@ -214,7 +224,34 @@ def rollout_pass(
             pods=pods,
         ),
         verdict=verdict,
+        canary_pools=canary_pools,
+        canary_full=canary_full,
     )
+
+
+def canary_pool_full(
+    *,
+    pods: list[dict[str, Any]],
+    revision: str,
+    pool: str | None,
+    plan: EndpointPlan,
+    now: datetime,
+) -> str | None:
+    """`pool`, when the canary replica's pod has stayed Unschedulable there past the pool's
+    overflow delay (placement's rule for a full pool)."""
+    delay = next(
+        (p.pool.overflow_delay_seconds for p in plan.usable_pools if p.pool.name == pool), None
+    )
+    if pool is None or delay is None:
+        return None
+    for pod in pods:
+        labels = _labels(pod)
+        if labels.get(POOL_LABEL) != CANARY_POOL or labels.get(REVISION_LABEL) != revision:
+            continue
+        since = pending_since(pod)
+        if since is not None and (now - since).total_seconds() >= delay:
+            return pool
+    return None
 
 
 def with_canary(
@@ -231,7 +268,8 @@ def with_canary(
         return objects
     by_pool = {_labels(o).get(POOL_LABEL): o for o in rendered if is_engine_deployment(o)}
     order = fill_order([(p.pool.name, p.pool.tier) for p in plan.usable_pools])
-    pool = next((p for p in order if p in by_pool), None)
+    pool = rollout.canary_pool if rollout.canary_pool in by_pool else None
+    pool = pool or next((p for p in order if p in by_pool), None)
     if pool is None:
         return objects
     return [*objects, canary_deployment(by_pool[pool], endpoint=endpoint.name)]

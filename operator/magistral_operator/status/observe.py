@@ -95,7 +95,8 @@ def observe_pool(
     )
 
 
-def _pending_since(pod: dict[str, Any]) -> datetime | None:
+def pending_since(pod: dict[str, Any]) -> datetime | None:
+    """Since when the scheduler has found no node for the pod (None: it is not Unschedulable)."""
     for cond in (pod.get("status") or {}).get("conditions") or []:
         if (
             cond.get("type") == "PodScheduled"
@@ -117,7 +118,7 @@ def pool_load(*, pool: str, pods: list[dict[str, Any]]) -> PoolLoad:
         if (p.get("metadata", {}).get("labels") or {}).get(POOL_LABEL) == pool
         and not p.get("metadata", {}).get("deletionTimestamp")
     ]
-    since = tuple(t for t in map(_pending_since, mine) if t is not None)
+    since = tuple(t for t in map(pending_since, mine) if t is not None)
     return PoolLoad(
         pods=len(mine),
         ready=sum(1 for p in mine if _pod_ready(p)),
