@@ -142,6 +142,7 @@ def test_canary_passes_fails_on_latency_and_on_errors(
             phase_is(api, namespace, "RolledBack", a["currentRevision"]),
             timeout=180,
         )
+        print(f"\nslow canary: {rolled['message']}")  # the numbers, for docs/rollout.md
         assert rolled["failedRevision"] == b
         assert rolled["analysis"]["phase"] == "Failed"
         assert "ITL p90" in rolled["message"]
@@ -166,6 +167,7 @@ def test_canary_passes_fails_on_latency_and_on_errors(
             ),
             timeout=240,
         )
+        print(f"failing canary: {rolled['message']}")
         assert "error share" in rolled["message"]
         wait_for("the canary removed", lambda: not canary_deployment(api, namespace), timeout=60)
 
@@ -176,6 +178,7 @@ def test_canary_passes_fails_on_latency_and_on_errors(
             phase_is(api, namespace, "Healthy", a["currentRevision"]),
             timeout=300,
         )
+        print(f"good canary: {healthy['analysis']['message']}")
         assert healthy["analysis"]["phase"] == "Successful"
         assert healthy["analysis"]["canaryRequests"] >= CANARY["minRequests"]
         assert event_messages(api, namespace, "CanaryPromoted")
@@ -212,4 +215,5 @@ def test_too_little_traffic_waits_then_rolls_back(
         phase_is(api, namespace, "RolledBack", a["currentRevision"]),
         timeout=180,
     )
+    print(f"\nquiet canary: {waiting['analysis']['message']} -> {rolled['message']}")
     assert "inconclusive: RollBack" in rolled["message"]

@@ -89,7 +89,11 @@ class Fillers:
         self.names: dict[str, str] = {}  # node -> filler pod
 
     def _used(self, node: str) -> int:
-        pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}")
+        """GPUs this test's own pods hold on `node`. Pods of other namespaces are not counted:
+        a previous test's pods may still be going away, and counting them would leave room
+        once they are gone; a filler that does not fit yet waits for them (`fill` waits until
+        every filler is scheduled)."""
+        pods = self.core.list_namespaced_pod(self.namespace, field_selector=f"spec.nodeName={node}")
         used = 0
         for pod in pods.items:
             if pod.metadata.deletion_timestamp or pod.status.phase in ("Succeeded", "Failed"):
@@ -134,7 +138,7 @@ class Fillers:
                 },
             )
             self.names[name] = pod_name
-        wait_for(f"the fillers of {pool} to be scheduled", self._all_scheduled, timeout=60)
+        wait_for(f"the fillers of {pool} to be scheduled", self._all_scheduled, timeout=180)
 
     def _all_scheduled(self) -> bool:
         for pod_name in self.names.values():
