@@ -31,14 +31,7 @@ from typing import Any
 from .api.config import CANARY_POOL_NAME
 from .api.labels import POOL_LABEL, REVISION_LABEL
 from .api.spec import RolloutSpec
-from .api.status import (
-    DEGRADED,
-    PROGRESSING,
-    AnalysisStatus,
-    ConditionStatus,
-    RolloutPhase,
-    RolloutStatus,
-)
+from .api.status import AnalysisStatus, RolloutPhase, RolloutStatus
 from .api.timestamps import rfc3339
 from .rollout_analysis import Verdict
 
@@ -547,82 +540,3 @@ def decide(
             ),
         )
     return RolloutDecision(state=state, applied_revision=revision)
-
-
-@dataclass(frozen=True)
-class ConditionOverride:
-    """Progressing / Degraded as the rollout sees them (replacing the observed ones)."""
-
-    type: str
-    status: ConditionStatus
-    reason: str
-    message: str
-
-
-def condition_overrides(
-    decision: RolloutDecision, *, current_ready: int, desired: int
-) -> list[ConditionOverride]:
-    """Conditions the rollout state imposes; empty when the observed ones stand."""
-    state = decision.state
-    if state.phase == "RolledBack":
-        message = state.message
-        if decision.restore_problems:
-            message += "; " + "; ".join(decision.restore_problems)
-        restoring: ConditionStatus = "True" if current_ready < desired else "False"
-        return [
-            ConditionOverride(
-                PROGRESSING,
-                restoring,
-                "RolledBack",
-                f"revision {state.failed_revision} rolled back to {decision.applied_revision}: "
-                f"{current_ready}/{desired} replicas of it ready; change the spec to try again",
-            ),
-            ConditionOverride(DEGRADED, "True", "RolloutFailed", message),
-        ]
-    if state.phase == "Failed":
-        return [
-            ConditionOverride(PROGRESSING, "False", "RolloutFailed", state.message),
-            ConditionOverride(DEGRADED, "True", "RolloutFailed", state.message),
-        ]
-    if state.phase == "Canary" and canary_waits_for_capacity(state):
-        analysis = state.analysis
-        assert analysis is not None
-        return [
-            ConditionOverride(
-                PROGRESSING,
-                "True",
-                "WaitingForCapacity",
-                f"the canary replica of revision {state.current_revision} waits for capacity: "
-                f"no pool has room for it (full: {', '.join(analysis.full_pools)}): "
-                f"{analysis.message}; {state.last_healthy_revision} keeps serving",
-            )
-        ]
-    if state.phase == "Canary":
-        analysis = state.analysis
-        return [
-            ConditionOverride(
-                PROGRESSING,
-                "True",
-                "CanaryAnalysis",
-                f"revision {state.current_revision} runs one canary replica beside "
-                f"{state.last_healthy_revision}: analysis "
-                f"{analysis.phase if analysis else 'Pending'}"
-                + (f": {analysis.message}" if analysis and analysis.message else ""),
-            )
-        ]
-    if (
-        state.phase == "Progressing"
-        and state.last_healthy_revision is not None
-        and state.last_healthy_revision != state.current_revision
-    ):
-        return [
-            ConditionOverride(
-                PROGRESSING,
-                "True",
-                "RollingOut",
-                f"revision {state.current_revision} replaces {state.last_healthy_revision}: "
-                f"{current_ready}/{desired} replicas of it ready; healthy once all have stayed "
-                "Ready for spec.rollout.healthySeconds",
-            )
-        ]
-    return []

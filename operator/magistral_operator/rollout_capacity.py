@@ -38,18 +38,10 @@ from typing import Any
 
 from .api.labels import POOL_LABEL, REVISION_LABEL
 from .api.spec import RolloutSpec
-from .api.status import (
-    DEGRADED,
-    PROGRESSING,
-    CapacityMode,
-    RolloutCapacity,
-    RolloutPhase,
-    RolloutStatus,
-)
+from .api.status import CapacityMode, RolloutCapacity, RolloutPhase, RolloutStatus
 from .api.timestamps import parse_time, rfc3339
 from .plan import EndpointPlan
 from .rollout import EventNote, RolloutDecision
-from .status.conditions import ConditionUpdate
 
 PDB_MAX_UNAVAILABLE = 1
 """The engines' PodDisruptionBudget (render/network.render_pdb): at most one replica down."""
@@ -464,59 +456,13 @@ def _event(mode: CapacityMode, message: str) -> EventNote:
     return EventNote(type_, reason, message)
 
 
-# --- conditions (one function: the later conditions module takes it whole) ---------------
-
-CONDITION_REASONS: dict[str, str] = {
-    "SurgeElsewhere": "SurgingElsewhere",
-    "ReplaceWithBorrowed": "ReplacingInPlace",
-    "ReplaceInPlace": "ReplacingInPlace",
-    "Waiting": "WaitingForCapacity",
-}
+# --- a fact for the conditions (status/endpoint_conditions.py) -------------------------
 
 
-def capacity_conditions(
-    updates: list[ConditionUpdate],
-    decision: CapacityDecision,
-    pods: Sequence[Mapping[str, Any]],
-) -> list[ConditionUpdate]:
-    """Progressing and Degraded as the capacity rules see them.
-
-    - A pool handled by the rules: `Progressing=True` with reason `SurgingElsewhere`,
-      `ReplacingInPlace` or `WaitingForCapacity`, the message naming the pool and quoting the
-      scheduler (replacing the rollout's `RollingOut`).
-    - `Degraded=True, Unschedulable` when every Unschedulable pod is the rollout's own (a surge
-      or borrowed pod of the new revision): `Degraded=False, AsExpected` — the endpoint serves
-      all its replicas; waiting for capacity is reported by Progressing, never as a failure.
-      `pods` are the engine pods the observed conditions come from.
-    Any other condition (a rollout failure, a crash-looping pod, a refused child) stands.
-    """
-    state = decision.state
-    out = []
-    for given in updates:
-        update = given
-        if (
-            update.type == PROGRESSING
-            and state is not None
-            and state.mode is not None
-            and update.reason in ("RollingOut", "WaitingForReplicas", "ScalingDown", "Stable")
-        ):
-            update = ConditionUpdate(
-                PROGRESSING, "True", CONDITION_REASONS[state.mode], state.message
-            )
-        elif (
-            update.type == DEGRADED
-            and update.reason == "Unschedulable"
-            and rollouts_own_pending(pods, decision.revision, decision.handled)
-        ):
-            update = ConditionUpdate(
-                DEGRADED,
-                "False",
-                "AsExpected",
-                "no problems observed: the only Unschedulable pods are the rollout's surge "
-                "replicas (see Progressing)",
-            )
-        out.append(update)
-    return out
+def owns_pending(decision: CapacityDecision, pods: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether every Unschedulable engine pod is the rollout's own (`rollouts_own_pending`
+    for the revision and pools this decision handles): then `Degraded` stays `AsExpected`."""
+    return rollouts_own_pending(pods, decision.revision, decision.handled)
 
 
 # --- wiring helpers (called by handlers/reconcile.py) ------------------------------------

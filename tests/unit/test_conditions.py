@@ -1,19 +1,16 @@
-"""Status conditions: transition bookkeeping and the Ready/Progressing/Degraded table."""
+"""Status conditions: transition bookkeeping, the status object and the pool observations.
+
+The Ready/Progressing/Degraded table is tests/unit/test_endpoint_conditions.py.
+"""
 
 from __future__ import annotations
-
-import pytest
 
 from magistral_operator.api.config import OperatorConfig
 from magistral_operator.api.status import Condition, MagistralEndpointStatus
 from magistral_operator.plan import plan_endpoint
-from magistral_operator.status.compute import (
-    build_status,
-    invalid_spec_updates,
-    serving_updates,
-    status_changed,
-)
+from magistral_operator.status.compute import build_status, status_changed
 from magistral_operator.status.conditions import ConditionUpdate, merge_conditions
+from magistral_operator.status.endpoint_conditions import ConditionInputs, endpoint_conditions
 from magistral_operator.status.observe import PoolObservation, observe_pool
 
 from .conftest import endpoint_from_spec
@@ -53,127 +50,23 @@ def test_new_conditions_get_now() -> None:
     assert transitions[0].old_status is None
 
 
-def obs(pool: str = "reserved-h100", **kw: object) -> dict[str, PoolObservation]:
-    return {pool: PoolObservation(pool=pool, **kw)}  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("observed", "expected"),
-    [
-        (
-            obs(replicas=2, pods=2),
-            {
-                "Ready": ("False", "NoReplicasReady"),
-                "Progressing": ("True", "WaitingForReplicas"),
-                "Degraded": ("False", "AsExpected"),
-            },
-        ),
-        (
-            obs(replicas=2, pods=2, ready_replicas=1, current_revision_ready=1),
-            {
-                "Ready": ("True", "ReplicasReady"),
-                "Progressing": ("True", "WaitingForReplicas"),
-                "Degraded": ("False", "AsExpected"),
-            },
-        ),
-        (
-            obs(replicas=2, pods=2, ready_replicas=2, current_revision_ready=2),
-            {
-                "Ready": ("True", "ReplicasReady"),
-                "Progressing": ("False", "Stable"),
-                "Degraded": ("False", "AsExpected"),
-            },
-        ),
-        (
-            obs(replicas=2, pods=3, ready_replicas=2, current_revision_ready=0),
-            {
-                "Ready": ("True", "ReplicasReady"),
-                "Progressing": ("True", "RollingOut"),
-                "Degraded": ("False", "AsExpected"),
-            },
-        ),
-        (
-            obs(replicas=2, pods=2, unschedulable="0/8 nodes are available: Insufficient gpu"),
-            {
-                "Ready": ("False", "NoReplicasReady"),
-                "Progressing": ("True", "WaitingForReplicas"),
-                "Degraded": ("True", "Unschedulable"),
-            },
-        ),
-        (
-            obs(replicas=2, pods=2, failing="pod x: CrashLoopBackOff"),
-            {
-                "Ready": ("False", "NoReplicasReady"),
-                "Progressing": ("True", "WaitingForReplicas"),
-                "Degraded": ("True", "ReplicasFailing"),
-            },
-        ),
-        (
-            obs(replicas=2, pods=4, ready_replicas=2, current_revision_ready=2),
-            {
-                "Ready": ("True", "ReplicasReady"),
-                "Progressing": ("True", "ScalingDown"),
-                "Degraded": ("False", "AsExpected"),
-            },
-        ),
-    ],
-)
-def test_serving_conditions_table(
-    observed: dict[str, PoolObservation],
-    expected: dict[str, tuple[str, str]],
-    operator_config: OperatorConfig,
-) -> None:
-    endpoint = endpoint_from_spec(
-        {"scaling": {"minReplicas": 2, "maxReplicas": 2}, "auth": {"disabled": True}}
-    )
-    plan = plan_endpoint(endpoint, operator_config)
-    got = {u.type: (u.status, u.reason) for u in serving_updates(plan=plan, observed=observed)}
-    assert got == expected
-
-
-def test_unschedulable_message_reaches_ready_and_degraded(operator_config: OperatorConfig) -> None:
-    plan = plan_endpoint(endpoint_from_spec({"auth": {"disabled": True}}), operator_config)
-    updates = serving_updates(
-        plan=plan, observed=obs(replicas=1, pods=1, unschedulable="Insufficient nvidia.com/gpu")
-    )
-    ready = next(u for u in updates if u.type == "Ready")
-    degraded = next(u for u in updates if u.type == "Degraded")
-    assert "Insufficient nvidia.com/gpu" in ready.message
-    assert "Insufficient nvidia.com/gpu" in degraded.message
-    assert "spec.gpu.tensorParallelSize" in degraded.message
-
-
-def test_scaled_to_zero(operator_config: OperatorConfig) -> None:
-    plan = plan_endpoint(
-        endpoint_from_spec(
-            {"scaling": {"minReplicas": 0, "maxReplicas": 0}, "auth": {"disabled": True}}
-        ),
-        operator_config,
-    )
-    (ready, *_) = serving_updates(plan=plan, observed=obs())
-    assert (ready.status, ready.reason) == ("False", "ScaledToZero")
-
-
-def test_invalid_spec_is_degraded_with_reason() -> None:
-    updates = invalid_spec_updates("spec.gpu.pools[0]: unknown pool", reason="UnknownPool")
-    assert {(u.type, u.status, u.reason) for u in updates} == {
-        ("Ready", "False", "UnknownPool"),
-        ("Progressing", "False", "Blocked"),
-        ("Degraded", "True", "UnknownPool"),
-    }
-
-
 def test_status_is_rewritten_only_when_it_changes(operator_config: OperatorConfig) -> None:
     endpoint = endpoint_from_spec({"auth": {"disabled": True}})
     plan = plan_endpoint(endpoint, operator_config)
-    observed = obs(replicas=1, pods=1, ready_replicas=1, current_revision_ready=1)
+    observed = {
+        "reserved-h100": PoolObservation(
+            pool="reserved-h100", replicas=1, pods=1, ready_replicas=1, current_revision_ready=1
+        )
+    }
 
     def build(previous: MagistralEndpointStatus, now: str) -> MagistralEndpointStatus:
         status, _ = build_status(
             previous=previous,
             generation=1,
             now=now,
-            updates=serving_updates(plan=plan, observed=observed),
+            updates=endpoint_conditions(
+                ConditionInputs(desired=plan.desired_replicas, observed=observed)
+            ),
             plan=plan,
             observed=observed,
             revision="abc",

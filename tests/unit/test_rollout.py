@@ -15,11 +15,12 @@ from magistral_operator.api.status import RolloutStatus
 from magistral_operator.rollout import (
     RESTART_THRESHOLD,
     PoolRollout,
-    condition_overrides,
     decide,
     healthy_template,
     restore_template,
 )
+from magistral_operator.status.endpoint_conditions import ConditionInputs, endpoint_conditions
+from magistral_operator.status.observe import PoolObservation
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 POOL = "reserved-h100"
@@ -207,7 +208,9 @@ def test_rollback_records_what_and_why() -> None:
     assert "revision bbbb failed" in decision.state.message
     assert "crash-looping" in decision.state.message
     assert "restored revision aaaa" in decision.state.message
-    overrides = {o.type: o for o in condition_overrides(decision, current_ready=2, desired=2)}
+    observed = {POOL: PoolObservation(pool=POOL, ready_replicas=2, current_revision_ready=2)}
+    inputs = ConditionInputs(desired=2, observed=observed, rollout=decision)
+    overrides = {o.type: o for o in endpoint_conditions(inputs)}
     assert overrides["Degraded"].reason == "RolloutFailed"
     assert overrides["Degraded"].status == "True"
     assert overrides["Progressing"].reason == "RolledBack"
@@ -223,7 +226,10 @@ def test_rolling_out_over_a_healthy_revision_says_so() -> None:
         now=NOW,
         desired_replicas=2,
     )
-    (progressing,) = condition_overrides(decision, current_ready=1, desired=2)
+    observed = {POOL: PoolObservation(pool=POOL, ready_replicas=2, current_revision_ready=1)}
+    _, progressing, _ = endpoint_conditions(
+        ConditionInputs(desired=2, observed=observed, rollout=decision)
+    )
     assert (progressing.status, progressing.reason) == ("True", "RollingOut")
 
 

@@ -1,7 +1,8 @@
 """No rollout deadlocks on GPU capacity: the pure policy as tables, then reconcile passes.
 
-Tables: the capacity decision (rollout_capacity.decide), its conditions
-(capacity_conditions), the children it changes (with_capacity) and the deadline that the
+Tables: the capacity decision (rollout_capacity.decide), whether the Unschedulable pods are the
+rollout's own (owns_pending: the fact its conditions take; the conditions themselves are rows of
+test_endpoint_conditions.py), the children it changes (with_capacity) and the deadline that the
 scheduler caused (rollout.deadline_from_capacity through pool_failure).
 
 Reconcile passes run against the in-memory API with a stand-in for the Deployment controller,
@@ -30,12 +31,11 @@ from magistral_operator.rollout import RESTART_THRESHOLD, PoolRollout, pool_fail
 from magistral_operator.rollout_capacity import (
     CapacityDecision,
     CapacityPool,
-    capacity_conditions,
     decide,
+    owns_pending,
     placement_pods,
     with_capacity,
 )
-from magistral_operator.status.conditions import ConditionUpdate
 from tests.unit.fake_kube import FakeKube, ScriptedDemand
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -283,13 +283,7 @@ def test_waiting_messages_say_why() -> None:
     assert "proceeds when room appears" in message(SURGE, 1)
 
 
-# --- conditions ---------------------------------------------------------------------------
-
-ROLLING = ConditionUpdate("Progressing", "True", "RollingOut", "1/2 replicas of it ready")
-UNSCHED = ConditionUpdate("Degraded", "True", "Unschedulable", "replicas cannot be scheduled")
-FAILED = ConditionUpdate("Degraded", "True", "RolloutFailed", "revision bbbb failed")
-ROLLED = ConditionUpdate("Progressing", "True", "RolledBack", "rolled back")
-READY = ConditionUpdate("Ready", "True", "ReplicasReady", "2/2 replicas ready")
+# --- the rollout's own pending pods (Degraded stays AsExpected; test_endpoint_conditions) ---
 
 SURGE_PENDING = [pod(A), pod(A), pod(B, pending=OLD)]  # P rolling, its surge pod pending
 BORROW_PENDING = [pod(A), pod(A), pod(B, pending=OLD), pod(B, pool=Q, pending=OLD)]
@@ -304,48 +298,28 @@ def _d(mode: str | None, handled: tuple[str, ...] = ()) -> CapacityDecision:
     )
 
 
-# (case, updates, decision, pods -> [(type, status, reason)])
-CONDITIONS = [
-    ("no capacity state, nothing pending: as observed", [READY, ROLLING, UNSCHED], _d(None), [],
-     [("Ready", "True", "ReplicasReady"), ("Progressing", "True", "RollingOut"),
-      ("Degraded", "True", "Unschedulable")]),
-    ("waiting: Progressing says so, the surge pod is no degradation", [READY, ROLLING, UNSCHED],
-     _d("Waiting", (P,)), SURGE_PENDING,
-     [("Ready", "True", "ReplicasReady"), ("Progressing", "True", "WaitingForCapacity"),
-      ("Degraded", "False", "AsExpected")]),
-    ("surging elsewhere, the borrowed pod pending", [ROLLING, UNSCHED],
-     _d("SurgeElsewhere", (P, Q)), BORROW_PENDING,
-     [("Progressing", "True", "SurgingElsewhere"), ("Degraded", "False", "AsExpected")]),
-    ("a borrowed pod pending on a pool not handled is not excused", [ROLLING, UNSCHED],
-     _d("Waiting", (P,)), BORROW_PENDING,
-     [("Progressing", "True", "WaitingForCapacity"), ("Degraded", "True", "Unschedulable")]),
-    ("replacing with the borrowed replica", [ROLLING], _d("ReplaceWithBorrowed"), [],
-     [("Progressing", "True", "ReplacingInPlace")]),
-    ("replacing in place, the replacement waits for the old pod's GPUs", [ROLLING, UNSCHED],
-     _d("ReplaceInPlace", (P,)), REPLACEMENT_PENDING,
-     [("Progressing", "True", "ReplacingInPlace"), ("Degraded", "False", "AsExpected")]),
-    ("a pending pod on a pool not rolling (placement's) stays Degraded", [ROLLING, UNSCHED],
-     _d("Waiting", (P,)), PLACEMENTS,
-     [("Progressing", "True", "WaitingForCapacity"), ("Degraded", "True", "Unschedulable")]),
-    ("a pending pod of the old revision stays Degraded", [UNSCHED], _d(None), OLD_PENDING,
-     [("Degraded", "True", "Unschedulable")]),
-    ("a surge pod within the delay is excused too", [ROLLING, UNSCHED], _d(None), SURGE_PENDING,
-     [("Progressing", "True", "RollingOut"), ("Degraded", "False", "AsExpected")]),
-    ("no rollout to help: as observed", [ROLLING, UNSCHED], CapacityDecision(), SURGE_PENDING,
-     [("Progressing", "True", "RollingOut"), ("Degraded", "True", "Unschedulable")]),
-    ("a rollback stands", [ROLLED, FAILED], _d("Waiting", (P,)), SURGE_PENDING,
-     [("Progressing", "True", "RolledBack"), ("Degraded", "True", "RolloutFailed")]),
+# (case, decision, pods -> every Unschedulable pod is the rollout's own)
+OWN_PENDING = [
+    ("nothing pending", _d(None), [], False),
+    ("waiting: the surge pod is the rollout's", _d("Waiting", (P,)), SURGE_PENDING, True),
+    ("surging elsewhere, the borrowed pod pending", _d("SurgeElsewhere", (P, Q)),
+     BORROW_PENDING, True),
+    ("a borrowed pod pending on a pool not handled is not excused", _d("Waiting", (P,)),
+     BORROW_PENDING, False),
+    ("replacing in place, the replacement waits for the old pod's GPUs",
+     _d("ReplaceInPlace", (P,)), REPLACEMENT_PENDING, True),
+    ("a pending pod on a pool not rolling (placement's)", _d("Waiting", (P,)), PLACEMENTS,
+     False),
+    ("a pending pod of the old revision", _d(None), OLD_PENDING, False),
+    ("a surge pod within the delay is excused too", _d(None), SURGE_PENDING, True),
+    ("no rollout to help", CapacityDecision(), SURGE_PENDING, False),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("row", CONDITIONS, ids=[r[0] for r in CONDITIONS])
-def test_capacity_conditions(row: tuple[Any, ...]) -> None:
-    _, updates, decision, pods, expected = row
-    got = capacity_conditions(updates, decision, pods)
-    assert [(u.type, u.status, u.reason) for u in got] == expected
-    for u in got:
-        if u.reason in ("WaitingForCapacity", "SurgingElsewhere", "ReplacingInPlace"):
-            assert u.message == "before"  # the state's message: pool and scheduler quoted
+@pytest.mark.parametrize("row", OWN_PENDING, ids=[r[0] for r in OWN_PENDING])
+def test_owns_pending(row: tuple[Any, ...]) -> None:
+    _, decision, pods, expected = row
+    assert owns_pending(decision, pods) is expected
 
 
 def test_decide_names_the_pools_it_handles() -> None:

@@ -30,7 +30,7 @@ from magistral_operator.render import render_endpoint
 from magistral_operator.render.metadata import is_engine_deployment
 from magistral_operator.sizing.capability import FP8_KV_CACHE_MIN, FP8_WEIGHTS_MIN
 from magistral_operator.sizing.profiles import BUILTIN_PROFILES, GB, GIB
-from magistral_operator.status.compute import problem_reason
+from magistral_operator.status.endpoint_conditions import problem_reason
 from magistral_runtime import VLLM_VERSION
 from magistral_runtime.config import parse_runtime_config
 from magistral_runtime.launcher import QUANTIZATION_METHODS, build_vllm_args

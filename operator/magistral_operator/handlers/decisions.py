@@ -28,14 +28,12 @@ from ..rollout import (
     CANARY_POOL,
     PoolRollout,
     RolloutDecision,
-    condition_overrides,
     restore_template,
 )
 from ..rollout import decide as decide_rollout
 from ..rollout_analysis import Verdict, judge
 from ..sizing.throughput import ReplicaThroughput
-from ..status.conditions import ConditionUpdate
-from ..status.observe import PoolObservation, pending_since, pool_load
+from ..status.observe import pending_since, pool_load
 
 DEFAULT_STARTUP_SECONDS = 300.0
 
@@ -289,22 +287,6 @@ def with_restored_templates(
             else restore_template(obj, template=template, revision=rollout.applied_revision)
         )
     return out
-
-
-def with_rollout_conditions(
-    updates: list[ConditionUpdate],
-    *,
-    rollout: RolloutDecision,
-    observed: dict[str, PoolObservation],
-    desired: int,
-) -> list[ConditionUpdate]:
-    """The observed conditions, with Progressing/Degraded as the rollout state has them."""
-    current_ready = sum(o.current_revision_ready for o in observed.values())
-    overrides = {
-        o.type: ConditionUpdate(o.type, o.status, o.reason, o.message)
-        for o in condition_overrides(rollout, current_ready=current_ready, desired=desired)
-    }
-    return [overrides.get(u.type, u) for u in updates]
 
 
 def place_replicas(

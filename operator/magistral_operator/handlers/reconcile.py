@@ -20,7 +20,6 @@ from ..api.endpoint import parse_endpoint
 from ..api.errors import ConfigError
 from ..api.labels import ENDPOINT_LABEL
 from ..api.status import (
-    DEGRADED,
     AutoscalerStatus,
     MagistralEndpointStatus,
     PlacementStatus,
@@ -38,24 +37,15 @@ from ..render.hashing import content_hash
 from ..render.metadata import COMPONENT, COMPONENT_LABEL
 from ..render.router import ROUTER_COMPONENT, router_name
 from ..rollout_capacity import (  # capacity: no rollout deadlocks on GPUs (docs/rollout.md)
-    capacity_conditions,
     capacity_pass,
+    owns_pending,
     placement_pods,
     with_capacity,
     with_capacity_state,
 )
-from ..status.compute import (
-    build_status,
-    invalid_spec_updates,
-    problem_reason,
-    serving_updates,
-    spec_warnings,
-    status_changed,
-    with_refused_children,
-    with_router,
-    with_secret_problems,
-)
+from ..status.compute import build_status, spec_warnings, status_changed
 from ..status.conditions import ConditionUpdate, merge_conditions
+from ..status.endpoint_conditions import ConditionInputs, endpoint_conditions, problem_reason
 from ..status.observe import PoolObservation, observe_pool, observe_router
 from ..status.patch import merge_patch
 from .announce import post_placement_events, post_transition, utc_now
@@ -66,7 +56,6 @@ from .decisions import (
     rollout_pass,
     with_canary,
     with_restored_templates,
-    with_rollout_conditions,
 )
 from .refusals import RefusalBook
 
@@ -135,7 +124,11 @@ def reconcile(
     except ConfigError as exc:
         outcome.problem = str(exc)
         _write_status(
-            kube, body, previous, updates=invalid_spec_updates(str(exc)), generation=generation
+            kube,
+            body,
+            previous,
+            updates=endpoint_conditions(ConditionInputs(problem=str(exc))),
+            generation=generation,
         )
         return outcome
 
@@ -147,7 +140,9 @@ def reconcile(
             kube,
             body,
             previous,
-            updates=invalid_spec_updates(outcome.problem, reason="ReferenceNotFound"),
+            updates=endpoint_conditions(
+                ConditionInputs(problem=outcome.problem, problem_reason="ReferenceNotFound")
+            ),
             generation=generation,
         )
         return outcome
@@ -188,7 +183,9 @@ def reconcile(
             kube,
             body,
             previous,
-            updates=invalid_spec_updates(outcome.problem, reason=problem_reason(plan)),
+            updates=endpoint_conditions(
+                ConditionInputs(problem=outcome.problem, problem_reason=problem_reason(plan))
+            ),
             generation=generation,
             plan=plan,
         )
@@ -267,32 +264,23 @@ def reconcile(
     probe = placement.state.probe_pool if placement else None
     if probe in observed:  # a probe waiting for capacity does not degrade the endpoint
         observed[probe] = replace(observed[probe], unschedulable=None)
+    # Conditions: the facts gathered above, every rule in status/endpoint_conditions.py.
     outcome.status_written = _write_status(
         kube,
         body,
         previous,
-        updates=with_refused_children(
-            with_secret_problems(
-                with_router(
-                    capacity_conditions(
-                        with_rollout_conditions(
-                            serving_updates(
-                                plan=plan,
-                                observed=observed,
-                                can_scale_from_zero=endpoint.spec.scaling.max_replicas > 0,
-                            ),
-                            rollout=rollout,
-                            observed=observed,
-                            desired=plan.desired_replicas,
-                        ),
-                        capacity,
-                        pods,
-                    ),
-                    router,
-                ),
-                refs=refs,
-            ),
-            [(r.label, r.message) for r in report.refused],
+        updates=endpoint_conditions(
+            ConditionInputs(
+                desired=plan.desired_replicas,
+                observed=observed,
+                can_scale_from_zero=endpoint.spec.scaling.max_replicas > 0,
+                rollout=rollout,
+                capacity=capacity.state,
+                rollouts_own_pending=owns_pending(capacity, pods),
+                router=router,
+                refused=[(r.label, r.message) for r in report.refused],
+                secret_refs=refs,
+            )
         ),
         generation=generation,
         plan=plan,
@@ -341,11 +329,10 @@ def report_failure(kube: Kube, body: dict[str, Any], error: Exception) -> bool:
     """
     meta = body["metadata"]
     previous = previous_status(body)
-    message = f"the operator could not reconcile this endpoint: {error}"[:2000]
-    update = ConditionUpdate(DEGRADED, "True", "ReconcileError", message)
+    updates = endpoint_conditions(ConditionInputs(reconcile_error=str(error)))
     now = utc_now()
     conditions, transitions = merge_conditions(
-        previous.conditions, [update], now=now, generation=int(meta.get("generation") or 0)
+        previous.conditions, updates, now=now, generation=int(meta.get("generation") or 0)
     )
     if conditions == previous.conditions:
         return False
