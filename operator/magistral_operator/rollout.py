@@ -90,6 +90,17 @@ def _template_revision(deployment: Mapping[str, Any]) -> str | None:
     return _labels(template).get(REVISION_LABEL)
 
 
+def revision_pods(observed: PoolRollout, *, revision: str) -> list[Mapping[str, Any]]:
+    """The pool's pods of `revision` that are not being deleted."""
+    return [
+        pod
+        for pod in observed.pods
+        if _labels(pod).get(REVISION_LABEL) == revision
+        and _labels(pod).get(POOL_LABEL) == observed.pool
+        and not (pod.get("metadata") or {}).get("deletionTimestamp")
+    ]
+
+
 def pod_failure(pod: Mapping[str, Any]) -> str | None:
     """Why a pod counts as failed for a rollout, or None."""
     name = (pod.get("metadata") or {}).get("name", "?")
@@ -119,12 +130,7 @@ def pool_failure(observed: PoolRollout, *, revision: str) -> str | None:
                 and not deadline_from_capacity(observed, revision=revision, cond=cond)
             ):
                 return f"pool {observed.pool}: progress deadline exceeded ({cond.get('message')})"
-    for pod in observed.pods:
-        labels = _labels(pod)
-        if labels.get(REVISION_LABEL) != revision or labels.get(POOL_LABEL) != observed.pool:
-            continue
-        if (pod.get("metadata") or {}).get("deletionTimestamp"):
-            continue
+    for pod in revision_pods(observed, revision=revision):
         why = pod_failure(pod)
         if why:
             return f"pool {observed.pool}: {why}"
@@ -149,12 +155,7 @@ def deadline_from_capacity(
     the deadline was declared (room appeared since; Kubernetes keeps the condition until the
     Deployment progresses again)."""
     declared = str(cond.get("lastUpdateTime") or cond.get("lastTransitionTime") or "")
-    for pod in observed.pods:
-        labels = _labels(pod)
-        if labels.get(REVISION_LABEL) != revision or labels.get(POOL_LABEL) != observed.pool:
-            continue
-        if (pod.get("metadata") or {}).get("deletionTimestamp"):
-            continue
+    for pod in revision_pods(observed, revision=revision):
         scheduled = _pod_scheduled(pod)
         if scheduled is None:
             continue

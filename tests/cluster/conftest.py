@@ -33,7 +33,7 @@ from e2e.install import (
     install_operator_rbac,
     kubectl,
 )
-from e2e.operator_process import OperatorProcess
+from e2e.operator_process import DEFAULT_CONFIG, OperatorProcess
 
 GROUP, VERSION, PLURAL = "magistral.dev", "v1alpha1", "magistralendpoints"
 
@@ -84,6 +84,31 @@ def operator(
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def fast_overflow_operator(
+    cluster: LocalCluster, admin_kubeconfig: Path, operator: OperatorProcess, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The session operator, swapped for one whose pools overflow (count as full) after 5 s,
+    for the test that asks for it."""
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    for pool in config["pools"]:
+        pool["overflowAfterSeconds"] = 5
+    path = tmp_path / "operator-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    operator.stop()
+    own = OperatorProcess(
+        kubeconfig=cluster.kubeconfig_for_service_account(OPERATOR_NAMESPACE, SERVICE_ACCOUNT),
+        log_file=tmp_path / "operator.log",
+        config=path,
+    )
+    try:
+        own.start()
+        yield own
+    finally:
+        own.stop()
+        operator.start()
 
 
 class RouterReadiness:

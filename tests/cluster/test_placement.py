@@ -16,12 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
-from e2e.cluster.cluster import LocalCluster
-from e2e.install import OPERATOR_NAMESPACE, SERVICE_ACCOUNT
-from e2e.operator_process import DEFAULT_CONFIG, OperatorProcess
+from e2e.operator_process import OperatorProcess
 
 from .conftest import apply_manifest, endpoint_manifest, get_endpoint, ready_pods_by, wait_for
 
@@ -31,30 +28,6 @@ NAME = "placed"
 
 def ready_pods_by_pool(api: client.ApiClient, namespace: str) -> dict[str, int]:
     return ready_pods_by(api, namespace, endpoint=NAME, label="magistral.dev/pool")
-
-
-@pytest.fixture
-def fast_overflow_operator(
-    cluster: LocalCluster, admin_kubeconfig: Path, operator: OperatorProcess, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    """The session operator, swapped for one whose pools overflow after 5 s for this test."""
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    for pool in config["pools"]:
-        pool["overflowAfterSeconds"] = 5
-    path = tmp_path / "operator-config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    operator.stop()
-    own = OperatorProcess(
-        kubeconfig=cluster.kubeconfig_for_service_account(OPERATOR_NAMESPACE, SERVICE_ACCOUNT),
-        log_file=tmp_path / "operator.log",
-        config=path,
-    )
-    try:
-        own.start()
-        yield own
-    finally:
-        own.stop()
-        operator.start()
 
 
 @pytest.fixture

@@ -23,12 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
-from e2e.cluster.cluster import LocalCluster
-from e2e.install import OPERATOR_NAMESPACE, SERVICE_ACCOUNT
-from e2e.operator_process import DEFAULT_CONFIG, OperatorProcess
+from e2e.operator_process import OperatorProcess
 
 from .conftest import apply_manifest, condition, endpoint_manifest, get_endpoint, wait_for
 
@@ -43,30 +40,6 @@ ROLLOUT = {
     "autoRollback": True,
     "canary": {"enabled": False},  # the rolling update past a full pool; no canary replica
 }
-
-
-@pytest.fixture
-def fast_operator(
-    cluster: LocalCluster, admin_kubeconfig: Path, operator: OperatorProcess, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    """The session operator, swapped for one whose pools count as full after 5 s."""
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    for pool in config["pools"]:
-        pool["overflowAfterSeconds"] = 5
-    path = tmp_path / "operator-config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    operator.stop()
-    own = OperatorProcess(
-        kubeconfig=cluster.kubeconfig_for_service_account(OPERATOR_NAMESPACE, SERVICE_ACCOUNT),
-        log_file=tmp_path / "operator.log",
-        config=path,
-    )
-    try:
-        own.start()
-        yield own
-    finally:
-        own.stop()
-        operator.start()
 
 
 def manifest(namespace: str, stage: str) -> dict[str, Any]:
@@ -266,7 +239,7 @@ def start_healthy(api: client.ApiClient, kubeconfig: Path, namespace: str) -> st
 def test_a_rollout_on_a_full_pool_surges_on_the_next_pool(
     api: client.ApiClient,
     admin_kubeconfig: Path,
-    fast_operator: OperatorProcess,
+    fast_overflow_operator: OperatorProcess,
     namespace: str,
     fillers: Fillers,
 ) -> None:
@@ -314,7 +287,7 @@ def test_a_rollout_on_a_full_pool_surges_on_the_next_pool(
 def test_a_rollout_with_no_room_waits_honestly_and_proceeds_when_room_appears(
     api: client.ApiClient,
     admin_kubeconfig: Path,
-    fast_operator: OperatorProcess,
+    fast_overflow_operator: OperatorProcess,
     namespace: str,
     fillers: Fillers,
 ) -> None:
