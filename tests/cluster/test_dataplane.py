@@ -120,8 +120,11 @@ def chat(
 class Burst:
     """`count` requests sent at once, spread over the fronts, answered in threads."""
 
-    def __init__(self, targets: list[RouterProcessInfo], *, model: str, count: int) -> None:
+    def __init__(
+        self, targets: list[RouterProcessInfo], *, model: str, count: int, tokens: int = TOKENS
+    ) -> None:
         self.answers: list[Answer] = [Answer() for _ in range(count)]
+        self.tokens = tokens
         self.threads = [
             threading.Thread(
                 target=self._one, args=(i, targets[i % len(targets)], model), daemon=True
@@ -132,7 +135,7 @@ class Burst:
             t.start()
 
     def _one(self, i: int, target: RouterProcessInfo, model: str) -> None:
-        self.answers[i] = chat(target, model=model)
+        self.answers[i] = chat(target, model=model, tokens=self.tokens)
 
     def join(self, timeout: float) -> list[Answer]:
         deadline = time.monotonic() + timeout
@@ -208,8 +211,11 @@ def test_a_backlog_is_served_by_new_replicas_then_the_fleet_scales_back(
     )
     assert replicas(api, namespace, name) == 1
 
-    # 12 requests at once and nothing after: the one replica runs 2, the fronts hold 10.
-    burst = Burst(targets, model=model, count=12)
+    # 12 requests at once and nothing after: the one replica runs 2, the fronts hold 10. Each
+    # holds a sequence for about 20 s, so the one replica alone would take 2 minutes: longer
+    # than a new replica takes to start and be added by the routers' discovery (it polls a new
+    # pod's /health every 30 s), so that each new replica gets part of the backlog.
+    burst = Burst(targets, model=model, count=12, tokens=2 * TOKENS)
     wait_for("a scale-up to 3 replicas", lambda: replicas(api, namespace, name) == 3, timeout=60)
     up = wait_for("a ScaledUp event", lambda: events(api, namespace, name, "ScaledUp"), timeout=30)
     assert any("scaled up from 1 to 3" in e.message for e in up), [e.message for e in up]
