@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -235,3 +236,20 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     else:
         (obj,) = (o for o in objects if o["kind"] == kind)
     return obj
+
+
+def middleware_runtime_config(tmp_path: Path) -> Path:
+    """A runtime config for a simulator process that loads the runtime middleware (as the
+    operator's pods run it): no system prompt, no API key, 4096 tokens."""
+    config = {
+        "model": "mistralai/Magistral-Small-2506",
+        "served_model_name": "magistral-test",
+        "tensor_parallel_size": 1,
+        "max_model_len": 4096,
+        "gpu_memory_utilization": 0.9,
+        "system_prompt": {"mode": "none"},
+        "api_key_required": False,
+    }
+    path = tmp_path / "runtime.json"
+    path.write_text(json.dumps(config))
+    return path

@@ -33,8 +33,9 @@ VLLM_LINE = (
 
 
 def test_shared_constants_match_the_operator_and_runtime() -> None:
-    labels = pytest.importorskip("magistral_operator.api.labels")
-    runtime_config = pytest.importorskip("magistral_runtime.config")
+    from magistral_operator.api import labels
+    from magistral_runtime import config as runtime_config
+
     assert labels.ARGS_ANNOTATION == pods.ARGS_ANNOTATION
     assert labels.MANAGED_BY_SELECTOR == pods.MANAGED_BY_SELECTOR
     assert runtime_config.API_KEY_ENV == API_KEY_ENV

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_engine.conftest import SimProcess, fetch, metrics, value
+from tests.e2e_engine.conftest import SimProcess, fetch, metrics, middleware_runtime_config, value
 
 FAST = ["--ttft-ms", "5", "--prefill-ms-per-token", "0", "--max-model-len", "4096"]
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -179,18 +179,7 @@ def test_runtime_middleware_runs_inside_like_in_vllm(
     processes: list[SimProcess], tmp_path: Path
 ) -> None:
     """`--middleware magistral_runtime.middleware.MagistralMiddleware`, as the pods run it."""
-    pytest.importorskip("magistral_runtime.middleware")
-    config = {
-        "model": "mistralai/Magistral-Small-2506",
-        "served_model_name": "magistral-test",
-        "tensor_parallel_size": 1,
-        "max_model_len": 4096,
-        "gpu_memory_utilization": 0.9,
-        "system_prompt": {"mode": "none"},
-        "api_key_required": False,
-    }
-    path = tmp_path / "runtime.json"
-    path.write_text(json.dumps(config))
+    path = middleware_runtime_config(tmp_path)
     proc = SimProcess(
         "--port", "0", "--served-model-name", "magistral-test", "--itl-ms", "2",
         "--middleware", "magistral_runtime.middleware.MagistralMiddleware", *FAST,

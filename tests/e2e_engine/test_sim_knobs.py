@@ -20,7 +20,14 @@ from openai import OpenAI
 
 from e2e.engine.config import SimConfig, config_from_args, fails_at
 from e2e.engine.engine import Engine
-from tests.e2e_engine.conftest import SimProcess, ThreadedSimulator, fetch, metrics, value
+from tests.e2e_engine.conftest import (
+    SimProcess,
+    ThreadedSimulator,
+    fetch,
+    metrics,
+    middleware_runtime_config,
+    value,
+)
 from tests.e2e_engine.test_engine import BASE, Recorder, make_seq, sample
 
 SimFactory = Callable[..., ThreadedSimulator]
@@ -249,18 +256,7 @@ def test_failures_pass_through_the_runtime_middleware(tmp_path: Path) -> None:
     """A simulator process as the supervisor starts it for an operator pod (``--error-rate``
     from the pod's env, the runtime middleware): the 500 and the stream's error event reach
     the client unchanged, and /metrics counts them as ``error``."""
-    pytest.importorskip("magistral_runtime.middleware")
-    config = {
-        "model": "mistralai/Magistral-Small-2506",
-        "served_model_name": "magistral-test",
-        "tensor_parallel_size": 1,
-        "max_model_len": 4096,
-        "gpu_memory_utilization": 0.9,
-        "system_prompt": {"mode": "none"},
-        "api_key_required": False,
-    }
-    path = tmp_path / "runtime.json"
-    path.write_text(json.dumps(config))
+    path = middleware_runtime_config(tmp_path)
     proc = SimProcess(
         "--port", "0", "--served-model-name", "magistral-test", "--itl-ms", "2",
         "--ttft-ms", "5", "--prefill-ms-per-token", "0", "--max-model-len", "4096",
