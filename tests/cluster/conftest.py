@@ -199,6 +199,25 @@ def get_endpoint(api: client.ApiClient, namespace: str, name: str) -> dict[str, 
     return obj
 
 
+def rollout_state(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    """The endpoint's status.rollout (empty before the first pass)."""
+    return dict((get_endpoint(api, namespace, name).get("status") or {}).get("rollout") or {})
+
+
+def healthy_rollout(
+    api: client.ApiClient, namespace: str, name: str, *, not_revision: str | None = None
+) -> Callable[[], dict[str, Any] | None]:
+    """A wait_for check: the rollout Healthy, on a revision other than `not_revision`."""
+
+    def check() -> dict[str, Any] | None:
+        state = rollout_state(api, namespace, name)
+        if state.get("phase") != "Healthy" or state.get("currentRevision") == not_revision:
+            return None
+        return state
+
+    return check
+
+
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
     for cond in (obj.get("status") or {}).get("conditions") or []:
         if cond["type"] == type_:

@@ -30,7 +30,9 @@ from .conftest import (
     condition,
     endpoint_manifest,
     get_endpoint,
+    healthy_rollout,
     ready_pods_by,
+    rollout_state,
     wait_for,
 )
 
@@ -55,20 +57,6 @@ def manifest(namespace: str, env: list[dict[str, str]]) -> dict[str, Any]:
     )
 
 
-def rollout_state(api: client.ApiClient, namespace: str) -> dict[str, Any]:
-    return dict((get_endpoint(api, namespace, NAME).get("status") or {}).get("rollout") or {})
-
-
-def healthy_on(api: client.ApiClient, namespace: str, *, not_revision: str | None = None) -> Any:
-    def check() -> dict[str, Any] | None:
-        state = rollout_state(api, namespace)
-        if state.get("phase") != "Healthy" or state.get("currentRevision") == not_revision:
-            return None
-        return state
-
-    return check
-
-
 def reasons(api: client.ApiClient, namespace: str) -> list[str]:
     events = client.CoreV1Api(api).list_namespaced_event(
         namespace, field_selector=f"involvedObject.name={NAME}"
@@ -85,7 +73,7 @@ def test_failed_revision_rolls_back_and_a_fixed_one_rolls_out(
 ) -> None:
     # Revision A: healthy.
     apply_manifest(admin_kubeconfig, manifest(namespace, [{"name": "STAGE", "value": "a"}]))
-    first = wait_for("revision A to be healthy", healthy_on(api, namespace), timeout=120)
+    first = wait_for("revision A to be healthy", healthy_rollout(api, namespace, NAME), timeout=120)
     revision_a = first["currentRevision"]
     assert first["lastHealthyRevision"] == revision_a
     wait_for(
@@ -116,7 +104,7 @@ def test_failed_revision_rolls_back_and_a_fixed_one_rolls_out(
         )
 
         def rolled_back() -> dict[str, Any] | None:
-            state = rollout_state(api, namespace)
+            state = rollout_state(api, namespace, NAME)
             return state if state.get("phase") == "RolledBack" else None
 
         state = wait_for("revision B to be rolled back", rolled_back, timeout=180)
@@ -164,7 +152,7 @@ def test_failed_revision_rolls_back_and_a_fixed_one_rolls_out(
     apply_manifest(admin_kubeconfig, manifest(namespace, [{"name": "STAGE", "value": "c"}]))
     state = wait_for(
         "revision C to be healthy",
-        healthy_on(api, namespace, not_revision=revision_a),
+        healthy_rollout(api, namespace, NAME, not_revision=revision_a),
         timeout=180,
     )
     revision_c = state["currentRevision"]

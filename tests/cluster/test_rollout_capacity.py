@@ -27,7 +27,14 @@ from kubernetes import client
 
 from e2e.operator_process import OperatorProcess
 
-from .conftest import apply_manifest, condition, endpoint_manifest, get_endpoint, wait_for
+from .conftest import (
+    apply_manifest,
+    condition,
+    endpoint_manifest,
+    get_endpoint,
+    healthy_rollout,
+    wait_for,
+)
 
 RESERVED, ONDEMAND = "reserved-h100", "ondemand-h100"
 NAME = "cap"
@@ -186,20 +193,6 @@ class Watch:
             self.stop.wait(0.2)
 
 
-def rollout_state(api: client.ApiClient, namespace: str) -> dict[str, Any]:
-    return dict((get_endpoint(api, namespace, NAME).get("status") or {}).get("rollout") or {})
-
-
-def healthy(api: client.ApiClient, namespace: str, *, not_revision: str | None = None) -> Any:
-    def check() -> dict[str, Any] | None:
-        state = rollout_state(api, namespace)
-        if state.get("phase") != "Healthy" or state.get("currentRevision") == not_revision:
-            return None
-        return state
-
-    return check
-
-
 def pods_by(api: client.ApiClient, namespace: str) -> dict[tuple[str, str], int]:
     """Ready, not terminating engine pods by (pool, revision)."""
     pods = client.CoreV1Api(api).list_namespaced_pod(
@@ -226,7 +219,7 @@ def reasons(api: client.ApiClient, namespace: str) -> list[str]:
 
 def start_healthy(api: client.ApiClient, kubeconfig: Path, namespace: str) -> str:
     apply_manifest(kubeconfig, manifest(namespace, "a"))
-    a = wait_for("revision A to be healthy", healthy(api, namespace), timeout=120)
+    a = wait_for("revision A to be healthy", healthy_rollout(api, namespace, NAME), timeout=120)
     revision = str(a["currentRevision"])
     wait_for(
         f"{REPLICAS} Ready pods of A on {RESERVED}",
@@ -250,7 +243,9 @@ def test_a_rollout_on_a_full_pool_surges_on_the_next_pool(
     with Watch(api, namespace) as watch:
         apply_manifest(admin_kubeconfig, manifest(namespace, "b"))
         state = wait_for(
-            "revision B to be healthy", healthy(api, namespace, not_revision=a), timeout=180
+            "revision B to be healthy",
+            healthy_rollout(api, namespace, NAME, not_revision=a),
+            timeout=180,
         )
         b = state["currentRevision"]
         wait_for(
@@ -344,7 +339,9 @@ def test_a_rollout_with_no_room_waits_honestly_and_proceeds_when_room_appears(
         # rollout proceeds by itself.
         fillers.free(next(n for n in sorted(fillers.names) if n.startswith(RESERVED)))
         state = wait_for(
-            "revision B to be healthy", healthy(api, namespace, not_revision=a), timeout=180
+            "revision B to be healthy",
+            healthy_rollout(api, namespace, NAME, not_revision=a),
+            timeout=180,
         )
         wait_for(
             f"{REPLICAS} Ready pods of B on {RESERVED}",
