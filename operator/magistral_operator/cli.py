@@ -98,11 +98,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .kube.lease import LeaseElector
         from .leadership import LeaseTiming
 
-        timing = LeaseTiming(
-            lease_duration=args.lease_duration,
-            renew_deadline=args.renew_deadline,
-            retry_period=args.retry_period,
-        )
+        try:
+            timing = LeaseTiming(
+                lease_duration=args.lease_duration,
+                renew_deadline=args.renew_deadline,
+                retry_period=args.retry_period,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         namespace = args.leader_elect_namespace or default_namespace()
         leadership = LeaseElector(
             Kube(api_client, write_timeout=timing.retry_period),
