@@ -104,7 +104,8 @@ def test_standby_takes_over_within_the_bound_and_never_writes_while_the_leader_d
         procs[identity] = OperatorProcess(
             kubeconfig=kubeconfig,
             log_file=tmp_path / f"{identity}.log",
-            namespaces=(namespace,),
+            # Cluster-wide, like the chart's default (a namespace list makes kopf list
+            # namespaces, which the ServiceAccount may not).
             extra_args=(
                 "--leader-elect",
                 f"--leader-elect-namespace={OPERATOR_NAMESPACE}",
