@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -24,8 +25,9 @@ from e2e.operator_process import OperatorProcess
 from .audit import OPERATOR_USER, AttributedWrite, attributed_writes, log_size
 from .conftest import apply_manifest, endpoint_manifest, get_endpoint, ready_status, wait_for
 
-# Short timings for the test (the chart's defaults are client-go's 15 s / 10 s / 2 s).
-LEASE, RENEW, RETRY = 6.0, 4.0, 1.0
+# Short timings for the test (the chart's defaults are client-go's 15 s / 10 s / 2 s;
+# MAGISTRAL_HA_TIMINGS=15,10,2 runs the test with them).
+LEASE, RENEW, RETRY = (float(x) for x in os.environ.get("MAGISTRAL_HA_TIMINGS", "6,4,1").split(","))
 TAKEOVER_BOUND = LEASE + 2 * RETRY  # leadership.LeaseTiming.takeover_bound
 SLACK = 2.0  # a Lease read and write on a loaded 2-core machine
 
@@ -72,28 +74,11 @@ def _session_operator_running(request: pytest.FixtureRequest) -> bool:
     return False
 
 
-def deployment_replicas(api: client.ApiClient, namespace: str, endpoint: str) -> int:
-    apps = client.AppsV1Api(api)
-    deployments = apps.list_namespaced_deployment(
-        namespace,
-        label_selector=f"magistral.dev/endpoint={endpoint},app.kubernetes.io/component=inference",
-    )
-    return sum(d.spec.replicas or 0 for d in deployments.items)
-
-
-@pytest.mark.usefixtures("no_standalone_operator")
-def test_standby_takes_over_within_the_bound_and_never_writes_while_the_leader_does(
-    cluster: LocalCluster,
-    admin_kubeconfig: Path,
-    api: client.ApiClient,
-    namespace: str,
-    tmp_path: Path,
-) -> None:
-    install_operator_rbac(admin_kubeconfig, "--set", "leaderElection.enabled=true")
-    lease_name = f"ha-{namespace}"
-    offset = log_size(cluster.audit_log)
-
-    # Two processes, each with a token of its own for the chart's ServiceAccount.
+def two_operators(
+    cluster: LocalCluster, tmp_path: Path, lease_name: str
+) -> tuple[dict[str, OperatorProcess], dict[str, str]]:
+    """op-a and op-b, each with a token of its own for the chart's ServiceAccount; and which
+    process each token's credential id belongs to."""
     procs: dict[str, OperatorProcess] = {}
     credentials: dict[str, str] = {}
     for identity in ("op-a", "op-b"):
@@ -116,6 +101,31 @@ def test_standby_takes_over_within_the_bound_and_never_writes_while_the_leader_d
                 f"--retry-period={RETRY}",
             ),
         )
+    return procs, credentials
+
+
+def deployment_replicas(api: client.ApiClient, namespace: str, endpoint: str) -> int:
+    apps = client.AppsV1Api(api)
+    deployments = apps.list_namespaced_deployment(
+        namespace,
+        label_selector=f"magistral.dev/endpoint={endpoint},app.kubernetes.io/component=inference",
+    )
+    return sum(d.spec.replicas or 0 for d in deployments.items)
+
+
+@pytest.mark.usefixtures("no_standalone_operator")
+def test_standby_takes_over_within_the_bound_and_never_writes_while_the_leader_does(
+    cluster: LocalCluster,
+    admin_kubeconfig: Path,
+    api: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    install_operator_rbac(admin_kubeconfig, "--set", "leaderElection.enabled=true")
+    lease_name = f"ha-{namespace}"
+    offset = log_size(cluster.audit_log)
+
+    procs, credentials = two_operators(cluster, tmp_path, lease_name)
     assert len(credentials) == 2
     a, b = procs["op-a"], procs["op-b"]
     try:
@@ -202,3 +212,33 @@ def _when(w: AttributedWrite) -> datetime:
 
 def _kopf_agents(ws: list[AttributedWrite]) -> set[str]:
     return {w.user_agent.split(" ")[0] for w in ws if w.user_agent.startswith("kopf/")}
+
+
+@pytest.mark.usefixtures("no_standalone_operator")
+def test_a_leader_stopped_with_sigterm_hands_over_within_a_retry_period(
+    cluster: LocalCluster, admin_kubeconfig: Path, api: client.ApiClient, tmp_path: Path
+) -> None:
+    """A deleted or upgraded leader pod gives the Lease up: no wait for its expiry."""
+    install_operator_rbac(admin_kubeconfig, "--set", "leaderElection.enabled=true")
+    lease_name = f"ha-term-{int(time.time())}"
+    procs, _ = two_operators(cluster, tmp_path, lease_name)
+    a, b = procs["op-a"], procs["op-b"]
+    try:
+        a.start()
+        wait_for("op-a to lead", lambda: lease_holder(api, lease_name) == "op-a", timeout=30)
+        b.start()
+        time.sleep(2 * RETRY)
+        started = time.monotonic()
+        a.stop()  # SIGTERM: kopf's cleanup releases the Lease
+        wait_for(
+            "op-b to lead",
+            lambda: lease_holder(api, lease_name) == "op-b",
+            timeout=LEASE + 10,
+            interval=0.1,
+        )
+        handover = time.monotonic() - started
+        print(f"\nleader stopped (SIGTERM) → standby leads after {handover:.1f} s")
+        assert handover < LEASE, "the standby waited for the Lease to expire"
+    finally:
+        for proc in procs.values():
+            proc.stop()
