@@ -140,6 +140,20 @@ def test_the_client_refuses_writes_but_not_reads_when_not_leader() -> None:
     api.call_api.assert_called_once()
 
 
+def test_every_request_has_a_timeout() -> None:
+    """Reads are bounded too (a hung connection must not hold an endpoint's lock); a leader's
+    writes are bounded by the fencing margin."""
+    api = mock.Mock()
+    api.param_serialize.return_value = ("GET", "url", {}, None, [])
+    api.call_api.return_value = mock.Mock(status=200, read=lambda: b"{}")
+    Kube(api).request("GET", "/api/v1/namespaces/ns/pods")
+    assert api.call_api.call_args.kwargs["_request_timeout"] == 30.0
+    Kube(api, write_timeout=5.0).request("PATCH", "/api/v1/namespaces/ns/pods/p")
+    assert api.call_api.call_args.kwargs["_request_timeout"] == 5.0
+    Kube(api, write_timeout=5.0).request("GET", "/api/v1/namespaces/ns/pods")
+    assert api.call_api.call_args.kwargs["_request_timeout"] == 30.0
+
+
 def test_kopf_bookkeeping_is_not_stored_by_a_standby() -> None:
     leading = {"value": False}
     diffbase = DigestDiffBaseStorage(

@@ -91,8 +91,16 @@ class NotLeaderError(Exception):
     """A write refused because this process does not hold the leader Lease (fencing)."""
 
 
+REQUEST_TIMEOUT_SECONDS = 30.0
+"""The bound on any request (a hung connection must not hold an endpoint's lock forever)."""
+
+
 class Kube:
     """JSON requests to the API server.
+
+    Every request has a timeout (`timeout`, 30 s by default): a hung connection fails the
+    pass (reported as `Degraded=ReconcileError`, retried with back-off) instead of holding the
+    endpoint's lock.
 
     `may_write`, when given, is asked before every request that is not a GET: a process that
     is not (or no longer) the leader raises `NotLeaderError` instead of sending the write, and
@@ -106,10 +114,12 @@ class Kube:
         *,
         may_write: Callable[[], bool] | None = None,
         write_timeout: float | None = None,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,
     ) -> None:
         self.api = api_client
         self.may_write = may_write
         self.write_timeout = write_timeout
+        self.timeout = timeout
 
     def request(
         self,
@@ -134,7 +144,7 @@ class Kube:
             body=body if body is None or "json" in content_type else apply_body(body),
             auth_settings=["BearerToken"],
         )
-        timeout = self.write_timeout if write else None
+        timeout = self.write_timeout if write and self.write_timeout else self.timeout
         response = self.api.call_api(*params, _request_timeout=timeout)
         data = response.read()  # type: ignore[no-untyped-call]
         text = data.decode() if isinstance(data, bytes) else str(data or "")
