@@ -368,7 +368,12 @@ def test_a_silent_router_is_reported_never_read_as_no_demand_and_recovers(
         ),
         timeout=60,
     )
-    assert status(api, namespace, name)["router"]["readyReplicas"] == 2
+    # Ready needs one router; the other may turn Ready a probe period later.
+    wait_for(
+        "both routers ready again",
+        lambda: status(api, namespace, name)["router"]["readyReplicas"] == 2,
+        timeout=60,
+    )
 
 
 @pytest.mark.vllm  # vLLM's own load generator runs from the engine venv

@@ -378,7 +378,9 @@ def test_operator_rendered_pods_run_the_runtime_middleware(
         assert not orphan.runtime_middleware
         assert "--middleware" not in cmdline(orphan.pid)
         assert fetch(f"{orphan.url}/magistral/ready")[0] == 404  # the plain simulator
-        assert f"cannot read ConfigMap {ns}/rt-orphan-runtime (404)" in caplog.text
+        orphan_config = by_kind(endpoints["rt-orphan"], "ConfigMap")["metadata"]["name"]
+        assert orphan_config.startswith("rt-orphan-runtime-")  # its revision's ConfigMap
+        assert f"cannot read ConfigMap {ns}/{orphan_config} (404)" in caplog.text
         assert f"{ns}/{orphan.pod}: runtime config unavailable" in caplog.text
 
         # Deleting a pod mid-stream: SIGTERM (no preStop here), the middleware and the engine

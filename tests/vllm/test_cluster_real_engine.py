@@ -89,7 +89,14 @@ def manifest(namespace: str, *, temperature: float) -> dict[str, Any]:
                 "systemPrompt": {"mode": "custom", "text": PROMPT},
                 "sampling": {"temperature": temperature},
             },
-            "rollout": {"maxSurge": 1, "maxUnavailable": 0, "healthySeconds": 2},
+            # The plain rolling update (the pod is replaced during a stream); the canary
+            # analysis has its own tests (tests/cluster/test_canary.py).
+            "rollout": {
+                "maxSurge": 1,
+                "maxUnavailable": 0,
+                "healthySeconds": 2,
+                "canary": {"enabled": False},
+            },
             "auth": {"apiKeySecretRef": {"name": "api-key", "key": "api-key"}},
         },
     }
