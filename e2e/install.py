@@ -61,12 +61,18 @@ def helm_template(*args: str, release: str = RELEASE, namespace: str = OPERATOR_
     return done.stdout
 
 
-def install_operator_rbac(kubeconfig: Path, *, namespace: str = OPERATOR_NAMESPACE) -> None:
-    """The chart's ServiceAccount and RBAC, exactly as `helm install` would create them."""
+def install_operator_rbac(
+    kubeconfig: Path, *values: str, namespace: str = OPERATOR_NAMESPACE
+) -> None:
+    """The chart's ServiceAccount and RBAC, exactly as `helm install` would create them.
+
+    `values`: extra `helm template` arguments, e.g. ``"--set", "leaderElection.enabled=true"``.
+    """
     kubectl(kubeconfig, "create", "namespace", namespace, check=False)
     manifests = helm_template(
         "--show-only=templates/serviceaccount.yaml",
         "--show-only=templates/rbac.yaml",
+        *values,
         namespace=namespace,
     )
     kubectl(

@@ -34,8 +34,12 @@ class OperatorProcess:
         config: Path = DEFAULT_CONFIG,
         resync_seconds: float = 3.0,
         namespaces: tuple[str, ...] = (),
+        extra_args: tuple[str, ...] = (),
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
+        self.extra_args = extra_args
+        self.extra_env = dict(extra_env or {})
         self.log_file = log_file
         self.config = config
         self.resync_seconds = resync_seconds
@@ -58,11 +62,13 @@ class OperatorProcess:
         ]
         for ns in self.namespaces:
             argv += ["--namespace", ns]
+        argv += list(self.extra_args)
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "MAGISTRAL_RESYNC_SECONDS": str(self.resync_seconds),
             "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
         }
         log = self.log_file.open("ab")
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -87,20 +87,78 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load_config(args.config)
     namespaces = args.namespace or []
+    identity = args.leader_elect_identity or default_identity()
+    api_client = load_api_client()
+    # Each process names itself to the API server (its audit log records the User-Agent).
+    api_client.user_agent = f"magistral-operator/{identity}"
+    leadership = None
+    may_write = None
+    write_timeout = None
+    if args.leader_elect:
+        from .kube.lease import LeaseElector
+        from .leadership import LeaseTiming
+
+        try:
+            timing = LeaseTiming(
+                lease_duration=args.lease_duration,
+                renew_deadline=args.renew_deadline,
+                retry_period=args.retry_period,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        namespace = args.leader_elect_namespace or default_namespace()
+        leadership = LeaseElector(
+            Kube(api_client, write_timeout=timing.retry_period),
+            namespace=namespace,
+            name=args.leader_elect_lease_name,
+            identity=identity,
+            timing=timing,
+        )
+        may_write = leadership.is_leader
+        write_timeout = timing.fencing_margin
+        print(
+            f"leader election: Lease {namespace}/{args.leader_elect_lease_name} as {identity}; "
+            f"lease {timing.lease_duration:g}s, renew deadline {timing.renew_deadline:g}s, "
+            f"retry {timing.retry_period:g}s",
+            file=sys.stderr,
+        )
+        leadership.start()
     if args.metrics_port:
         from .handlers.metrics import serve_metrics
 
         serve_metrics(args.metrics_port)
-    memo = kopf.Memo(config=config, kube=Kube(load_api_client()), namespaces=namespaces)
+    kube = Kube(api_client, may_write=may_write, write_timeout=write_timeout)
+    memo = kopf.Memo(config=config, kube=kube, namespaces=namespaces, leadership=leadership)
     kopf.run(
-        standalone=args.peering is None,
-        peering_name=args.peering,
+        standalone=True,
         namespaces=namespaces,
         clusterwide=not namespaces,
         liveness_endpoint=args.liveness,
         memo=memo,
     )
     return 0
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def default_identity() -> str:
+    """hostname_pid: unique per process, like client-go's examples (the chart sets POD_NAME)."""
+    import socket
+
+    return f"{socket.gethostname()}_{os.getpid()}"
+
+
+def default_namespace() -> str:
+    """The pod's namespace in a cluster; `default` out of one."""
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -126,8 +184,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="watch only this namespace (repeatable); all when omitted",
     )
     run.add_argument(
-        "--peering", help="kopf peering name for several replicas; standalone when omitted"
+        "--leader-elect",
+        action="store_true",
+        default=_env_flag("MAGISTRAL_LEADER_ELECT"),
+        help="elect one active replica through a coordination.k8s.io Lease (docs/install.md)",
     )
+    run.add_argument(
+        "--leader-elect-namespace",
+        default=os.environ.get("POD_NAMESPACE"),
+        help="namespace of the Lease (default $POD_NAMESPACE, else the pod's own namespace)",
+    )
+    run.add_argument(
+        "--leader-elect-lease-name",
+        default=os.environ.get("MAGISTRAL_LEASE_NAME", "magistral-operator"),
+        help="name of the Lease (default magistral-operator)",
+    )
+    run.add_argument(
+        "--leader-elect-identity",
+        default=os.environ.get("POD_NAME"),
+        help="this replica's identity in the Lease (default $POD_NAME, else hostname_pid)",
+    )
+    for flag, env, default, what in (
+        ("--lease-duration", "MAGISTRAL_LEASE_DURATION_SECONDS", 15.0, "how long a Lease holds"),
+        ("--renew-deadline", "MAGISTRAL_RENEW_DEADLINE_SECONDS", 10.0, "the leader stops after"),
+        ("--retry-period", "MAGISTRAL_RETRY_PERIOD_SECONDS", 2.0, "between Lease reads"),
+    ):
+        run.add_argument(
+            flag,
+            type=float,
+            default=float(os.environ.get(env, default)),
+            help=f"seconds: {what} (default ${env} or {default:g})",
+        )
     run.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here")
     run.set_defaults(func=cmd_run)

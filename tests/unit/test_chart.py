@@ -36,10 +36,10 @@ FORBIDDEN_VERBS = {"escalate", "bind", "impersonate", "*"}
 VARIANTS: dict[str, list[str]] = {
     "default": [],
     "watchNamespaces": ["--set", "watchNamespaces={team-a,team-b}"],
-    "peering": ["--set", "peering=magistral", "--set", "replicas=2"],
-    "peering-namespaced": [
+    "leaderElection": ["--set", "leaderElection.enabled=true", "--set", "replicas=2"],
+    "leaderElection-namespaced": [
         "--set",
-        "peering=magistral",
+        "leaderElection.enabled=true",
         "--set",
         "watchNamespaces={team-a}",
     ],
@@ -152,7 +152,11 @@ BAD_VALUES: dict[str, tuple[str, list[str]]] = {
         ["--set", "config.pools[0].name=Big_Pool"],
     ),
     "negative replicas": ("/replicas", ["--set", "replicas=-1"]),
-    "two replicas without peering": ("/peering", ["--set", "replicas=2"]),
+    "two replicas without leader election": ("/leaderElection", ["--set", "replicas=2"]),
+    "two replicas, leader election off": (
+        "/leaderElection/enabled",
+        ["--set", "replicas=2", "--set", "leaderElection.enabled=false"],
+    ),
     "unknown value": ("'replica'", ["--set", "replica=2"]),
     "pull policy": ("/image/pullPolicy", ["--set", "image.pullPolicy=Sometimes"]),
     "namespace name": ("/watchNamespaces/0", ["--set", "watchNamespaces={Team_A}"]),
@@ -172,10 +176,29 @@ def test_schema_rejects_bad_values_naming_the_field(case: str) -> None:
     assert field in done.stderr, done.stderr
 
 
-def test_schema_accepts_several_replicas_with_peering() -> None:
-    deployment = only(render(*VARIANTS["peering"]), "Deployment")
+def test_schema_accepts_several_replicas_with_leader_election() -> None:
+    deployment = only(render(*VARIANTS["leaderElection"]), "Deployment")
     assert deployment["spec"]["replicas"] == 2
-    assert "--peering=magistral" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][-5:] == [
+        "--leader-elect",
+        f"--leader-elect-lease-name={FULLNAME}",
+        "--lease-duration=15",
+        "--renew-deadline=10",
+        "--retry-period=2",
+    ]
+    # Each replica's identity is its pod name; the Lease lives in the pod's namespace.
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
+def test_standalone_operator_has_no_election_and_never_overlaps() -> None:
+    deployment = only(render(), "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert not any(a.startswith("--leader-elect") for a in container["args"])
+    assert "env" not in container
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
 
 
 def test_rendered_operator_config_is_the_example_config() -> None:
@@ -457,17 +480,26 @@ def test_watch_namespaces_renders_roles_instead_of_the_cluster_role() -> None:
     ]
 
 
-def test_peering_adds_only_the_peering_objects() -> None:
-    def peering_rules(variant: str) -> list[dict[str, Any]]:
+def test_leader_election_adds_only_a_lease_role_in_the_release_namespace() -> None:
+    def lease_rules(variant: str) -> list[tuple[str, str, dict[str, Any]]]:
         return [
-            r for _, _, r in rules_of(render(*VARIANTS[variant])) if "kopf.dev" in r["apiGroups"]
+            (k, ns, r)
+            for k, ns, r in rules_of(render(*VARIANTS[variant]))
+            if "coordination.k8s.io" in r["apiGroups"]
         ]
 
-    assert peering_rules("default") == []
-    (cluster,) = peering_rules("peering")
-    assert cluster["resources"] == ["clusterkopfpeerings"]
-    (namespaced,) = peering_rules("peering-namespaced")
-    assert namespaced["resources"] == ["kopfpeerings"]
+    assert lease_rules("default") == []
+    for variant in ("leaderElection", "leaderElection-namespaced"):
+        (rule,) = lease_rules(variant)
+        assert rule == (
+            "Role",
+            NAMESPACE,
+            {
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "verbs": ["get", "create", "update"],
+            },
+        )
 
 
 def test_service_account_can_be_brought_by_the_user() -> None:

@@ -95,9 +95,10 @@ serving pods read the API key through secretKeyRef, the operator never does.
   verbs: ["create"]
 {{- end -}}
 
-{{/* kopf peering objects (only with .Values.peering). */}}
-{{- define "magistral-operator.peeringRules" -}}
-- apiGroups: ["kopf.dev"]
-  resources: [{{ if .Values.watchNamespaces }}"kopfpeerings"{{ else }}"clusterkopfpeerings"{{ end }}]
-  verbs: ["get", "list", "watch", "patch"]
+{{/* The leader-election Lease (only with .Values.leaderElection.enabled): read, created by
+the first replica, renewed and taken over with optimistic concurrency (update). */}}
+{{- define "magistral-operator.leaseRules" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "create", "update"]
 {{- end -}}

@@ -57,7 +57,14 @@ def values_schema() -> dict[str, Any]:
                     "items": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
                     "uniqueItems": True,
                 },
-                "peering": string,
+                "leaderElection": _obj(
+                    {
+                        "enabled": {"type": "boolean"},
+                        "leaseDurationSeconds": {"type": "integer", "minimum": 2},
+                        "renewDeadlineSeconds": {"type": "integer", "minimum": 1},
+                        "retryPeriodSeconds": {"type": "integer", "minimum": 1},
+                    }
+                ),
                 "replicas": {"type": "integer", "minimum": 0},
                 "serviceAccount": _obj(
                     {
@@ -92,12 +99,17 @@ def values_schema() -> dict[str, Any]:
             },
             required=["image", "config"],
         ),
-        # Two standalone operators would both reconcile every endpoint: more than one replica
-        # needs kopf peering (one active peer).
+        # Two operators without leader election would both reconcile every endpoint: more than
+        # one replica needs the Lease (one active replica, docs/install.md).
         "if": {"properties": {"replicas": {"minimum": 2}}, "required": ["replicas"]},
         "then": {
-            "properties": {"peering": {"minLength": 1}},
-            "required": ["peering"],
+            "properties": {
+                "leaderElection": {
+                    "properties": {"enabled": {"const": True}},
+                    "required": ["enabled"],
+                }
+            },
+            "required": ["leaderElection"],
         },
     }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -26,7 +27,17 @@ def essence_digest(essence: Any) -> str:
 
 
 class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """Stores `sha256:<hex>` of the essence; answers the current essence when it matches."""
+    """Stores `sha256:<hex>` of the essence; answers the current essence when it matches.
+
+    `may_write` (leader election): a standby stores nothing, so kopf has nothing to patch and
+    the standby never writes; the leader stores it when it handles the object.
+    """
+
+    def __init__(
+        self, *, prefix: str, key: str, may_write: Callable[[], bool] = lambda: True
+    ) -> None:
+        super().__init__(prefix=prefix, key=key)
+        self.may_write = may_write
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         for full_key in self.make_keys(self.key, body=body):
@@ -46,9 +57,31 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         return None
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        if not self.may_write():
+            return
         for full_key in self.make_keys(self.key, body=body):
             patch.metadata.annotations[full_key] = essence_digest(essence)
         self._store_marker(prefix=self.prefix, patch=patch, body=body)
+
+
+class LeaderOnlyProgressStorage(kopf.AnnotationsProgressStorage):
+    """kopf's handler progress in annotations, written only while `may_write()` (the leader)."""
+
+    def __init__(self, *, prefix: str, may_write: Callable[[], bool]) -> None:
+        super().__init__(prefix=prefix)
+        self.may_write = may_write
+
+    def store(self, *, key: Any, record: Any, body: kopf.Body, patch: kopf.Patch) -> None:
+        if self.may_write():
+            super().store(key=key, record=record, body=body, patch=patch)
+
+    def purge(self, *, key: Any, body: kopf.Body, patch: kopf.Patch) -> None:
+        if self.may_write():
+            super().purge(key=key, body=body, patch=patch)
+
+    def touch(self, *, body: kopf.Body, patch: kopf.Patch, value: str | None) -> None:
+        if self.may_write():
+            super().touch(body=body, patch=patch, value=value)
 
 
 # What a changed object looked like before, as far as kopf needs to know: no spec at all.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,15 +13,18 @@ import kopf
 
 from ..api import GROUP, PLURAL, VERSION
 from ..api.labels import ENDPOINT_LABEL, MANAGER
-from ..kube.client import KubeError
+from ..kube.client import KubeError, NotLeaderError
 from ..kube.demand import HttpDemandReader
-from .diffbase import DigestDiffBaseStorage
+from ..kube.lease import AlwaysLeader
+from .diffbase import DigestDiffBaseStorage, LeaderOnlyProgressStorage
 from .metrics import CHILD_WRITES, RECONCILE_SECONDS, RECONCILES
 from .reconcile import Outcome, reconcile, report_failure
 from .refusals import RefusalBook
 
 # Periodic level-triggered pass; tests shorten it through the environment.
 RESYNC_SECONDS = float(os.environ.get("MAGISTRAL_RESYNC_SECONDS", "30"))
+# How often the resync loop looks at the leadership term (no I/O): a new term starts a full pass.
+LEADERSHIP_POLL_SECONDS = 0.2
 MAX_BACKOFF_SECONDS = 300
 
 log = logging.getLogger(__name__)
@@ -41,9 +45,30 @@ def backoff_seconds(retry: int) -> float:
     return float(min(MAX_BACKOFF_SECONDS, 10 * 2 ** min(retry, 10)))
 
 
+def leadership(memo: kopf.Memo) -> Any:
+    """The process's leadership: a `LeaseElector` with leader election, else `AlwaysLeader`."""
+    found = memo.get("leadership")
+    return found if found is not None else _ALWAYS
+
+
+_ALWAYS = AlwaysLeader()
+
+
 def _run(memo: kopf.Memo, body: Mapping[str, Any]) -> Outcome:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
+    if not leadership(memo).is_leader():
+        # A standby neither reads nor writes; the leader's pass covers this event, and a new
+        # leader starts with a full pass over every endpoint (level-triggered: nothing is lost).
+        return Outcome()
+    try:
+        return _run_as_leader(memo, namespace, name)
+    except NotLeaderError:
+        log.warning("%s/%s: the lease was lost during the pass; stopped writing", namespace, name)
+        return Outcome()
+
+
+def _run_as_leader(memo: kopf.Memo, namespace: str, name: str) -> Outcome:
     with _lock_for(namespace, name), RECONCILE_SECONDS.time():
         # Re-read under the lock: the event's copy may predate the previous pass's status write,
         # and deriving from it would write (and announce) the same transition twice.
@@ -52,6 +77,8 @@ def _run(memo: kopf.Memo, body: Mapping[str, Any]) -> Outcome:
             return Outcome()
         try:
             outcome = reconcile(memo.kube, memo.config, fresh, demand=_demand, refusals=_refusals)
+        except NotLeaderError:
+            raise
         except Exception as exc:
             if isinstance(exc, KubeError) and namespace_gone(exc):
                 # The endpoint goes with its namespace: nothing to report.
@@ -64,8 +91,8 @@ def _run(memo: kopf.Memo, body: Mapping[str, Any]) -> Outcome:
             raise
     RECONCILES.labels(result="invalid" if outcome.problem else "ok").inc()
     for action, names in (("apply", outcome.applied), ("delete", outcome.deleted)):
-        for name in names:
-            CHILD_WRITES.labels(kind=name.split("/", 1)[0], action=action).inc()
+        for child in names:
+            CHILD_WRITES.labels(kind=child.split("/", 1)[0], action=action).inc()
     return outcome
 
 
@@ -85,11 +112,17 @@ def _report(memo: kopf.Memo, body: Mapping[str, Any], exc: Exception) -> None:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Keep kopf's own bookkeeping in annotations and out of status; we post our own Events."""
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Keep kopf's own bookkeeping in annotations and out of status; we post our own Events.
+
+    Only the leader stores it: a standby's kopf then has nothing to patch and writes nothing.
+    """
+    may_write = leadership(memo).is_leader
+    settings.persistence.progress_storage = LeaderOnlyProgressStorage(
+        prefix=GROUP, may_write=may_write
+    )
     settings.persistence.diffbase_storage = DigestDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
+        prefix=GROUP, key="last-handled-configuration", may_write=may_write
     )
     settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"
     settings.posting.enabled = False
@@ -125,32 +158,66 @@ def start_resync(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 def stop_resync(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the periodic pass on shutdown."""
+    """Stop the periodic pass on shutdown, and give the leader Lease up."""
     stop = memo.get("resync_stop")
     if stop is not None:
         stop.set()
+    leadership(memo).stop()
 
 
-def _resync_loop(memo: kopf.Memo, stop: threading.Event) -> None:
-    while not stop.wait(RESYNC_SECONDS):
-        namespaces = memo.get("namespaces") or [None]
-        for namespace in namespaces:
-            try:
-                endpoints = memo.kube.list("MagistralEndpoint", namespace=namespace)
-            except Exception:
-                log.exception("resync: cannot list endpoints in %s", namespace or "all namespaces")
+def _resync_loop(memo: kopf.Memo, stop: threading.Event, *, clock: Any = time.monotonic) -> None:
+    """A full pass every RESYNC_SECONDS while leader, and one at once on becoming leader.
+
+    A standalone operator is leader in term 0 from the start (kopf's resume handlers make its
+    first pass); with leader election each new term starts with a full pass, which catches up
+    on whatever changed while this process was standby. A lost term stops the pass at the
+    next endpoint (and the Kube client refuses the writes of the endpoint in progress).
+    """
+    lead = leadership(memo)
+    seen_term = lead.term()
+    next_pass = clock() + RESYNC_SECONDS
+    while not stop.wait(LEADERSHIP_POLL_SECONDS):
+        term = lead.term()
+        if term is None:
+            seen_term = None
+            continue
+        if term == seen_term and clock() < next_pass:
+            continue
+        if term != seen_term:
+            log.info("leader (term %s): a full pass over every endpoint", term)
+        seen_term = term
+        full_pass(memo, term)
+        next_pass = clock() + RESYNC_SECONDS
+
+
+def full_pass(memo: kopf.Memo, term: int | None) -> None:
+    """Reconcile every endpoint, as long as this process leads in `term`."""
+    lead = leadership(memo)
+    namespaces = memo.get("namespaces") or [None]
+    for namespace in namespaces:
+        if lead.term() != term:
+            return
+        try:
+            endpoints = memo.kube.list("MagistralEndpoint", namespace=namespace)
+        except Exception:
+            log.exception("resync: cannot list endpoints in %s", namespace or "all namespaces")
+            continue
+        for body in endpoints:
+            if lead.term() != term:
+                log.warning("resync: leadership lost; the pass stops")
+                return
+            if body["metadata"].get("deletionTimestamp"):
                 continue
-            for body in endpoints:
-                if body["metadata"].get("deletionTimestamp"):
-                    continue
-                try:
-                    _run(memo, body)
-                except Exception:
-                    meta = body["metadata"]
-                    log.exception("resync of %s/%s failed", meta["namespace"], meta["name"])
+            try:
+                _run(memo, body)
+            except Exception:
+                meta = body["metadata"]
+                log.exception("resync of %s/%s failed", meta["namespace"], meta["name"])
 
 
 def _parent_changed(body: kopf.Body, memo: kopf.Memo) -> None:
+    if not leadership(memo).is_leader():
+        return
     meta = body.get("metadata", {})
     name = (meta.get("labels") or {}).get(ENDPOINT_LABEL)
     namespace = meta.get("namespace")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,11 +87,39 @@ def apply_body(obj: Any) -> bytes:
     return text.encode("utf-8", errors="surrogatepass")
 
 
-class Kube:
-    """JSON requests to the API server."""
+class NotLeaderError(Exception):
+    """A write refused because this process does not hold the leader Lease (fencing)."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+
+REQUEST_TIMEOUT_SECONDS = 30.0
+"""The bound on any request (a hung connection must not hold an endpoint's lock forever)."""
+
+
+class Kube:
+    """JSON requests to the API server.
+
+    Every request has a timeout (`timeout`, 30 s by default): a hung connection fails the
+    pass (reported as `Degraded=ReconcileError`, retried with back-off) instead of holding the
+    endpoint's lock.
+
+    `may_write`, when given, is asked before every request that is not a GET: a process that
+    is not (or no longer) the leader raises `NotLeaderError` instead of sending the write, and
+    `write_timeout` bounds a write already sent (leader election sets it to the fencing
+    margin, so a write sent just before the renew deadline ends before a standby may act).
+    """
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        *,
+        may_write: Callable[[], bool] | None = None,
+        write_timeout: float | None = None,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,
+    ) -> None:
         self.api = api_client
+        self.may_write = may_write
+        self.write_timeout = write_timeout
+        self.timeout = timeout
 
     def request(
         self,
@@ -102,6 +131,9 @@ class Kube:
         content_type: str = "application/json",
     ) -> dict[str, Any]:
         """Send one request; raise KubeError unless it succeeds."""
+        write = method != "GET"
+        if write and self.may_write is not None and not self.may_write():
+            raise NotLeaderError(f"{method} {path}: not the leader")
         headers = {"Accept": "application/json", "Content-Type": content_type}
         params = self.api.param_serialize(
             method=method,
@@ -112,7 +144,8 @@ class Kube:
             body=body if body is None or "json" in content_type else apply_body(body),
             auth_settings=["BearerToken"],
         )
-        response = self.api.call_api(*params)
+        timeout = self.write_timeout if write and self.write_timeout else self.timeout
+        response = self.api.call_api(*params, _request_timeout=timeout)
         data = response.read()  # type: ignore[no-untyped-call]
         text = data.decode() if isinstance(data, bytes) else str(data or "")
         if not 200 <= response.status < 300:
