@@ -32,7 +32,10 @@ def _matches(obj: dict[str, Any], selector: str) -> bool:
 
 @dataclass
 class FakeKube(Kube):
-    """Objects in memory; `writes` lists (verb, Kind/name) in order; `refuse` can say no."""
+    """Objects in memory; `writes` lists (verb, Kind/name) in order; `refuse` can say no.
+
+    An Event whose name is taken answers 409 AlreadyExists, as the API server does; a status
+    patch moves the object's resourceVersion."""
 
     objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
     writes: list[tuple[str, str]] = field(default_factory=list)
@@ -56,6 +59,14 @@ class FakeKube(Kube):
         content_type: str = "application/json",
     ) -> dict[str, Any]:
         if method == "POST" and path.endswith("/events"):
+            name = body["metadata"]["name"]
+            if any(e["metadata"]["name"] == name for e in self.events):
+                raise KubeError(
+                    status=409,
+                    method=method,
+                    path=path,
+                    body=json.dumps({"kind": "Status", "reason": "AlreadyExists"}),
+                )
             self.events.append(body)
             self.writes.append(("create", f"Event/{body.get('reason')}"))
             return dict(body)
@@ -103,6 +114,8 @@ class FakeKube(Kube):
     ) -> dict[str, Any]:
         obj = self.objects[(kind, namespace, name)]
         obj["status"] = _merge(obj.get("status") or {}, status)
+        meta = obj["metadata"]
+        meta["resourceVersion"] = str(int(meta.get("resourceVersion") or 0) + 1)
         self.writes.append(("status", f"{kind}/{name}"))
         return copy.deepcopy(obj)
 

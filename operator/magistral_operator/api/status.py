@@ -279,6 +279,20 @@ class RouterStatus(ApiModel):
     ready: str = Field(default="0/0", description="Ready/desired router pods (for kubectl).")
 
 
+class PendingEvent(ApiModel):
+    """An Event a status write decided on and that is not known to be posted yet.
+
+    Recorded in the same write as the decision it announces, posted under the name
+    `<endpoint>.<key>` (so a re-post answers AlreadyExists) and removed once posted.
+    """
+
+    key: str = Field(pattern=r"^[0-9a-f]{16}$", description="Names the Event: `<endpoint>.<key>`.")
+    type: Literal["Normal", "Warning"] = Field(description="Normal or Warning.")
+    reason: str = Field(description="The Event's reason.")
+    message: str = Field(default="", description="The Event's message.")
+    time: str = Field(description="When the decision was written (RFC 3339).")
+
+
 class MagistralEndpointStatus(ApiModel):
     """Observed state of a MagistralEndpoint."""
 
@@ -324,4 +338,9 @@ class MagistralEndpointStatus(ApiModel):
     )
     placement: PlacementStatus | None = Field(
         default=None, description="How replicas are spread over the GPU pools, and why."
+    )
+    pending_events: list[PendingEvent] = Field(
+        default_factory=list,
+        description="Events decided by a status write and not yet known to be posted "
+        "(posted first on the next pass; never twice).",
     )

@@ -22,6 +22,7 @@ from ..api.labels import ENDPOINT_LABEL
 from ..api.status import (
     AutoscalerStatus,
     MagistralEndpointStatus,
+    PendingEvent,
     PlacementStatus,
     RolloutStatus,
     RouterStatus,
@@ -29,7 +30,6 @@ from ..api.status import (
 from ..kube.children import apply_children
 from ..kube.client import Kube
 from ..kube.demand import DemandReader
-from ..kube.events import post_event
 from ..plan import EndpointPlan, plan_endpoint
 from ..references import endpoint_references, missing_references
 from ..render import render_endpoint
@@ -43,12 +43,13 @@ from ..rollout_capacity import (  # capacity: no rollout deadlocks on GPUs (docs
     with_capacity,
     with_capacity_state,
 )
+from ..status.announcements import Note, owed, transition_note
 from ..status.compute import build_status, spec_warnings, status_changed
-from ..status.conditions import ConditionUpdate, merge_conditions
+from ..status.conditions import ConditionUpdate, Transition, merge_conditions
 from ..status.endpoint_conditions import ConditionInputs, endpoint_conditions, problem_reason
 from ..status.observe import PoolObservation, observe_pool, observe_router
 from ..status.patch import merge_patch
-from .announce import post_placement_events, post_transition, utc_now
+from .announce import flush, placement_notes, utc_now
 from .decisions import (
     autoscale,
     place_replicas,
@@ -117,7 +118,8 @@ def reconcile(
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     generation = int(meta.get("generation") or 0)
-    previous = previous_status(body)
+    # Events a crash kept from being posted after the last status write, first.
+    previous = flush(kube, body, previous_status(body))
     outcome = Outcome()
     try:
         endpoint = parse_endpoint(body)
@@ -264,6 +266,15 @@ def reconcile(
     probe = placement.state.probe_pool if placement else None
     if probe in observed:  # a probe waiting for capacity does not degrade the endpoint
         observed[probe] = replace(observed[probe], unschedulable=None)
+    # Announced once the state is persisted (recorded by the same write, announce.py).
+    notes = placement_notes(body, placement) if placement is not None else []
+    for note in rollout.events:
+        log.info("%s/%s: %s: %s", namespace, name, note.reason, note.message)
+        notes.append((note.type, note.reason, note.message))
+    if decision is not None and decision.scaled:
+        log.info("%s/%s: %s", namespace, name, decision.reason)
+        reason = "ScaledFromZero" if decision.scaled_from_zero else f"Scaled{decision.scaled}"
+        notes.append(("Normal", reason, decision.reason))
     # Conditions: the facts gathered above, every rule in status/endpoint_conditions.py.
     outcome.status_written = _write_status(
         kube,
@@ -295,29 +306,8 @@ def reconcile(
         router=router,
         rollout=rollout.state,
         placement=placement.state if placement else None,
+        notes=notes,
     )
-    if placement is not None:  # announced once the state is persisted
-        post_placement_events(kube, body, placement)
-    for note in rollout.events:  # announced once the state is persisted
-        log.info("%s/%s: %s: %s", namespace, name, note.reason, note.message)
-        post_event(
-            kube,
-            endpoint=body,
-            type_=note.type,
-            reason=note.reason,
-            message=note.message,
-            now=utc_now(),
-        )
-    if decision is not None and decision.scaled:  # announced once the decision is persisted
-        log.info("%s/%s: %s", namespace, name, decision.reason)
-        post_event(
-            kube,
-            endpoint=body,
-            type_="Normal",
-            reason="ScaledFromZero" if decision.scaled_from_zero else f"Scaled{decision.scaled}",
-            message=decision.reason,
-            now=utc_now(),
-        )
     return outcome
 
 
@@ -336,14 +326,38 @@ def report_failure(kube: Kube, body: dict[str, Any], error: Exception) -> bool:
     )
     if conditions == previous.conditions:
         return False
-    status = previous.model_copy(update={"conditions": conditions})
+    status = previous.model_copy(
+        update={
+            "conditions": conditions,
+            "pending_events": _owed(body, previous, transitions, [], now=now),
+        }
+    )
     patch = merge_patch(previous.to_wire(), status.to_wire())
     kube.patch_status(
         "MagistralEndpoint", namespace=meta["namespace"], name=meta["name"], status=patch
     )
-    for transition in transitions:
-        post_transition(kube, body, transition, now=now)
+    flush(kube, body, status)
     return True
+
+
+def _owed(
+    body: dict[str, Any],
+    previous: MagistralEndpointStatus,
+    transitions: list[Transition],
+    notes: list[Note],
+    *,
+    now: str,
+) -> list[PendingEvent]:
+    """The Events the status write about to be made owes: the previous ones not yet posted,
+    the conditions' flips, then `notes`."""
+    meta = body["metadata"]
+    flips = [n for t in transitions if (n := transition_note(t)) is not None]
+    return owed(
+        previous.pending_events,
+        [*flips, *notes],
+        now=now,
+        salt=f"{meta.get('uid', '')}/{meta.get('resourceVersion', '')}",
+    )
 
 
 def _write_status(
@@ -365,7 +379,10 @@ def _write_status(
     router: RouterStatus | None = None,
     rollout: RolloutStatus | None = None,
     placement: PlacementStatus | None = None,
+    notes: list[Note] | None = None,
 ) -> bool:
+    """Write the status when it changed, recording the Events it owes in the same write, and
+    post them (announce.flush)."""
     now = utc_now()
     status, transitions = build_status(
         previous=previous,
@@ -385,6 +402,9 @@ def _write_status(
         rollout=rollout,
         placement=placement,
     )
+    status = status.model_copy(
+        update={"pending_events": _owed(body, previous, transitions, notes or [], now=now)}
+    )
     if not status_changed(previous, status):
         return False
     patch = merge_patch(previous.to_wire(), status.to_wire())
@@ -392,6 +412,5 @@ def _write_status(
     kube.patch_status(
         "MagistralEndpoint", namespace=meta["namespace"], name=meta["name"], status=patch
     )
-    for transition in transitions:
-        post_transition(kube, body, transition, now=now)
+    flush(kube, body, status)
     return True

@@ -2,33 +2,39 @@
 
 from __future__ import annotations
 
-import contextlib
-import uuid
+import logging
 from typing import Any
 
 from ..api import API_VERSION, KIND
 from ..api.labels import MANAGER
 from .client import Kube, KubeError
 
+log = logging.getLogger(__name__)
+
+ALREADY_EXISTS = 409
+
 
 def post_event(
     kube: Kube,
     *,
     endpoint: dict[str, Any],
+    name: str,
     type_: str,
     reason: str,
     message: str,
     now: str,
-) -> None:
-    """Record an Event on the endpoint; failing to record one never fails a reconcile."""
+) -> bool:
+    """Create the Event `name` on the endpoint; whether it exists now.
+
+    An Event of that name already there (AlreadyExists) is this one, posted before: done. Any
+    other refusal is logged and answers False (the caller keeps it owed); failing to record
+    an Event never fails a reconcile.
+    """
     meta = endpoint["metadata"]
     event = {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {
-            "name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
-            "namespace": meta["namespace"],
-        },
+        "metadata": {"name": name, "namespace": meta["namespace"]},
         "involvedObject": {
             "apiVersion": API_VERSION,
             "kind": KIND,
@@ -47,5 +53,11 @@ def post_event(
         "lastTimestamp": now,
         "count": 1,
     }
-    with contextlib.suppress(KubeError):
+    try:
         kube.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
+    except KubeError as exc:
+        if exc.status == ALREADY_EXISTS:
+            return True
+        log.warning("%s/%s: Event %s not recorded: %s", meta["namespace"], meta["name"], name, exc)
+        return False
+    return True
