@@ -55,6 +55,13 @@ def test_consecutive_misses(
     assert count_misses(previous, ready=ready, silent=silent, now=10.0, min_gap=2.0) == expected
 
 
+def test_only_pods_that_answered_before_are_counted() -> None:
+    """A pod the operator never reached (a network policy, a simulated node without a
+    process) stays a partial read: no lost node is inferred."""
+    got = count_misses({}, ready=["a", "b"], silent=["a", "b"], answered={"b"}, now=1.0)
+    assert got == {"b": (1, 1.0)}
+
+
 @pytest.mark.parametrize(
     ("misses", "unrouted", "expected"),
     [
@@ -171,6 +178,15 @@ def test_the_reader_counts_misses_per_pod(monkeypatch: pytest.MonkeyPatch) -> No
     assert reader.read(("ns", "other"), routers=[ROUTER], engines=[E1], now=0.0).unreachable == ()
     reader.forget((NS, NAME))
     assert _read(reader, E1, E2).unreachable == ()  # forgotten with the endpoint
+    assert _read(reader, E1, E2).unreachable == ()  # and never answered since: not counted
+
+
+def test_a_pod_that_never_answered_is_not_judged_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    net, reader = Network(monkeypatch), HttpDemandReader()
+    net.silent = {"10.0.0.1"}
+    for _ in range(4):
+        sample = _read(reader, E1, E2)
+        assert (sample.unreachable, sample.read) == ((), "partial")
 
 
 def test_a_pod_the_routers_dropped_is_unreachable_on_its_first_miss(
@@ -300,6 +316,7 @@ def test_a_first_miss_is_read_again_soon_not_after_the_resync(
     thread.start()
     try:
         time.sleep(0.3)
+        _read(reader, E1)  # e-1 answers
         assert names == []  # every engine answered: nothing to read again
         net.silent = {"10.0.0.1"}
         _read(reader, E1)  # a pass saw e-1 silent once

@@ -12,12 +12,14 @@ No ready router pod, or none answering, is a *failed* read (the autoscaler holds
 and says why in status.autoscaler); some router pods or engines silent is a *partial* read (no
 scale-down). A silent source is never read as 0.
 
-A Ready engine pod that has not answered its /metrics on `UNREACHABLE_AFTER_MISSES`
-consecutive reads, or has not answered this read while no answering router lists it among its
-healthy workers (`workerUrls`), is *unreachable* (`DemandSample.unreachable`): the node under it
-may be lost, which Kubernetes shows only after its node-monitor grace period (about 40 s) by
-setting the pod's Ready=False. The status does not count it as ready (docs/architecture.md,
-Unreachable replicas). The consecutive misses are kept per endpoint in the reader's memory.
+A Ready engine pod that answered before and has not answered its /metrics on
+`UNREACHABLE_AFTER_MISSES` consecutive reads, or has not answered this read while no answering
+router lists it among its healthy workers (`workerUrls`), is *unreachable*
+(`DemandSample.unreachable`): the node under it may be lost, which Kubernetes shows only after
+its node-monitor grace period (about 40 s) by setting the pod's Ready=False. The status does not
+count it as ready (docs/architecture.md, Unreachable replicas). The misses, and which pods have
+answered, are kept per endpoint in the reader's memory. A pod that never answered (a network
+policy, a simulated node) stays a partial read.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -230,17 +232,20 @@ def count_misses(
     *,
     ready: Iterable[str],
     silent: Iterable[str],
+    answered: Collection[str] | None = None,
     now: float = 0.0,
     min_gap: float = 0.0,
 ) -> dict[str, Miss]:
     """Consecutive reads each Ready engine pod (by name) has not answered, after this read: a
     silent pod's count goes up by one, unless its last counted miss is less than `min_gap`
     seconds old (reads in one burst of events are one read); a pod that answered or is no
-    longer Ready is dropped."""
+    longer Ready is dropped. With `answered` (the pods that have answered a read since they
+    became Ready), only those are counted: a pod the operator never reached (a network policy,
+    a simulated node) is a partial read, not a lost node."""
     quiet = set(silent)
     out: dict[str, Miss] = {}
     for name in ready:
-        if name not in quiet:
+        if name not in quiet or (answered is not None and name not in answered):
             continue
         count, at = previous.get(name, (0, now))
         out[name] = (count, at) if count and now - at < min_gap else (count + 1, now)
@@ -303,6 +308,7 @@ class HttpDemandReader:
         self._records: dict[tuple[str, str], ArrivalRecord] = {}
         self._windows: dict[tuple[str, str], tuple[str, WindowTracker]] = {}
         self._misses: dict[tuple[str, str], dict[str, Miss]] = {}
+        self._answered: dict[tuple[str, str], set[str]] = {}
         self._guard = threading.Lock()
 
     def _record(self, key: tuple[str, str]) -> ArrivalRecord:
@@ -315,6 +321,7 @@ class HttpDemandReader:
             self._records.pop(key, None)
             self._windows.pop(key, None)
             self._misses.pop(key, None)
+            self._answered.pop(key, None)
 
     def suspects(self) -> list[tuple[str, str]]:
         """The endpoints with a Ready engine pod that missed its last read but is not judged
@@ -407,14 +414,17 @@ class HttpDemandReader:
             n: t for (n, t), r in zip(engine_targets.items(), readings, strict=True) if r is None
         }
         with self._guard:
+            answered = self._answered.get(key, set())
             misses = count_misses(
                 self._misses.get(key, {}),
                 ready=engine_targets,
                 silent=silent,
+                answered=answered,
                 now=now,
                 min_gap=MISS_GAP_SECONDS,
             )
             self._misses[key] = misses
+            self._answered[key] = {n for n in engine_targets if n in answered or n not in silent}
         return sample_from(
             fronts=fronts,
             engines=readings,
