@@ -406,3 +406,17 @@ def test_a_pod_marked_not_ready_by_the_node_controller_stays_reported(
     assert status["readyReplicas"] == 0
     assert conditions["Ready"][:2] == ("False", "ReplicasUnreachable")
     assert conditions["Degraded"][:2] == ("True", "ReplicasUnreachable")
+
+
+def test_a_deleted_endpoint_is_not_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from magistral_operator.handlers import operator as op
+    from tests.unit.test_ha_wiring import RecordingKube, memo
+
+    net, reader = Network(monkeypatch), HttpDemandReader()
+    monkeypatch.setattr(op, "_demand", reader)
+    _read(reader, E1)
+    net.silent = {"10.0.0.1"}
+    _read(reader, E1)
+    assert reader.suspects() == [(NS, NAME)]
+    op.recheck_suspects(memo(RecordingKube([]), None), 0)  # the endpoint is gone
+    assert reader.suspects() == []

@@ -230,10 +230,11 @@ def recheck_suspects(memo: kopf.Memo, term: int | None) -> None:
     for namespace, name in _demand.suspects():
         if lead.term() != term:
             return
-        body = memo.kube.get("MagistralEndpoint", namespace=namespace, name=name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            continue
         try:
+            body = memo.kube.get("MagistralEndpoint", namespace=namespace, name=name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                _demand.forget((namespace, name))  # gone: nothing to read again
+                continue
             _run(memo, body)
         except Exception:
             log.exception("recheck of %s/%s failed", namespace, name)
