@@ -43,8 +43,9 @@ Precedence, first match wins:
       `AsExpected` when every Unschedulable pod is the rollout's own.
    c0. **Unreachable replicas** (`replicas_unreachable_ready`, `replicas_unreachable`): pods
       the cluster shows Ready that the demand read judged unreachable (silent on consecutive
-      reads, or silent and dropped by every router; kube/demand.py) are not counted as ready
-      (rule 3 already leaves them out); a `NoReplicasReady` Ready becomes
+      reads, or silent and dropped by every router; kube/demand.py), and pods Kubernetes
+      shows on a lost node (`observe.node_lost`), are not counted as ready (rule 3 already
+      leaves them out); a `NoReplicasReady` Ready becomes
       `ReplicasUnreachable` naming them, and Degraded becomes `ReplicasUnreachable` (a lost
       node is likely) over `AsExpected`, `Unschedulable` and `ReplicasFailing`, not over a
       rollout's `RolloutFailed`.
