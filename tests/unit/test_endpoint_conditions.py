@@ -61,6 +61,15 @@ UNSCHEDULABLE_AND_FAILING = pools(
     obs(P, replicas=1, pods=1, failing=CRASH), obs(Q, replicas=1, pods=1, unschedulable=SCHEDULER)
 )
 SECRET_MISSING = pools(obs(replicas=1, pods=1, failing=NO_SECRET))
+LOST_ONLY = pools(obs(replicas=1, pods=1, unreachable=("ep-a",)))
+LOST_ONE = pools(
+    obs(replicas=2, pods=2, ready_replicas=1, current_revision_ready=1, unreachable=("ep-b",))
+)
+LOST_FAILING_PENDING = pools(
+    obs(P, replicas=1, pods=1, unreachable=("ep-a",), failing=CRASH),
+    obs(Q, replicas=1, pods=1, unschedulable=SCHEDULER),
+)
+LOST_MANY = pools(obs(replicas=12, pods=12, unreachable=tuple(f"ep-{i:02}" for i in range(12))))
 
 
 def rollout(
@@ -289,6 +298,42 @@ TABLE: list[tuple[str, ConditionInputs, list[tuple[str, str, str]], dict[str, st
             rollouts_own_pending=True),
      [R_OK, ("Progressing", "True", "WaitingForCapacity"),
       ("Degraded", "True", "ReplicasFailing")], {}),
+    # --- unreachable replicas (Ready in the cluster, silent to the operator's reads) ---
+    ("the only replica unreachable: ReplicasUnreachable in Ready and Degraded",
+     inputs(desired=1, observed=LOST_ONLY),
+     [("Ready", "False", "ReplicasUnreachable"), ("Progressing", "True", "WaitingForReplicas"),
+      ("Degraded", "True", "ReplicasUnreachable")],
+     {"Ready": "0/1 replicas reachable: ep-a", "Degraded": "ep-a: the cluster shows them Ready"}),
+    ("one of two unreachable: Ready on the other, Degraded names the lost one",
+     inputs(observed=LOST_ONE),
+     [R_OK, ("Progressing", "True", "WaitingForReplicas"),
+      ("Degraded", "True", "ReplicasUnreachable")],
+     {"Ready": "1/2 replicas ready", "Degraded": "ep-b: the cluster shows them Ready"}),
+    ("ReplicasUnreachable over ReplicasFailing and Unschedulable, saying the node may be lost",
+     inputs(observed=LOST_FAILING_PENDING),
+     [("Ready", "False", "ReplicasUnreachable"), ("Progressing", "True", "WaitingForReplicas"),
+      ("Degraded", "True", "ReplicasUnreachable")],
+     {"Degraded": "Their node may be lost"}),
+    ("a rollback's RolloutFailed stands over ReplicasUnreachable",
+     inputs(observed=LOST_ONE, rollout=ROLLED_BACK),
+     [R_OK, ("Progressing", "True", "RolledBack"), ("Degraded", "True", "RolloutFailed")], {}),
+    ("ReplicasUnreachable stays over RouterUnavailable (Ready is already False)",
+     inputs(desired=1, observed=LOST_ONLY, router=ROUTER_DOWN),
+     [("Ready", "False", "ReplicasUnreachable"), ("Progressing", "True", "WaitingForReplicas"),
+      ("Degraded", "True", "ReplicasUnreachable")], {}),
+    ("ChildRefused over ReplicasUnreachable",
+     inputs(desired=1, observed=LOST_ONLY, refused=REFUSED),
+     [("Ready", "False", "ReplicasUnreachable"), ("Progressing", "True", "WaitingForReplicas"),
+      ("Degraded", "True", "ChildRefused")], {}),
+    ("many unreachable: ten named, the rest counted",
+     inputs(desired=12, observed=LOST_MANY),
+     [("Ready", "False", "ReplicasUnreachable"), ("Progressing", "True", "WaitingForReplicas"),
+      ("Degraded", "True", "ReplicasUnreachable")],
+     {"Ready": "ep-00, ep-01", "Degraded": "ep-09 and 2 more"}),
+    ("scaled to zero: a leftover unreachable pod changes nothing in Ready",
+     inputs(desired=0, observed=pools(obs(replicas=0, pods=1, unreachable=("ep-a",)))),
+     [("Ready", "True", "ScaledToZero"), ("Progressing", "True", "ScalingDown"),
+      ("Degraded", "True", "ReplicasUnreachable")], {}),
     # --- routers ---
     ("RouterUnavailable over ReplicasReady", inputs(observed=ALL_READY, router=ROUTER_DOWN),
      [("Ready", "False", "RouterUnavailable"), P_STABLE, D_OK],
@@ -361,9 +406,9 @@ def test_every_reason_the_module_gives_has_a_row() -> None:
         "NoReplicasReady", "RollingOut", "WaitingForReplicas", "ScalingDown", "Stable",
         "AsExpected", "Unschedulable", "ReplicasFailing", "RolloutFailed", "RolledBack",
         "CanaryAnalysis", "WaitingForCapacity", "SurgingElsewhere", "ReplacingInPlace",
-        "RouterUnavailable", "ChildRefused",
+        "RouterUnavailable", "ChildRefused", "ReplicasUnreachable",
     }  # fmt: skip
-    assert len(OVERRIDES) == 7  # a new rule: a row above for it and for what it wins over
+    assert len(OVERRIDES) == 9  # a new rule: a row above for it and for what it wins over
 
 
 def test_long_reconcile_errors_are_cut() -> None:

@@ -23,6 +23,8 @@ a `DemandSample`, a `DemandConfig`, the `DemandState` persisted in status, and t
   waiting in the engine (`vllm:num_requests_waiting`) and KV-cache usage
   (`vllm:kv_cache_usage_perc`, 0 to 1).
 - `ready_replicas`: Ready replicas that exist; fewer `replicas` than that is a *partial read*.
+- `unreachable`: the Ready replicas the reader judges unreachable (kube/demand.py: silent on
+  consecutive reads); the policy ignores it, the reconcile's status does not count them ready.
 - `starting_replicas`: replicas created and not yet Ready. They are part of `current`, so
   demand they will serve buys nothing twice, and a backlog is planned to be drained by them
   (over `startup_seconds + drain_seconds`) rather than by yet more replicas.
@@ -205,6 +207,8 @@ class DemandSample:
     mean_output_tokens: float | None = None
     silent_routers: int = 0
     error: str | None = None
+    unreachable: tuple[str, ...] = ()
+    """Ready engine pods judged unreachable (kube/demand.py): the status does not count them."""
 
     @property
     def read(self) -> ReadStatus:
@@ -330,6 +334,8 @@ class DemandDecision:
     previous_replicas: int = 0
     held_requests: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    unreachable: tuple[str, ...] = ()
+    """The sample's unreachable Ready engine pods (set by handlers/decisions.autoscale)."""
 
     def status(self) -> AutoscalerStatus:
         """status.autoscaler after this pass."""

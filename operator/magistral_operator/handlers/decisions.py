@@ -80,7 +80,7 @@ def autoscale(
     sample = reader.read(
         (endpoint.namespace, endpoint.name), routers=routers, engines=engines, now=now
     )
-    return decide_demand(
+    decision = decide_demand(
         current=start,
         sample=sample,
         config=demand_config(
@@ -89,6 +89,7 @@ def autoscale(
         state=DemandState.from_status(previous.autoscaler, default=start),
         now=datetime.now(UTC),
     )
+    return replace(decision, unreachable=sample.unreachable)
 
 
 def _labels(obj: dict[str, Any]) -> dict[str, str]:

@@ -23,6 +23,9 @@ from .refusals import RefusalBook
 
 # Periodic level-triggered pass; tests shorten it through the environment.
 RESYNC_SECONDS = float(os.environ.get("MAGISTRAL_RESYNC_SECONDS", "30"))
+# How soon an endpoint with a Ready engine that missed its last /metrics read is read again
+# (kube/demand.py: a second miss makes it unreachable; docs/architecture.md, Unreachable replicas).
+RECHECK_SECONDS = float(os.environ.get("MAGISTRAL_RECHECK_SECONDS", "5"))
 # How often the resync loop looks at the leadership term (no I/O): a new term starts a full pass.
 LEADERSHIP_POLL_SECONDS = 0.2
 MAX_BACKOFF_SECONDS = 300
@@ -176,12 +179,16 @@ def _resync_loop(memo: kopf.Memo, stop: threading.Event, *, clock: Any = time.mo
     lead = leadership(memo)
     seen_term = lead.term()
     next_pass = clock() + RESYNC_SECONDS
+    next_recheck = clock() + RECHECK_SECONDS
     while not stop.wait(LEADERSHIP_POLL_SECONDS):
         term = lead.term()
         if term is None:
             seen_term = None
             continue
         if term == seen_term and clock() < next_pass:
+            if clock() >= next_recheck:
+                recheck_suspects(memo, term)
+                next_recheck = clock() + RECHECK_SECONDS
             continue
         if term != seen_term:
             log.info("leader (term %s): a full pass over every endpoint", term)
@@ -213,6 +220,24 @@ def full_pass(memo: kopf.Memo, term: int | None) -> None:
             except Exception:
                 meta = body["metadata"]
                 log.exception("resync of %s/%s failed", meta["namespace"], meta["name"])
+
+
+def recheck_suspects(memo: kopf.Memo, term: int | None) -> None:
+    """Reconcile again the endpoints whose last demand read missed a Ready engine pod
+    (`HttpDemandReader.suspects`): a second miss reports it unreachable within
+    RECHECK_SECONDS instead of one more resync period. Nothing to do, no I/O."""
+    lead = leadership(memo)
+    for namespace, name in _demand.suspects():
+        if lead.term() != term:
+            return
+        try:
+            body = memo.kube.get("MagistralEndpoint", namespace=namespace, name=name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                _demand.forget((namespace, name))  # gone: nothing to read again
+                continue
+            _run(memo, body)
+        except Exception:
+            log.exception("recheck of %s/%s failed", namespace, name)
 
 
 def _parent_changed(body: kopf.Body, memo: kopf.Memo) -> None:

@@ -262,6 +262,7 @@ def reconcile(
             deployment=deployments.get(dep_name),
             pods=pods,
             revision=rollout.applied_revision,
+            unreachable=decision.unreachable if decision else (),
         )
     probe = placement.state.probe_pool if placement else None
     if probe in observed:  # a probe waiting for capacity does not degrade the endpoint

@@ -11,6 +11,15 @@ Every pass, for one endpoint:
 No ready router pod, or none answering, is a *failed* read (the autoscaler holds the replicas
 and says why in status.autoscaler); some router pods or engines silent is a *partial* read (no
 scale-down). A silent source is never read as 0.
+
+A Ready engine pod that answered before and has not answered its /metrics on
+`UNREACHABLE_AFTER_MISSES` consecutive reads, or has not answered this read while no answering
+router lists it among its healthy workers (`workerUrls`), is *unreachable*
+(`DemandSample.unreachable`): the node under it may be lost, which Kubernetes shows only after
+its node-monitor grace period (about 40 s) by setting the pod's Ready=False. The status does not
+count it as ready (docs/architecture.md, Unreachable replicas). The misses, and which pods have
+answered, are kept per endpoint in the reader's memory. A pod that never answered (a network
+policy, a simulated node) stays a partial read.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -39,6 +48,11 @@ from .metrics import (
 DEMAND_PORT_NAME = "demand"
 DEMAND_PATH = "/demand"
 DEMAND_VERSION = 1
+UNREACHABLE_AFTER_MISSES = 2
+"""Consecutive reads a Ready engine pod must miss to count as unreachable (one slow scrape is
+not enough)."""
+MISS_GAP_SECONDS = 2.0
+"""Misses closer together than this count once (passes in one burst of pod events)."""
 
 
 @dataclass(frozen=True)
@@ -161,15 +175,21 @@ def sample_from(
     record: ArrivalRecord,
     keys: Sequence[str],
     now: float,
+    unreachable: Sequence[str] = (),
 ) -> DemandSample:
-    """Combine one pass's readings (pure; `keys` are the router pods' uids, as `fronts`)."""
+    """Combine one pass's readings (pure; `keys` are the router pods' uids, as `fronts`;
+    `unreachable` the Ready engine pods judged unreachable, `unreachable_pods`)."""
     answered = [(k, f) for k, f in zip(keys, fronts, strict=True) if isinstance(f, FrontReading)]
     errors = [f for f in fronts if isinstance(f, str)]
     if ready_routers == 0:
-        return DemandSample(router_ok=False, error="no router pod is ready")
+        return DemandSample(
+            router_ok=False, error="no router pod is ready", unreachable=tuple(unreachable)
+        )
     if not answered:
         return DemandSample(
-            router_ok=False, error="no router pod answered: " + "; ".join(errors)[:500]
+            router_ok=False,
+            error="no router pod answered: " + "; ".join(errors)[:500],
+            unreachable=tuple(unreachable),
         )
     record.observe(now, {k: CounterReading(f.start_time, f.arrivals_total) for k, f in answered})
     readings = [e for e in engines if e is not None]
@@ -199,7 +219,67 @@ def sample_from(
         else None,
         silent_routers=len(errors),
         error="; ".join(errors)[:500] or None,
+        unreachable=tuple(unreachable),
     )
+
+
+Miss = tuple[int, float]
+"""(consecutive reads missed, when the last of them was counted)."""
+
+
+def count_misses(
+    previous: Mapping[str, Miss],
+    *,
+    ready: Iterable[str],
+    silent: Iterable[str],
+    answered: Collection[str] | None = None,
+    now: float = 0.0,
+    min_gap: float = 0.0,
+) -> dict[str, Miss]:
+    """Consecutive reads each Ready engine pod (by name) has not answered, after this read: a
+    silent pod's count goes up by one, unless its last counted miss is less than `min_gap`
+    seconds old (reads in one burst of events are one read); a pod that answered or is no
+    longer Ready is dropped. With `answered` (the pods that have answered a read since they
+    became Ready), only those are counted: a pod the operator never reached (a network policy,
+    a simulated node) is a partial read, not a lost node."""
+    quiet = set(silent)
+    out: dict[str, Miss] = {}
+    for name in ready:
+        if name not in quiet or (answered is not None and name not in answered):
+            continue
+        count, at = previous.get(name, (0, now))
+        out[name] = (count, at) if count and now - at < min_gap else (count + 1, now)
+    return out
+
+
+def unreachable_pods(
+    misses: Mapping[str, Miss],
+    *,
+    unrouted: Iterable[str] = (),
+    threshold: int = UNREACHABLE_AFTER_MISSES,
+) -> tuple[str, ...]:
+    """The pods that count as unreachable (sorted): silent on `threshold` consecutive reads, or
+    silent now (a count of at least 1) and in `unrouted` (no answering router routes to it)."""
+    dropped = set(unrouted)
+    return tuple(
+        sorted(n for n, (c, _) in misses.items() if c >= threshold or (c >= 1 and n in dropped))
+    )
+
+
+def not_routed(
+    pods: Mapping[str, tuple[str, int]], fronts: Iterable[FrontReading | str]
+) -> set[str]:
+    """The pods (name → metrics target) that no answering router lists among its healthy
+    workers; empty when no answering front reports its workers (nothing is known)."""
+    reported = [f.worker_urls for f in fronts if isinstance(f, FrontReading)]
+    lists = [set(urls) for urls in reported if urls is not None]
+    if not lists:
+        return set()
+    return {
+        name
+        for name, (ip, port) in pods.items()
+        if not any(f"http://{ip}:{port}" in urls for urls in lists)
+    }
 
 
 def canary_not_routed(
@@ -227,6 +307,8 @@ class HttpDemandReader:
         self.timeout = timeout
         self._records: dict[tuple[str, str], ArrivalRecord] = {}
         self._windows: dict[tuple[str, str], tuple[str, WindowTracker]] = {}
+        self._misses: dict[tuple[str, str], dict[str, Miss]] = {}
+        self._answered: dict[tuple[str, str], set[str]] = {}
         self._guard = threading.Lock()
 
     def _record(self, key: tuple[str, str]) -> ArrivalRecord:
@@ -238,6 +320,19 @@ class HttpDemandReader:
         with self._guard:
             self._records.pop(key, None)
             self._windows.pop(key, None)
+            self._misses.pop(key, None)
+            self._answered.pop(key, None)
+
+    def suspects(self) -> list[tuple[str, str]]:
+        """The endpoints with a Ready engine pod that missed its last read but is not judged
+        unreachable yet: the resync loop reads them again soon (handlers/operator.py), so a
+        lost node is confirmed within seconds rather than one more resync period."""
+        with self._guard:
+            return sorted(
+                key
+                for key, misses in self._misses.items()
+                if any(0 < n < UNREACHABLE_AFTER_MISSES for n, _ in misses.values())
+            )
 
     def read_window(
         self,
@@ -310,8 +405,26 @@ class HttpDemandReader:
         fronts = _parallel(
             lambda t: read_front(t[0], t[1], timeout=self.timeout), [t for _, t in pairs]
         )
-        engine_targets = [t for t in map(metrics_target, engines) if t is not None]
-        readings = _parallel(lambda t: scrape(t[0], t[1], timeout=self.timeout), engine_targets)
+        named = [(str(e["metadata"]["name"]), metrics_target(e)) for e in engines]
+        engine_targets = {n: t for n, t in named if t is not None}
+        readings = _parallel(
+            lambda t: scrape(t[0], t[1], timeout=self.timeout), list(engine_targets.values())
+        )
+        silent = {
+            n: t for (n, t), r in zip(engine_targets.items(), readings, strict=True) if r is None
+        }
+        with self._guard:
+            answered = self._answered.get(key, set())
+            misses = count_misses(
+                self._misses.get(key, {}),
+                ready=engine_targets,
+                silent=silent,
+                answered=answered,
+                now=now,
+                min_gap=MISS_GAP_SECONDS,
+            )
+            self._misses[key] = misses
+            self._answered[key] = {n for n in engine_targets if n in answered or n not in silent}
         return sample_from(
             fronts=fronts,
             engines=readings,
@@ -321,4 +434,5 @@ class HttpDemandReader:
             record=self._record(key),
             keys=[str(r["metadata"].get("uid") or r["metadata"]["name"]) for r, _ in pairs],
             now=now,
+            unreachable=unreachable_pods(misses, unrouted=not_routed(silent, fronts)),
         )

@@ -41,6 +41,14 @@ Precedence, first match wins:
       `SurgingElsewhere`, `ReplacingInPlace` or `WaitingForCapacity`, never a rollout's
       `RolledBack`/`RolloutFailed`/`CanaryAnalysis`; `Degraded=Unschedulable` becomes
       `AsExpected` when every Unschedulable pod is the rollout's own.
+   c0. **Unreachable replicas** (`replicas_unreachable_ready`, `replicas_unreachable`): pods
+      the cluster shows Ready that the demand read judged unreachable (silent on consecutive
+      reads, or silent and dropped by every router; kube/demand.py), and pods Kubernetes
+      shows on a lost node (`observe.node_lost`), are not counted as ready (rule 3 already
+      leaves them out); a `NoReplicasReady` Ready becomes
+      `ReplicasUnreachable` naming them, and Degraded becomes `ReplicasUnreachable` (a lost
+      node is likely) over `AsExpected`, `Unschedulable` and `ReplicasFailing`, not over a
+      rollout's `RolloutFailed`.
    c. **Routers** (`router_unavailable`): a Ready=True becomes `RouterUnavailable` while no
       router pod is ready (a reason the replicas give for not being ready stays).
    d. **Secrets** (`secret_not_found`): a `ReplicasFailing` Degraded whose kubelet message is
@@ -338,6 +346,61 @@ def capacity_degraded(inputs: ConditionInputs, given: ConditionUpdate) -> Condit
     )
 
 
+# --- c0. unreachable replicas ------------------------------------------------------------
+
+UNREACHABLE_NAMES_SHOWN = 10
+
+
+def _unreachable(inputs: ConditionInputs) -> str | None:
+    """The unreachable pods' names, for a message (None: there are none)."""
+    names = sorted(n for o in inputs.observed.values() for n in o.unreachable)
+    if not names:
+        return None
+    shown = ", ".join(names[:UNREACHABLE_NAMES_SHOWN])
+    more = len(names) - UNREACHABLE_NAMES_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+UNREACHABLE_WHY = (
+    "the cluster shows them Ready but they did not answer the operator's reads on consecutive "
+    "passes (or the routers dropped them), or Kubernetes marked them not Ready because their "
+    "node stopped reporting"
+)
+
+
+def replicas_unreachable_ready(inputs: ConditionInputs, given: ConditionUpdate) -> ConditionUpdate:
+    """Ready=False, ReplicasUnreachable, when every replica the cluster shows Ready is
+    unreachable (no reachable replica serves)."""
+    names = _unreachable(inputs)
+    if names is None or given.reason != "NoReplicasReady":
+        return given
+    return ConditionUpdate(
+        READY,
+        "False",
+        "ReplicasUnreachable",
+        f"0/{inputs.desired} replicas reachable: {names}: {UNREACHABLE_WHY}",
+    )
+
+
+UNREACHABLE_OVER = ("AsExpected", "Unschedulable", "ReplicasFailing")
+
+
+def replicas_unreachable(inputs: ConditionInputs, given: ConditionUpdate) -> ConditionUpdate:
+    """Degraded=True, ReplicasUnreachable, naming the pods and the likely cause (a lost node:
+    Kubernetes marks its pods not Ready only after its node-monitor grace period)."""
+    names = _unreachable(inputs)
+    if names is None or given.reason not in UNREACHABLE_OVER:
+        return given
+    return ConditionUpdate(
+        DEGRADED,
+        "True",
+        "ReplicasUnreachable",
+        f"replicas unreachable: {names}: {UNREACHABLE_WHY}. Their node may be lost: Kubernetes "
+        "marks its pods not Ready after its node-monitor grace period and replaces them once "
+        "they are evicted; check the nodes (kubectl get pods -o wide, kubectl get nodes).",
+    )
+
+
 # --- c. the routers ------------------------------------------------------------------------
 
 
@@ -415,6 +478,8 @@ OVERRIDES: tuple[tuple[str, Rule], ...] = (
     (DEGRADED, rollout_degraded),
     (PROGRESSING, capacity_progressing),
     (DEGRADED, capacity_degraded),
+    (READY, replicas_unreachable_ready),
+    (DEGRADED, replicas_unreachable),
     (READY, router_unavailable),
     (DEGRADED, secret_not_found),
     (DEGRADED, child_refused),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,11 +38,41 @@ class PoolObservation:
     pods: int = 0
     unschedulable: str | None = None
     failing: str | None = None
+    unreachable: tuple[str, ...] = ()
+    """Pods the cluster shows Ready that the demand read judged unreachable (not counted in
+    `ready_replicas` nor `current_revision_ready`), and pods whose node Kubernetes shows lost
+    (`node_lost`: not Ready either)."""
 
 
 def _pod_ready(pod: dict[str, Any]) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _condition(pod: dict[str, Any], type_: str) -> dict[str, Any]:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return {}
+
+
+def node_lost(pod: dict[str, Any]) -> bool:
+    """Kubernetes shows the pod's node lost: the node lifecycle controller set its Ready False
+    while the containers stayed ready (no kubelet reports any more), its reason is `NodeLost`,
+    or the taint manager marked it for eviction (`DisruptionTarget`,
+    `DeletionByTaintManager`). Only a Running pod counts (not one being deleted)."""
+    status = pod.get("status") or {}
+    if pod.get("metadata", {}).get("deletionTimestamp") or status.get("phase") != "Running":
+        return False
+    if status.get("reason") == "NodeLost":
+        return True
+    disruption = _condition(pod, "DisruptionTarget")
+    if disruption.get("status") == "True" and disruption.get("reason") == "DeletionByTaintManager":
+        return True
+    return (
+        _condition(pod, "Ready").get("status") == "False"
+        and _condition(pod, "ContainersReady").get("status") == "True"
+    )
 
 
 def _unschedulable(pod: dict[str, Any]) -> str | None:
@@ -68,16 +99,26 @@ def _failing(pod: dict[str, Any]) -> str | None:
 
 
 def observe_pool(
-    *, pool: str, deployment: dict[str, Any] | None, pods: list[dict[str, Any]], revision: str
+    *,
+    pool: str,
+    deployment: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    revision: str,
+    unreachable: Collection[str] = (),
 ) -> PoolObservation:
-    """Summarise one pool; `pods` may include other pools' pods (they are filtered)."""
+    """Summarise one pool; `pods` may include other pools' pods (they are filtered).
+
+    `unreachable` names pods the demand read judged unreachable (kube/demand.py): Ready ones
+    among them are reported in `unreachable` instead of `ready_replicas`."""
     mine = [
         p
         for p in pods
         if (p.get("metadata", {}).get("labels") or {}).get(POOL_LABEL) == pool
         and not p.get("metadata", {}).get("deletionTimestamp")
     ]
-    ready = [p for p in mine if _pod_ready(p)]
+    lost = set(unreachable)
+    cluster_ready = [p for p in mine if _pod_ready(p)]
+    ready = [p for p in cluster_ready if p["metadata"].get("name") not in lost]
     current_ready = [
         p for p in ready if (p["metadata"].get("labels") or {}).get(REVISION_LABEL) == revision
     ]
@@ -92,6 +133,13 @@ def observe_pool(
         pods=len(mine),
         unschedulable=unschedulable,
         failing=failing,
+        unreachable=tuple(
+            sorted(
+                str(p["metadata"]["name"])
+                for p in mine
+                if (p in cluster_ready and p not in ready) or (not _pod_ready(p) and node_lost(p))
+            )
+        ),
     )
 
 
