@@ -83,6 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import kopf
 
     from .handlers import operator as _registrations  # noqa: F401  (registers handlers)
+    from .kube.cached import Cache, CachedKube
     from .kube.client import Kube, load_api_client
 
     config = _load_config(args.config)
@@ -127,8 +128,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .handlers.metrics import serve_metrics
 
         serve_metrics(args.metrics_port)
-    kube = Kube(api_client, may_write=may_write, write_timeout=write_timeout)
-    memo = kopf.Memo(config=config, kube=kube, namespaces=namespaces, leadership=leadership)
+    # Reads come from watch-fed caches (kube/cached.py), filled by their own reader.
+    cache = Cache(Kube(api_client), namespaces=namespaces)
+    kube = CachedKube(
+        Kube(api_client, may_write=may_write, write_timeout=write_timeout), cache=cache
+    )
+    memo = kopf.Memo(
+        config=config, kube=kube, cache=cache, namespaces=namespaces, leadership=leadership
+    )
     kopf.run(
         standalone=True,
         namespaces=namespaces,

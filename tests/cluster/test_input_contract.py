@@ -81,7 +81,7 @@ def test_refused_child_degrades_within_a_resync_backs_off_and_recovers(
     # One warning for the refusal (not one per pass) and no failed pass with a traceback.
     log = operator.log_file.read_text()[log_start:]
     assert log.count(f"{namespace}/lb: the API server refused Service/lb") == 1, log
-    assert f"resync of {namespace}/lb failed" not in log, log
+    assert f"pass of {namespace}/lb failed" not in log, log
 
     # Fixed spec: tried at once (a new content hash), Degraded clears.
     manifest["spec"]["exposure"] = {"serviceType": "ClusterIP"}

@@ -418,10 +418,11 @@ def test_rbac_is_least_privilege(variant: str) -> None:
         if "rbac.authorization.k8s.io" in rule["apiGroups"]:
             assert rule["apiGroups"] == ["rbac.authorization.k8s.io"], where
             assert sorted(rule["resources"]) == ["rolebindings", "roles"], where
-            assert sorted(rule["verbs"]) == ["create", "get", "patch"], where
+            # list + watch: the operator's caches of its children (kube/cached.py).
+            assert sorted(rule["verbs"]) == ["create", "get", "list", "patch", "watch"], where
         if "serviceaccounts" in resources:
             assert rule["resources"] == ["serviceaccounts"], where
-            assert sorted(rule["verbs"]) == ["create", "get", "patch"], where
+            assert sorted(rule["verbs"]) == ["create", "get", "list", "patch", "watch"], where
         assert not {"nodes", "namespaces", "tokenreviews", "serviceaccounts/token"} & set(
             rule["resources"]
         ), where
@@ -437,9 +438,17 @@ def test_rbac_is_least_privilege(variant: str) -> None:
         if "delete" in rule["verbs"]:
             assert rule["resources"] in (["deployments"], ["configmaps"]), f"not pruned: {where}"
         if "configmaps" in resources:
-            # get: a custom prompt's ConfigMap is checked to exist; list + delete: pruning.
+            # get: a custom prompt's ConfigMap is checked to exist; list + delete: pruning;
+            # list + watch: the cache of the operator's own (by label, kube/cached.py).
             assert rule["resources"] == ["configmaps"], where
-            assert sorted(rule["verbs"]) == ["create", "delete", "get", "list", "patch"], where
+            assert sorted(rule["verbs"]) == [
+                "create",
+                "delete",
+                "get",
+                "list",
+                "patch",
+                "watch",
+            ], where
 
 
 def test_all_namespaces_uses_one_cluster_role() -> None:

@@ -95,8 +95,8 @@ def test_a_standby_s_handlers_neither_read_nor_write(reconciled: list[str]) -> N
     kube = RecordingKube(["ep"])
     standby = memo(kube, Leadership(None))
     op.on_spec(body=kopf.Body(endpoint("ep")), memo=standby, retry=0)
-    op.deployment_changed(body=deployment_of("ep"), memo=standby)
-    op.pod_changed(body=deployment_of("ep"), memo=standby)
+    op.child_changed(standby, "Deployment", "MODIFIED", deployment_of("ep"))
+    op.child_changed(standby, "Pod", "MODIFIED", deployment_of("ep"))
     assert kube.calls == []
     assert reconciled == []
 
@@ -105,7 +105,7 @@ def test_the_leader_s_handlers_reconcile(reconciled: list[str]) -> None:
     kube = RecordingKube(["ep"])
     leader = memo(kube, Leadership(1))
     op.on_spec(body=kopf.Body(endpoint("ep")), memo=leader, retry=0)
-    op.deployment_changed(body=deployment_of("ep"), memo=leader)
+    op.child_changed(leader, "Deployment", "MODIFIED", deployment_of("ep"))
     assert reconciled == ["ep", "ep"]
 
 

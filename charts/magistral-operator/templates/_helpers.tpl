@@ -46,6 +46,8 @@ serving pods read the API key through secretKeyRef, the operator never does.
 - apiGroups: ["magistral.dev"]
   resources: ["magistralendpoints/finalizers"]
   verbs: ["update"]
+# The operator reads its children from watch-fed caches (docs/architecture.md, "Reads"): every
+# kind it creates or observes is listed and watched, filtered by its managed-by label.
 # One Deployment per usable pool: watched for status, pruned when a pool is no longer used.
 - apiGroups: ["apps"]
   resources: ["deployments"]
@@ -54,32 +56,32 @@ serving pods read the API key through secretKeyRef, the operator never does.
 # from its ReplicaSet (docs/rollout.md). Never written.
 - apiGroups: ["apps"]
   resources: ["replicasets"]
-  verbs: ["get", "list"]
+  verbs: ["get", "list", "watch"]
 # One immutable runtime ConfigMap per revision (docs/rollout.md): listed and deleted to prune
-# the revisions no ReplicaSet of the endpoint mounts any more. Not watched.
+# the revisions no ReplicaSet of the endpoint mounts any more.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # The other children are applied (server-side apply) and garbage-collected through owner
-# references, so the operator never lists, watches or deletes them.
+# references, so the operator never deletes them.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # Each endpoint's router pods find its engine pods through the API (vllm-router's service
 # discovery): a ServiceAccount with a Role that reads the namespace's pods. The operator may
 # grant only what it holds itself (it reads pods, below), so no escalate or bind verb.
 - apiGroups: [""]
   resources: ["serviceaccounts"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # Claims an endpoint names (weights, a shared cache) are checked to exist before its pods are
 # created (docs/validation.md). Read only; Secrets are never read.
 - apiGroups: [""]

@@ -6,13 +6,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Hashable, Mapping
+from typing import Any, cast
 
 import kopf
 
 from ..api import GROUP, PLURAL, VERSION
-from ..api.labels import ENDPOINT_LABEL, MANAGER
+from ..api.labels import ENDPOINT_LABEL
+from ..kube.cached import ENDPOINT_KIND
 from ..kube.client import KubeError, NotLeaderError
 from ..kube.demand import HttpDemandReader
 from ..kube.lease import AlwaysLeader
@@ -20,12 +21,20 @@ from .diffbase import DigestDiffBaseStorage, LeaderOnlyProgressStorage
 from .metrics import CHILD_WRITES, RECONCILE_SECONDS, RECONCILES
 from .reconcile import Outcome, reconcile, report_failure
 from .refusals import RefusalBook
+from .workqueue import PassQueue
 
 # Periodic level-triggered pass; tests shorten it through the environment.
 RESYNC_SECONDS = float(os.environ.get("MAGISTRAL_RESYNC_SECONDS", "30"))
 # How soon an endpoint with a Ready engine that missed its last /metrics read is read again
 # (kube/demand.py: a second miss makes it unreachable; docs/architecture.md, Unreachable replicas).
 RECHECK_SECONDS = float(os.environ.get("MAGISTRAL_RECHECK_SECONDS", "5"))
+# How long a child event waits for more events of the same endpoint (one pass for a burst).
+COALESCE_SECONDS = float(os.environ.get("MAGISTRAL_COALESCE_SECONDS", "0.5"))
+# Threads running queued passes (kopf's own executor runs the spec handlers).
+PASS_WORKERS = 4
+# How long startup waits for the caches to fill before the first passes (they read the API
+# until then).
+CACHE_SYNC_SECONDS = 30.0
 # How often the resync loop looks at the leadership term (no I/O): a new term starts a full pass.
 LEADERSHIP_POLL_SECONDS = 0.2
 MAX_BACKOFF_SECONDS = 300
@@ -65,17 +74,25 @@ def _run(memo: kopf.Memo, body: Mapping[str, Any]) -> Outcome:
         # leader starts with a full pass over every endpoint (level-triggered: nothing is lost).
         return Outcome()
     try:
-        return _run_as_leader(memo, namespace, name)
+        return _run_as_leader(memo, namespace, name, str(meta.get("resourceVersion") or ""))
     except NotLeaderError:
         log.warning("%s/%s: the lease was lost during the pass; stopped writing", namespace, name)
         return Outcome()
 
 
-def _run_as_leader(memo: kopf.Memo, namespace: str, name: str) -> Outcome:
+def _run_as_leader(memo: kopf.Memo, namespace: str, name: str, version: str) -> Outcome:
     with _lock_for(namespace, name), RECONCILE_SECONDS.time():
         # Re-read under the lock: the event's copy may predate the previous pass's status write,
         # and deriving from it would write (and announce) the same transition twice.
-        fresh = memo.kube.get("MagistralEndpoint", namespace=namespace, name=name)
+        # The cache's copy has every status write of this process (kube/cached.py); the first
+        # pass of a leadership term reads the API, for the writes of a previous leader.
+        fresh = memo.kube.get_fresh(
+            "MagistralEndpoint",
+            namespace=namespace,
+            name=name,
+            at_least=version,
+            live=_first_in_term(memo, (namespace, name)),
+        )
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return Outcome()
         try:
@@ -97,6 +114,17 @@ def _run_as_leader(memo: kopf.Memo, namespace: str, name: str) -> Outcome:
         for child in names:
             CHILD_WRITES.labels(kind=child.split("/", 1)[0], action=action).inc()
     return outcome
+
+
+_passed_in_term: dict[tuple[str, str], int | None] = {}
+
+
+def _first_in_term(memo: kopf.Memo, key: tuple[str, str]) -> bool:
+    """Whether this is the endpoint's first pass in the current leadership term."""
+    term = leadership(memo).term()
+    first = key not in _passed_in_term or _passed_in_term[key] != term
+    _passed_in_term[key] = term
+    return first
 
 
 def namespace_gone(exc: KubeError) -> bool:
@@ -148,11 +176,25 @@ def on_spec(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
 
 @kopf.on.startup()
 def start_resync(memo: kopf.Memo, **_: Any) -> None:
-    """Start the periodic level-triggered pass (status refresh and drift repair).
+    """Start the watch-fed caches, the pass queue and the periodic level-triggered pass.
 
-    A plain thread rather than kopf timers: kopf puts a finalizer on objects with timers,
-    which would block deleting an endpoint while the operator is down.
+    The caches (kube/cached.py) answer the passes' reads of endpoints and children; their
+    watch events queue the owning endpoint's pass (`child_changed`), coalesced by the queue
+    (handlers/workqueue.py). The resync is a plain thread rather than kopf timers: kopf puts
+    a finalizer on objects with timers, which would block deleting an endpoint while the
+    operator is down.
     """
+    cache = memo.get("cache")
+    if cache is not None:
+        queue = PassQueue(lambda key: run_key(memo, key), workers=PASS_WORKERS)
+        memo.queue = queue
+        cache.on_change = lambda kind, event, obj: child_changed(memo, kind, event, obj)
+        cache.start()
+        queue.start()
+        if not cache.wait_synced(CACHE_SYNC_SECONDS):
+            log.warning(
+                "caches not filled in %gs; passes read the API meanwhile", CACHE_SYNC_SECONDS
+            )
     stop = threading.Event()
     memo.resync_stop = stop
     thread = threading.Thread(target=_resync_loop, args=(memo, stop), daemon=True)
@@ -161,10 +203,15 @@ def start_resync(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 def stop_resync(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the periodic pass on shutdown, and give the leader Lease up."""
+    """Stop the periodic pass, the queue and the caches on shutdown; give the Lease up."""
     stop = memo.get("resync_stop")
     if stop is not None:
         stop.set()
+    queue, cache = memo.get("queue"), memo.get("cache")
+    if queue is not None:
+        queue.stop()
+    if cache is not None:
+        cache.close()
     leadership(memo).stop()
 
 
@@ -198,7 +245,7 @@ def _resync_loop(memo: kopf.Memo, stop: threading.Event, *, clock: Any = time.mo
 
 
 def full_pass(memo: kopf.Memo, term: int | None) -> None:
-    """Reconcile every endpoint, as long as this process leads in `term`."""
+    """A pass of every endpoint (queued, or run here without a queue), while leader in `term`."""
     lead = leadership(memo)
     namespaces = memo.get("namespaces") or [None]
     for namespace in namespaces:
@@ -213,13 +260,10 @@ def full_pass(memo: kopf.Memo, term: int | None) -> None:
             if lead.term() != term:
                 log.warning("resync: leadership lost; the pass stops")
                 return
-            if body["metadata"].get("deletionTimestamp"):
+            meta = body["metadata"]
+            if meta.get("deletionTimestamp"):
                 continue
-            try:
-                _run(memo, body)
-            except Exception:
-                meta = body["metadata"]
-                log.exception("resync of %s/%s failed", meta["namespace"], meta["name"])
+            dispatch(memo, (meta["namespace"], meta["name"]))
 
 
 def recheck_suspects(memo: kopf.Memo, term: int | None) -> None:
@@ -227,40 +271,46 @@ def recheck_suspects(memo: kopf.Memo, term: int | None) -> None:
     (`HttpDemandReader.suspects`): a second miss reports it unreachable within
     RECHECK_SECONDS instead of one more resync period. Nothing to do, no I/O."""
     lead = leadership(memo)
-    for namespace, name in _demand.suspects():
+    for key in _demand.suspects():
         if lead.term() != term:
             return
-        try:
-            body = memo.kube.get("MagistralEndpoint", namespace=namespace, name=name)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                _demand.forget((namespace, name))  # gone: nothing to read again
-                continue
-            _run(memo, body)
-        except Exception:
-            log.exception("recheck of %s/%s failed", namespace, name)
+        dispatch(memo, key)
 
 
-def _parent_changed(body: kopf.Body, memo: kopf.Memo) -> None:
-    if not leadership(memo).is_leader():
+def child_changed(memo: kopf.Memo, kind: str, event: str, obj: Mapping[str, Any]) -> None:
+    """A cache saw a child change (or go): queue its endpoint's pass, coalesced.
+
+    The endpoints' own events are kopf's (`on_spec`); a status write of ours is not a reason
+    for another pass.
+    """
+    if kind == ENDPOINT_KIND or not leadership(memo).is_leader():
         return
-    meta = body.get("metadata", {})
+    meta = obj.get("metadata", {})
     name = (meta.get("labels") or {}).get(ENDPOINT_LABEL)
     namespace = meta.get("namespace")
-    if not name or not namespace:
+    if name and namespace:
+        dispatch(memo, (namespace, name), delay=COALESCE_SECONDS)
+
+
+def dispatch(memo: kopf.Memo, key: tuple[str, str], *, delay: float = 0.0) -> None:
+    """Queue `key`'s pass; without a queue (a bare memo in tests), run it here."""
+    queue = memo.get("queue")
+    if queue is None:
+        run_key(memo, key)
+    else:
+        queue.add(key, delay=delay)
+
+
+def run_key(memo: kopf.Memo, key: Hashable) -> None:
+    """One queued pass: the endpoint as the cache has it (nothing to do if it is gone)."""
+    if not leadership(memo).is_leader():
         return
-    parent = memo.kube.get("MagistralEndpoint", namespace=namespace, name=name)
-    if parent is None or parent["metadata"].get("deletionTimestamp"):
-        return
-    _run(memo, parent)
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGER})
-def deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A child Deployment changed: refresh the parent's status."""
-    _parent_changed(body, memo)
-
-
-@kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGER})
-def pod_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A serving pod changed (scheduled, ready, failing): refresh the parent's status."""
-    _parent_changed(body, memo)
+    namespace, name = cast(tuple[str, str], key)
+    try:
+        body = memo.kube.get("MagistralEndpoint", namespace=namespace, name=name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            _demand.forget((namespace, name))  # gone: nothing to read again
+            return
+        _run(memo, body)
+    except Exception:
+        log.exception("pass of %s/%s failed", namespace, name)

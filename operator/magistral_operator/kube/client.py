@@ -6,9 +6,10 @@ client model classes.
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,14 @@ RESOURCES: dict[str, Resource] = {
 }
 
 
+def _collection_path(kind: str, namespace: str | None) -> str:
+    resource = RESOURCES[kind]
+    if namespace is not None:
+        return resource.path(namespace=namespace)
+    prefix = "/api/v1" if resource.api_version == "v1" else f"/apis/{resource.api_version}"
+    return f"{prefix}/{resource.plural}"
+
+
 def load_api_client() -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the current kubeconfig."""
     try:
@@ -90,6 +99,9 @@ def apply_body(obj: Any) -> bytes:
 class NotLeaderError(Exception):
     """A write refused because this process does not hold the leader Lease (fencing)."""
 
+
+WATCH_SECONDS = 290
+"""How long the server keeps one watch open (kopf's default is similar); it is then resumed."""
 
 REQUEST_TIMEOUT_SECONDS = 30.0
 """The bound on any request (a hung connection must not hold an endpoint's lock forever)."""
@@ -164,15 +176,73 @@ class Kube:
 
     def list(self, kind: str, *, namespace: str | None, selector: str = "") -> list[dict[str, Any]]:
         """Objects of `kind` in `namespace` (all namespaces when None) matching a selector."""
-        resource = RESOURCES[kind]
-        if namespace is None:
-            prefix = "/api/v1" if resource.api_version == "v1" else f"/apis/{resource.api_version}"
-            path = f"{prefix}/{resource.plural}"
-        else:
-            path = resource.path(namespace=namespace)
+        return self.list_with_version(kind, namespace=namespace, selector=selector)[0]
+
+    def list_with_version(
+        self, kind: str, *, namespace: str | None, selector: str = ""
+    ) -> tuple[builtins.list[dict[str, Any]], str]:
+        """`list`, with the collection's resourceVersion (where a watch of it starts)."""
+        path = _collection_path(kind, namespace)
         answer = self.request("GET", path, query=[("labelSelector", selector)] if selector else [])
-        items: list[dict[str, Any]] = answer.get("items", [])
-        return items
+        items: builtins.list[dict[str, Any]] = answer.get("items", [])
+        version = str((answer.get("metadata") or {}).get("resourceVersion") or "")
+        return items, version
+
+    def watch(
+        self,
+        kind: str,
+        *,
+        namespace: str | None,
+        selector: str = "",
+        resource_version: str,
+        timeout_seconds: int = WATCH_SECONDS,
+    ) -> Iterator[dict[str, Any]]:
+        """Watch events (``{"type", "object"}``) after `resource_version`, with bookmarks.
+
+        The server ends the watch after `timeout_seconds`; the read timeout is a little longer,
+        so a connection that hangs without a word ends too (a bookmark comes about every
+        minute). A 410 from the server comes as an ``ERROR`` event, as the API sends it.
+        """
+        query = [
+            ("watch", "true"),
+            ("allowWatchBookmarks", "true"),
+            ("resourceVersion", resource_version),
+            ("timeoutSeconds", str(timeout_seconds)),
+        ]
+        if selector:
+            query.append(("labelSelector", selector))
+        path = _collection_path(kind, namespace)
+        params = self.api.param_serialize(
+            method="GET",
+            resource_path=path,
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*params, _request_timeout=(10, timeout_seconds + 30))
+        raw = response.response
+        try:
+            if not 200 <= response.status < 300:
+                body = raw.read().decode(errors="replace")
+                raise KubeError(status=response.status, method="WATCH", path=path, body=body)
+            pending = b""
+            for chunk in raw.stream(64 * 1024, decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+            if pending.strip():
+                yield json.loads(pending)
+        finally:
+            raw.release_conn()
+
+    def get_fresh(
+        self, kind: str, *, namespace: str, name: str, at_least: str = "", live: bool = False
+    ) -> dict[str, Any] | None:
+        """The object as the API serves it now (a cache answers only if as new as `at_least`,
+        and never when `live`)."""
+        return self.get(kind, namespace=namespace, name=name)
 
     def apply(self, obj: dict[str, Any], *, field_manager: str) -> dict[str, Any]:
         """Server-side apply `obj` as `field_manager`, taking over conflicting fields."""

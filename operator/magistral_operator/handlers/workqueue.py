@@ -1,0 +1,107 @@
+"""A coalescing work queue of endpoint passes (controller-runtime's workqueue, in threads).
+
+Child events come in bursts (a rollout changes a Deployment, its ReplicaSets and every pod
+several times within a second). Each event only *adds* its endpoint's key here, due after a
+short delay; a key already waiting keeps its earlier due time, so the burst becomes one pass.
+A key is never run by two workers at once: added while its pass runs, it runs once more after
+that pass (so a change seen mid-pass is never missed), however many times it was added.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable
+
+log = logging.getLogger(__name__)
+
+
+class PassQueue:
+    """Keys due at a time; `workers` threads run `run(key)` when due, never twice at once."""
+
+    def __init__(
+        self,
+        run: Callable[[Hashable], None],
+        *,
+        workers: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._run = run
+        self._workers = workers
+        self._clock = clock
+        self._due: dict[Hashable, float] = {}
+        self._running: set[Hashable] = set()
+        self._again: dict[Hashable, float] = {}
+        self._cond = threading.Condition()
+        self._stopped = False
+        self.runs = 0
+        self.adds = 0
+
+    def add(self, key: Hashable, *, delay: float = 0.0) -> None:
+        """Run `key`'s pass `delay` seconds from now, or sooner if it is already due sooner."""
+        due = self._clock() + delay
+        with self._cond:
+            self.adds += 1
+            if key in self._running:
+                self._again[key] = min(due, self._again.get(key, due))
+            else:
+                self._due[key] = min(due, self._due.get(key, due))
+            self._cond.notify()
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._due) + len(self._again)
+
+    def start(self) -> list[threading.Thread]:
+        threads = [
+            threading.Thread(target=self._work, name=f"passes-{i}", daemon=True)
+            for i in range(self._workers)
+        ]
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def take(self, *, block: bool = True) -> Hashable | None:
+        """The next due key, marked running (None when stopped, or nothing due and not `block`)."""
+        with self._cond:
+            while not self._stopped:
+                now = self._clock()
+                ready = [(due, k) for k, due in self._due.items() if due <= now]
+                if ready:
+                    _, key = min(ready, key=lambda pair: pair[0])
+                    del self._due[key]
+                    self._running.add(key)
+                    return key
+                if not block:
+                    return None
+                wait = min(self._due.values(), default=now + 1.0) - now
+                self._cond.wait(timeout=max(0.01, min(wait, 1.0)))
+            return None
+
+    def done(self, key: Hashable) -> None:
+        """`key`'s pass ended: if it was added meanwhile, it is due again."""
+        with self._cond:
+            self._running.discard(key)
+            again = self._again.pop(key, None)
+            if again is not None:
+                self._due[key] = min(again, self._due.get(key, again))
+            self._cond.notify()
+
+    def _work(self) -> None:
+        while True:
+            key = self.take()
+            if key is None:
+                return
+            try:
+                self.runs += 1
+                self._run(key)
+            except Exception:
+                log.exception("pass of %s failed", key)
+            finally:
+                self.done(key)

@@ -1,0 +1,164 @@
+"""A watch-fed copy of one kind of object (an informer's store, as client-go calls it).
+
+`Store` holds the objects an `Informer` (kube/informer.py) lists and then follows through a
+watch, plus what the operator itself wrote (the API's answer to an apply or a status patch),
+so a pass right after a write sees it even before the watch brings it. An object is replaced
+only by a version at least as new (`resourceVersion`, compared as the integers the API server
+hands out), so a late watch event never rolls back a newer copy; a deleted object leaves a
+tombstone so a late event cannot bring it back.
+
+Readers get deep copies: the store's objects are never shared with the code that edits them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+Key = tuple[str, str]
+"""(namespace, name)."""
+
+
+class SelectorError(ValueError):
+    """A label selector the store cannot evaluate (only ``k=v[,k=v]`` is supported)."""
+
+
+def parse_selector(selector: str) -> dict[str, str]:
+    """An equality selector ``k=v,k2=v2`` as a dict; anything else raises `SelectorError`."""
+    wanted: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in selector.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key or any(c in part for c in "!()<> ") or value.startswith("="):
+            raise SelectorError(f"unsupported label selector {selector!r}")
+        wanted[key.strip()] = value.strip()
+    return wanted
+
+
+def matches(obj: dict[str, Any], wanted: dict[str, str]) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+def version_of(obj: dict[str, Any]) -> int | None:
+    """The object's resourceVersion as an integer, or None when it is not one."""
+    text = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    return int(text) if text.isdigit() else None
+
+
+def at_least(obj: dict[str, Any], version: str) -> bool:
+    """Whether `obj` is as new as `version` (True when either is not comparable)."""
+    mine = version_of(obj)
+    return mine is None or not version.isdigit() or mine >= int(version)
+
+
+def _key(obj: dict[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+
+def _slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object without managedFields (the largest part of most objects; never read)."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict) or "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
+class Store:
+    """The objects of one kind in one scope (a namespace, or all of them when None)."""
+
+    def __init__(self, kind: str, *, namespace: str | None = None) -> None:
+        self.kind = kind
+        self.namespace = namespace
+        self._objects: dict[Key, dict[str, Any]] = {}
+        self._tombstones: dict[Key, int] = {}
+        self._lock = threading.Lock()
+        self._synced = threading.Event()
+
+    # --- what the informer feeds in ---
+
+    def replace(self, items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A fresh listing replaces everything; returns the objects that changed or went."""
+        fresh = {_key(o): _slim(o) for o in items}
+        with self._lock:
+            changed = [
+                o
+                for k, o in fresh.items()
+                if version_of(o) is None
+                or k not in self._objects
+                or version_of(self._objects[k]) != version_of(o)
+            ]
+            changed += [o for k, o in self._objects.items() if k not in fresh]
+            self._objects = fresh
+            self._tombstones.clear()
+        self._synced.set()
+        return changed
+
+    def upsert(self, obj: dict[str, Any]) -> bool:
+        """Keep `obj` unless the store has a newer copy or saw it deleted later; True if kept."""
+        key, version = _key(obj), version_of(obj)
+        with self._lock:
+            current = self._objects.get(key)
+            current_version = version_of(current) if current is not None else None
+            if version is not None:
+                if current_version is not None and current_version > version:
+                    return False
+                if key in self._tombstones and self._tombstones[key] >= version:
+                    return False
+            self._tombstones.pop(key, None)
+            self._objects[key] = _slim(obj)
+            return True
+
+    def remove(self, obj: dict[str, Any]) -> bool:
+        """A watch's DELETED event: forget the object (unless a newer copy is here)."""
+        key, version = _key(obj), version_of(obj)
+        with self._lock:
+            current = self._objects.get(key)
+            current_version = version_of(current) if current is not None else None
+            if version is not None and current_version is not None and current_version > version:
+                return False
+            self._objects.pop(key, None)
+            if version is not None:
+                self._tombstones[key] = version
+            return True
+
+    # --- what readers ask ---
+
+    @property
+    def synced(self) -> bool:
+        """True once a listing has filled the store (before that, readers ask the API)."""
+        return self._synced.is_set()
+
+    def wait_synced(self, timeout: float) -> bool:
+        return self._synced.wait(timeout)
+
+    def covers(self, namespace: str | None) -> bool:
+        """Whether this store holds the objects of `namespace` (None: all namespaces)."""
+        return self.namespace is None or self.namespace == namespace
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._objects.get((namespace, name))
+            return copy.deepcopy(found) if found is not None else None
+
+    def list(self, namespace: str | None, selector: str = "") -> list[dict[str, Any]]:
+        """Copies of the objects in `namespace` (None: all) matching an equality selector."""
+        wanted = parse_selector(selector)
+        with self._lock:
+            found = [
+                o
+                for (ns, _), o in sorted(self._objects.items())
+                if (namespace is None or ns == namespace) and matches(o, wanted)
+            ]
+            return copy.deepcopy(found)
+
+    def keys(self) -> builtins.list[Key]:
+        with self._lock:
+            return sorted(self._objects)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._objects)
