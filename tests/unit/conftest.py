@@ -1,4 +1,5 @@
-"""Shared fixtures for unit tests: the example operator config and endpoint builders."""
+"""Shared fixtures for unit tests: the example operator config, endpoint builders, and a
+recorder in place of the reconcile pass (for the handlers' wiring)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,23 @@ from magistral_operator.api.endpoint import Endpoint, parse_endpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture
+def reconciled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names `reconcile` was called for (handlers/operator.py's pass replaced by a
+    recorder), for tests of what triggers passes."""
+    from magistral_operator.handlers import operator as op
+    from magistral_operator.handlers.reconcile import Outcome
+
+    names: list[str] = []
+
+    def fake(kube: Any, config: Any, body: dict[str, Any], **_: Any) -> Outcome:
+        names.append(body["metadata"]["name"])
+        return Outcome()
+
+    monkeypatch.setattr(op, "reconcile", fake)
+    return names
 
 
 @pytest.fixture(scope="session")

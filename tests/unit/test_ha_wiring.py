@@ -63,19 +63,6 @@ class RecordingKube(Kube):
         return {}
 
 
-@pytest.fixture
-def reconciled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The names `reconcile` was called for (the pass itself is replaced by a recorder)."""
-    names: list[str] = []
-
-    def fake(kube: Any, config: Any, body: dict[str, Any], **_: Any) -> Outcome:
-        names.append(body["metadata"]["name"])
-        return Outcome()
-
-    monkeypatch.setattr(op, "reconcile", fake)
-    return names
-
-
 def memo(kube: Kube, lead: Leadership | None) -> kopf.Memo:
     return kopf.Memo(config=None, kube=kube, namespaces=[], leadership=lead)
 

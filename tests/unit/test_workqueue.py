@@ -12,7 +12,6 @@ import kopf
 import pytest
 
 from magistral_operator.handlers import operator as op
-from magistral_operator.handlers.reconcile import Outcome
 from magistral_operator.handlers.workqueue import PassQueue
 from tests.unit.test_ha_wiring import Leadership, RecordingKube, deployment_of, memo
 
@@ -102,18 +101,6 @@ def test_workers_run_every_key_and_stop() -> None:
 
 
 # --- wiring ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def reconciled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    names: list[str] = []
-
-    def fake(kube: Any, config: Any, body: dict[str, Any], **_: Any) -> Outcome:
-        names.append(body["metadata"]["name"])
-        return Outcome()
-
-    monkeypatch.setattr(op, "reconcile", fake)
-    return names
 
 
 def queued_memo(names: list[str], term: int | None = 1) -> tuple[kopf.Memo, PassQueue]:
