@@ -13,7 +13,7 @@ import pytest
 
 from magistral_operator.handlers import operator as op
 from magistral_operator.handlers.workqueue import PassQueue
-from tests.unit.test_ha_wiring import Leadership, RecordingKube, deployment_of, memo
+from tests.unit.test_ha_wiring import Leadership, RecordingKube, deployment_of, endpoint, memo
 
 
 class Clock:
@@ -138,6 +138,17 @@ def test_endpoint_events_and_a_standby_queue_nothing(reconciled: list[str]) -> N
     standby, sq = queued_memo(["ep"], term=None)
     op.child_changed(standby, "Pod", "MODIFIED", deployment_of("ep"))
     assert sq.pending() == 0
+
+
+def test_a_deleted_endpoint_s_records_are_dropped(reconciled: list[str]) -> None:
+    m, q = queued_memo(["ep"])
+    key = ("ns", "ep")
+    op._refusals._held[key] = {}
+    op._passed_in_term[key] = 1
+    op.child_changed(m, "MagistralEndpoint", "DELETED", endpoint("ep"))
+    assert key not in op._refusals._held
+    assert key not in op._passed_in_term
+    assert q.pending() == 0
 
 
 def test_the_resync_queues_every_endpoint_and_a_deleted_one_is_skipped(

@@ -103,8 +103,7 @@ def _run_as_leader(memo: kopf.Memo, namespace: str, name: str, version: str) -> 
             if isinstance(exc, KubeError) and namespace_gone(exc):
                 # The endpoint goes with its namespace: nothing to report.
                 log.info("%s/%s: namespace is gone or terminating; skipped", namespace, name)
-                _refusals.forget((namespace, name))
-                _demand.forget((namespace, name))
+                _forget((namespace, name))
                 return Outcome()
             RECONCILES.labels(result="error").inc()
             _report(memo, fresh, exc)
@@ -125,6 +124,13 @@ def _first_in_term(memo: kopf.Memo, key: tuple[str, str]) -> bool:
     first = key not in _passed_in_term or _passed_in_term[key] != term
     _passed_in_term[key] = term
     return first
+
+
+def _forget(key: tuple[str, str]) -> None:
+    """Drop what this process keeps of an endpoint that is gone."""
+    _refusals.forget(key)
+    _demand.forget(key)
+    _passed_in_term.pop(key, None)
 
 
 def namespace_gone(exc: KubeError) -> bool:
@@ -281,11 +287,15 @@ def child_changed(memo: kopf.Memo, kind: str, event: str, obj: Mapping[str, Any]
     """A cache saw a child change (or go): queue its endpoint's pass, coalesced.
 
     The endpoints' own events are kopf's (`on_spec`); a status write of ours is not a reason
-    for another pass.
+    for another pass. A deleted endpoint's records (demand, refusals, term) are dropped.
     """
-    if kind == ENDPOINT_KIND or not leadership(memo).is_leader():
-        return
     meta = obj.get("metadata", {})
+    if kind == ENDPOINT_KIND:
+        if event == "DELETED":  # what this process kept of it goes too
+            _forget((str(meta.get("namespace")), str(meta.get("name"))))
+        return
+    if not leadership(memo).is_leader():
+        return
     name = (meta.get("labels") or {}).get(ENDPOINT_LABEL)
     namespace = meta.get("namespace")
     if name and namespace:
@@ -309,7 +319,7 @@ def run_key(memo: kopf.Memo, key: Hashable) -> None:
     try:
         body = memo.kube.get("MagistralEndpoint", namespace=namespace, name=name)
         if body is None or body["metadata"].get("deletionTimestamp"):
-            _demand.forget((namespace, name))  # gone: nothing to read again
+            _forget((namespace, name))  # gone: nothing to read again
             return
         _run(memo, body)
     except Exception:
