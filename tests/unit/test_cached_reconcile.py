@@ -133,3 +133,33 @@ def test_the_first_pass_of_a_term_reads_the_endpoint_from_the_api(bodies: list[s
     lead.current = 8  # a new term: the API again
     op._run(m, old)
     assert api.reads == ["get MagistralEndpoint", "get MagistralEndpoint"]
+
+
+def test_a_config_map_the_spec_names_is_read_from_the_api_never_kept(
+    operator_config: OperatorConfig,
+) -> None:
+    """The caches hold only the operator's own objects: a user's ConfigMap is not in them, so
+    the reference check must ask the API (or it would report an existing ConfigMap missing)."""
+    api = CountingKube()
+    body = _endpoint(0.7)
+    body["spec"]["inference"]["systemPrompt"] = {
+        "mode": "custom",
+        "configMapRef": {"name": "prompt", "key": "text"},
+    }
+    api.add(body)
+    api.add(
+        {
+            "kind": "ConfigMap",
+            "metadata": {"name": "prompt", "namespace": NS},
+            "data": {"text": "x"},
+        }
+    )
+    cache = Cache(api)
+    sync(cache, api)
+    kube = CachedKube(api, cache=cache)
+    one_pass(kube, operator_config)
+    status = api.objects[("MagistralEndpoint", NS, NAME)]["status"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] != "ReferenceNotFound", degraded
+    assert "get ConfigMap" in api.reads
+    assert cache.stores[("ConfigMap", None)].get(NS, "prompt") is None

@@ -173,3 +173,18 @@ def test_a_vanished_namespace_is_not_a_failure(status: int, message: str, gone: 
         status=status, method="PATCH", path="/x", body=json.dumps({"message": message})
     )
     assert namespace_gone(error) is gone
+
+
+@pytest.mark.parametrize(
+    ("message", "gone"),
+    [
+        ('magistralendpoints.magistral.dev "ep" not found', True),
+        ('magistralendpoints.magistral.dev "other" not found', False),
+        ('configmaps "ep" not found', False),
+    ],
+)
+def test_an_endpoint_deleted_during_its_pass_is_not_a_failure(message: str, gone: bool) -> None:
+    from magistral_operator.handlers.operator import endpoint_gone
+
+    error = KubeError(status=404, method="PATCH", path="/x", body=json.dumps({"message": message}))
+    assert endpoint_gone(error, "ep") is gone

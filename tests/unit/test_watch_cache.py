@@ -17,6 +17,8 @@ from magistral_operator.kube.informer import Informer
 from magistral_operator.kube.store import SelectorError, Store, parse_selector
 from tests.unit.fake_kube import FakeKube
 
+MANAGED = {"app.kubernetes.io/managed-by": "magistral-operator"}
+
 
 def obj(name: str, version: int | str, *, ns: str = "ns", **labels: str) -> dict[str, Any]:
     return {
@@ -25,7 +27,7 @@ def obj(name: str, version: int | str, *, ns: str = "ns", **labels: str) -> dict
             "name": name,
             "namespace": ns,
             "resourceVersion": str(version),
-            "labels": labels,
+            "labels": {**MANAGED, **labels},
             "managedFields": [{"manager": "x"}],
         },
     }
@@ -47,6 +49,13 @@ def test_a_store_keeps_the_newest_copy_whatever_order_they_arrive_in() -> None:
     assert store.upsert(obj("a", 5))  # the watch's copy of our own write
     assert store.upsert(obj("a", 7))
     assert version(store, "a") == "7"
+
+
+def test_a_store_keeps_only_what_its_selector_follows() -> None:
+    store = Store("Pod", selector="owner=us")
+    assert store.upsert(obj("ours", 1, owner="us"))
+    assert not store.upsert(obj("theirs", 1, owner="them"))
+    assert store.keys() == [("ns", "ours")]
 
 
 def test_a_deleted_object_is_not_brought_back_by_a_late_event() -> None:

@@ -318,5 +318,8 @@ def read_references(
     found: dict[tuple[str, str], dict[str, Any] | None] = {}
     for ref in refs:
         if ref.kind in READ_BEFORE_PODS and (ref.kind, ref.name) not in found:
-            found[(ref.kind, ref.name)] = kube.get(ref.kind, namespace=namespace, name=ref.name)
+            # From the API: the caches hold only the operator's own objects (kube/cached.py).
+            found[(ref.kind, ref.name)] = kube.get_fresh(
+                ref.kind, namespace=namespace, name=ref.name, live=True
+            )
     return found

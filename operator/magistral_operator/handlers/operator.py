@@ -100,9 +100,10 @@ def _run_as_leader(memo: kopf.Memo, namespace: str, name: str, version: str) -> 
         except NotLeaderError:
             raise
         except Exception as exc:
-            if isinstance(exc, KubeError) and namespace_gone(exc):
-                # The endpoint goes with its namespace: nothing to report.
-                log.info("%s/%s: namespace is gone or terminating; skipped", namespace, name)
+            if isinstance(exc, KubeError) and (namespace_gone(exc) or endpoint_gone(exc, name)):
+                # The endpoint went (alone or with its namespace) during the pass, or just
+                # before it and the cache had not seen it go: nothing to report.
+                log.info("%s/%s: the endpoint or its namespace is gone; skipped", namespace, name)
                 _forget((namespace, name))
                 return Outcome()
             RECONCILES.labels(result="error").inc()
@@ -131,6 +132,13 @@ def _forget(key: tuple[str, str]) -> None:
     _refusals.forget(key)
     _demand.forget(key)
     _passed_in_term.pop(key, None)
+
+
+def endpoint_gone(exc: KubeError, name: str) -> bool:
+    """A write about the endpoint `name` (its status) answered: it does not exist."""
+    return exc.status == 404 and f'magistralendpoints.magistral.dev "{name}" not found' in (
+        exc.message
+    )
 
 
 def namespace_gone(exc: KubeError) -> bool:

@@ -4,7 +4,9 @@
 every kind of child the operator creates or observes, filtered by the operator's managed-by
 label. `CachedKube` is the `Kube` the reconcile pass uses: a GET or a LIST of a cached kind is
 answered from its store once the store has been filled (before that, and for every other
-kind, from the API server); the answers to its own writes (applies, status patches) go into
+kind, from the API server). A store holds only the operator's own objects, so an object of a
+cached kind that is not the operator's (a ConfigMap a spec names) is read with
+`get_fresh(..., live=True)`; the answers to its own writes (applies, status patches) go into
 the store at once, so the next pass never acts on a copy older than what it wrote.
 
 Staleness is bounded by the watch: a pass may see a child a moment before a change the API
@@ -65,13 +67,17 @@ class Cache:
         self.informers: list[Informer] = []
         for kind in kinds:
             for scope in scopes:
-                store = Store(kind, namespace=scope)
+                store = Store(
+                    kind,
+                    namespace=scope,
+                    selector="" if kind == ENDPOINT_KIND else OWNED_SELECTOR,
+                )
                 self.stores[(kind, scope)] = store
                 self.informers.append(
                     Informer(
                         source,
                         store,
-                        selector="" if kind == ENDPOINT_KIND else OWNED_SELECTOR,
+                        selector=store.selector,
                         on_change=self._changed_for(kind),
                         stop=self.stop,
                     )

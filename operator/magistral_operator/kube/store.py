@@ -88,11 +88,15 @@ class _Entry:
 
 
 class Store:
-    """The objects of one kind in one scope (a namespace, or all of them when None)."""
+    """The objects of one kind in one scope (a namespace, or all of them when None) that match
+    `selector` (what its informer lists and watches): it holds nothing else, so the answer to a
+    read of anything else must come from the API server."""
 
-    def __init__(self, kind: str, *, namespace: str | None = None) -> None:
+    def __init__(self, kind: str, *, namespace: str | None = None, selector: str = "") -> None:
         self.kind = kind
         self.namespace = namespace
+        self.selector = selector
+        self._wanted = parse_selector(selector)
         self._objects: dict[Key, _Entry] = {}
         self._tombstones: dict[Key, int] = {}
         self._lock = threading.Lock()
@@ -119,9 +123,12 @@ class Store:
         return changed
 
     def upsert(self, obj: dict[str, Any]) -> bool:
-        """Keep `obj` unless the store has a newer copy or saw it deleted later; True if kept."""
+        """Keep `obj` unless the store has a newer copy or saw it deleted later, or it does not
+        match the store's selector; True if kept."""
         key, entry = _key(obj), _Entry.of(obj)
         version = entry.version
+        if not entry.matches(self._wanted):  # not what the watch follows: never kept
+            return False
         with self._lock:
             current = self._objects.get(key)
             current_version = current.version if current is not None else None
