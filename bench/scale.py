@@ -453,6 +453,12 @@ def audit_requests(
     return by_verb, by_resource
 
 
+def passes(by_resource: Counter[str]) -> float:
+    """Reconcile passes, from the requests: each pass lists the endpoint's pods twice (before
+    the autoscaler and after the apply, handlers/reconcile.py)."""
+    return by_resource.get("list pods", 0) / 2
+
+
 def namespace_writes(logs_dir: Path, namespace: str, t0: datetime, t1: datetime) -> Counter[str]:
     """Writes into `namespace` in [t0, t1) by anybody, by "user verb resource[/sub]": what
     triggers the operator's event-driven passes (its watches see these changes)."""
@@ -653,12 +659,14 @@ def run_one(args: argparse.Namespace, n: int) -> Result:
             sum(verbs.values()) / span * RESYNC_SECONDS / n
         )
         out["steady_requests_by_resource"] = dict(resources.most_common())
+        out["steady_passes_per_endpoint_per_resync"] = passes(resources) / span * RESYNC_SECONDS / n
         out["steady_namespace_writes"] = dict(
             namespace_writes(cluster.logs_dir, NAMESPACE, wall_w0, wall_w1).most_common()
         )
         log(f"N={n}: steady {out['steady_rps']:.1f} req/s ({dict(verbs)})")
 
         # -- CR -> Deployment at size: one extra endpoint at a time -------------------------------
+        wall_p0 = datetime.now(UTC)
         at_size: list[float] = []
         for i in range(args.probes):
             name = f"probe-{i:03d}"
@@ -673,6 +681,11 @@ def run_one(args: argparse.Namespace, n: int) -> Result:
         out["cr_to_deployment_at_size_p50_s"] = percentile(at_size, 50)
         out["cr_to_deployment_at_size_p99_s"] = percentile(at_size, 99)
         out["cr_to_deployment_at_size_samples"] = at_size
+        _, probe_resources = audit_requests(
+            cluster.logs_dir, OPERATOR_USER, wall_p0, datetime.now(UTC)
+        )
+        out["probe_phase_passes"] = passes(probe_resources)
+        out["probe_phase_requests"] = sum(probe_resources.values())
         log(f"N={n}: CR->Deployment at size {[round(x, 2) for x in at_size]}")
 
         # -- single spec change -------------------------------------------------------------------
@@ -794,6 +807,19 @@ def table(results: list[Result]) -> str:
     for verb in verbs:
         row(f"  {verb}/s", "", [fmt(x["steady_rps_by_verb"].get(verb, 0.0), "", 2) for x in rs])
     row(
+        "  passes per endpoint per 30 s resync",
+        "",
+        [fmt(x.get("steady_passes_per_endpoint_per_resync"), "", 1) for x in rs],
+    )
+    row(
+        "probes: passes / requests for the extra endpoints",
+        "",
+        [
+            f"{fmt(x.get('probe_phase_passes'), '', 0)} / {x.get('probe_phase_requests')}"
+            for x in rs
+        ],
+    )
+    row(
         "requests per endpoint per 30 s resync",
         "stated",
         [fmt(x["steady_requests_per_endpoint_per_resync"], "", 1) for x in rs],
@@ -820,7 +846,13 @@ def main(argv: list[str] | None = None) -> int:
         help="first node IP / pod-CIDR slot (127.64.0.0/12 has 4096 /24s; the default keeps "
         "this cluster's pod IPs (127.72.0.0 and up) away from other local clusters' low slots)",
     )
-    parser.add_argument("--settle", type=float, default=40.0, help="seconds after convergence")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=150.0,
+        help="seconds after convergence before the window (past the rollout's healthySeconds, "
+        "120 s by default, whose Healthy transition writes status once)",
+    )
     parser.add_argument("--window", type=float, default=120.0, help="steady window, seconds")
     parser.add_argument("--probes", type=int, default=10, help="extra endpoints, at size")
     parser.add_argument("--changes", type=int, default=5, help="spec-change samples")
@@ -832,11 +864,21 @@ def main(argv: list[str] | None = None) -> int:
         help="do not label router pods ready (convergence then ignores the Ready condition)",
     )
     parser.add_argument("--state-dir", type=Path, default=None, help="keep state here (n<N>/)")
+    parser.add_argument(
+        "--wait-for-absent",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="before each N, wait while FILE exists (e.g. a lock held by a CI run)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.endpoints.split(",") if x.strip()]
     results: list[Result] = []
     for n in sizes:
+        while args.wait_for_absent and args.wait_for_absent.exists():
+            log(f"{args.wait_for_absent} exists (other heavy work): waiting")
+            time.sleep(30)
         results.append(run_one(args, n))
         print(table(results), flush=True)
         if args.json:
