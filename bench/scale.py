@@ -58,13 +58,15 @@ import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from e2e.cluster.cluster import LocalCluster
-from e2e.cluster.nodepools import H100, POD_CIDR_RANGE, NodePool, is_ready, node_manifest
-from e2e.cluster.stages import COMPONENT_LABEL, ROUTER_COMPONENT, SIM_READY_LABEL
-from e2e.install import OPERATOR_NAMESPACE, SERVICE_ACCOUNT, install_crds, install_operator_rbac
-from e2e.operator_process import DEFAULT_CONFIG, OperatorProcess
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # e2e/ (the operator comes from the installed package or PYTHONPATH)
+
+from e2e.cluster.cluster import LocalCluster  # noqa: E402
+from e2e.cluster.nodepools import H100, POD_CIDR_RANGE, NodePool, is_ready, node_manifest  # noqa: E402
+from e2e.cluster.stages import COMPONENT_LABEL, ROUTER_COMPONENT, SIM_READY_LABEL  # noqa: E402
+from e2e.install import OPERATOR_NAMESPACE, SERVICE_ACCOUNT, install_crds, install_operator_rbac  # noqa: E402
+from e2e.operator_process import DEFAULT_CONFIG, OperatorProcess  # noqa: E402
+
 EXAMPLE = ROOT / "examples" / "magistral-small.yaml"
 GROUP, VERSION, PLURAL = "magistral.dev", "v1alpha1", "magistralendpoints"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{SERVICE_ACCOUNT}"
