@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lint typecheck unit cluster-test vllm-env vllm-test test crds render binaries cluster-up cluster-down demo demo-down image bench clean
+.PHONY: help venv lint typecheck unit cluster-test vllm-env vllm-test test crds render binaries cluster-up cluster-down demo demo-down image bench bench-scale clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -78,6 +78,9 @@ bench: $(STAMP) ## benchmarks (printed; results recorded in docs/)
 	$(BIN)/python bench/middleware_overhead.py
 	$(BIN)/python bench/front_overhead.py
 	$(BIN)/python bench/autoscale_replay.py ../shared/data/traces/azure-llm-2023-code.csv
+
+bench-scale: $(STAMP) binaries ## scale bench: 10/100/500 endpoints on 1,000 kwok GPU nodes (docs/scale.md; ~30 min)
+	$(BIN)/python bench/scale.py
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,6 +1,7 @@
 """Command line for the local cluster.
 
     python -m e2e.cluster up [--state-dir D] [--no-nodepools]   start it, leave it running
+        [--audit-reads-of USER]                                 (also log USER's reads)
     python -m e2e.cluster status [--state-dir D]                what runs, is it ready
     python -m e2e.cluster down [--state-dir D] [--keep-state]   stop it, verify nothing is left
     python -m e2e.cluster env [--state-dir D]                   print `export KUBECONFIG=…`
@@ -36,8 +37,12 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def cmd_up(state_dir: Path, *, nodepools: bool, verbosity: int) -> int:
-    cluster = LocalCluster(state_dir, keep_state=True, verbosity=verbosity)
+def cmd_up(
+    state_dir: Path, *, nodepools: bool, verbosity: int, audit_reads_of: Sequence[str] = ()
+) -> int:
+    cluster = LocalCluster(
+        state_dir, keep_state=True, verbosity=verbosity, audit_reads_of=audit_reads_of
+    )
     try:
         cluster.start()
     except (ComponentError, RuntimeError, OSError) as err:
@@ -130,6 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument(
                 "-v", "--verbosity", type=int, default=0, help="klog verbosity of components"
             )
+            p.add_argument(
+                "--audit-reads-of",
+                action="append",
+                default=[],
+                metavar="USER",
+                help="also audit-log this user's get/list/watch requests (repeatable; "
+                "default: only writes are logged)",
+            )
         if name == "down":
             p.add_argument(
                 "--keep-state", action="store_true", help="keep logs and state after stopping"
@@ -137,7 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     state_dir: Path = args.state_dir.resolve()
     if args.command == "up":
-        return cmd_up(state_dir, nodepools=not args.no_nodepools, verbosity=args.verbosity)
+        return cmd_up(
+            state_dir,
+            nodepools=not args.no_nodepools,
+            verbosity=args.verbosity,
+            audit_reads_of=args.audit_reads_of,
+        )
     if args.command == "down":
         return cmd_down(state_dir, keep_state=args.keep_state)
     if args.command == "status":

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -125,10 +125,13 @@ class LocalCluster:
         log: Log = _log,
         verbosity: int = 0,
         die_with_parent: bool = False,
+        audit_reads_of: Sequence[str] = (),
     ) -> None:
         """``state_dir``: where PKI, etcd data, logs and kubeconfigs go (default: a new temp
         directory, removed on stop). ``die_with_parent``: components get SIGKILL if the
         starting thread dies (use it in tests; ``up`` leaves the cluster running instead).
+        ``audit_reads_of``: user names whose reads (get, list, watch) the audit log records
+        too, at Metadata level (default: none, only writes; components.audit_policy).
         """
         self._owns_state_dir = state_dir is None
         self.state_dir = (
@@ -141,6 +144,7 @@ class LocalCluster:
         self._log = log
         self._verbosity = verbosity
         self._die_with_parent = die_with_parent
+        self._audit_reads_of = tuple(audit_reads_of)
         self._processes: list[ManagedProcess] = []
         self.state: ClusterState | None = None
 
@@ -164,7 +168,8 @@ class LocalCluster:
 
     @property
     def audit_log(self) -> Path:
-        """JSON lines, one per write request (see components.AUDIT_POLICY)."""
+        """JSON lines, one per write request, and per read of ``audit_reads_of``
+        (see components.audit_policy)."""
         return self.logs_dir / "audit.log"
 
     def _require_state(self) -> ClusterState:
@@ -261,7 +266,7 @@ class LocalCluster:
         ports = layout.ports
         pki = make_pki(layout.pki_dir)
         kubeconfigs = write_component_kubeconfigs(layout, pki)
-        write_audit_policy(layout)
+        write_audit_policy(layout, read_users=self._audit_reads_of)
         state = self.state = ClusterState(
             state_dir=str(self.state_dir),
             server=layout.server,

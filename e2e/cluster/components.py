@@ -8,6 +8,8 @@ envtest's and kwokctl's, tightened for a loopback-only, multi-identity control p
 from __future__ import annotations
 
 import ipaddress
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +146,29 @@ rules:
     verbs: [create, update, patch, delete, deletecollection]
   - level: None
 """
+"""The default policy: metadata of every write request, nothing else."""
+
+READ_VERBS = ("get", "list", "watch")
+
+
+def audit_policy(read_users: Sequence[str] = ()) -> str:
+    """The audit policy: metadata of every write; of reads (get, list, watch) too, but only
+    those of ``read_users`` (user names, e.g. ``system:serviceaccount:<ns>:<name>``).
+
+    Without ``read_users`` this is :data:`AUDIT_POLICY`. The rules are matched in order: a
+    write is logged by the first rule, a listed user's read by the second, anything else not.
+    """
+    if not read_users:
+        return AUDIT_POLICY
+    users = ", ".join(json.dumps(user) for user in read_users)
+    reads = (
+        "  # Reads by the listed users only (bench/scale.py counts the operator's requests).\n"
+        "  - level: Metadata\n"
+        f"    users: [{users}]\n"
+        f"    verbs: [{', '.join(READ_VERBS)}]\n"
+    )
+    marker = "  - level: None\n"
+    return AUDIT_POLICY.replace(marker, reads + marker)
 
 
 def audit_policy_path(layout: Layout) -> Path:
@@ -154,10 +179,10 @@ def audit_log_path(layout: Layout) -> Path:
     return layout.state_dir / "logs" / "audit.log"
 
 
-def write_audit_policy(layout: Layout) -> Path:
-    """The audit policy: metadata of every write request, nothing else."""
+def write_audit_policy(layout: Layout, *, read_users: Sequence[str] = ()) -> Path:
+    """The audit policy file (:func:`audit_policy`): every write; reads of ``read_users``."""
     path = audit_policy_path(layout)
-    path.write_text(AUDIT_POLICY)
+    path.write_text(audit_policy(read_users))
     return path
 
 
