@@ -1,6 +1,6 @@
 """Command line for the local cluster.
 
-    python -m e2e.cluster up [--state-dir D] [--no-nodepools]   start it, leave it running
+    python -m e2e.cluster up [--state-dir D] [--no-nodepools] [--first-slot N]   start it
     python -m e2e.cluster status [--state-dir D]                what runs, is it ready
     python -m e2e.cluster down [--state-dir D] [--keep-state]   stop it, verify nothing is left
     python -m e2e.cluster env [--state-dir D]                   print `export KUBECONFIG=…`
@@ -36,7 +36,7 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def cmd_up(state_dir: Path, *, nodepools: bool, verbosity: int) -> int:
+def cmd_up(state_dir: Path, *, nodepools: bool, verbosity: int, first_slot: int = 0) -> int:
     cluster = LocalCluster(state_dir, keep_state=True, verbosity=verbosity)
     try:
         cluster.start()
@@ -45,7 +45,7 @@ def cmd_up(state_dir: Path, *, nodepools: bool, verbosity: int) -> int:
         return 1
     if nodepools:
         try:
-            created = create_pools(cluster.api(), DEFAULT_LAYOUT)
+            created = create_pools(cluster.api(), DEFAULT_LAYOUT, first_slot=first_slot)
         except (ApiError, TimeoutError) as err:
             _err(f"error: creating node pools: {err}")
             return 1
@@ -130,6 +130,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument(
                 "-v", "--verbosity", type=int, default=0, help="klog verbosity of components"
             )
+            p.add_argument(
+                "--first-slot",
+                type=int,
+                default=0,
+                help="first node slot (IP and pod CIDR) of the node pools: another cluster on "
+                "this machine whose pods are served by processes must not share pod IPs",
+            )
         if name == "down":
             p.add_argument(
                 "--keep-state", action="store_true", help="keep logs and state after stopping"
@@ -137,7 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     state_dir: Path = args.state_dir.resolve()
     if args.command == "up":
-        return cmd_up(state_dir, nodepools=not args.no_nodepools, verbosity=args.verbosity)
+        return cmd_up(
+            state_dir,
+            nodepools=not args.no_nodepools,
+            verbosity=args.verbosity,
+            first_slot=args.first_slot,
+        )
     if args.command == "down":
         return cmd_down(state_dir, keep_state=args.keep_state)
     if args.command == "status":
