@@ -279,12 +279,8 @@ class KillingProxy:
         body = await request.read()
         sig = request_signature(request.method, request.path, body, self.namespace)
         seen = Seen(request.method, request.path, time.monotonic(), sig)
-        status = status_of(body) if sig is not None and sig.subresource == "status" else None
         with self.lock:
             self.seen.append(seen)
-            if status is not None:
-                self.statuses.append(status)
-                self.owed |= owed_keys(status)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         try:
             return await self._forward(request, session, body, headers, seen)
@@ -323,6 +319,13 @@ class KillingProxy:
                 return response
             payload = await upstream.read()
             seen.status = upstream.status
+            if sig.subresource == "status" and 200 <= upstream.status < 300:
+                # Written: the Events it records are owed (a refused write, e.g. a conflict,
+                # owes nothing; the next pass records them anew).
+                status = status_of(body)
+                with self.lock:
+                    self.statuses.append(status)
+                    self.owed |= owed_keys(status)
             self._count(sig)
             return web.Response(status=upstream.status, body=payload, headers=out_headers)
 
