@@ -8,8 +8,8 @@ kills it (SIGKILL) when the answer to the chosen write arrives, before passing i
 positions come from the API server's audit log of the fault-free run, as "the n-th occurrence
 of (verb, resource, subresource, name)".
 
-MAGISTRAL_FAULT_POSITIONS picks the positions: `ci` (default: a few spread over the scenario,
-inside the CI budget), `first` (each distinct write's first occurrence), `all`, `stride:N`, or
+MAGISTRAL_FAULT_POSITIONS picks the positions: `ci` (default: two, inside the CI budget: the
+status write recording the rollback step's decision, and the rollout step's first Event), `first` (each distinct write's first occurrence), `all`, `stride:N`, or
 1-based indexes `3,17,40`. MAGISTRAL_FAULT_REPORT=path writes every run's result as JSON.
 """
 
@@ -112,6 +112,15 @@ class Run:
     seconds: float = 0.0
     writes: list[Signature] = field(default_factory=list)
     failure: str = ""
+    step_starts: dict[str, int] = field(default_factory=dict)  # step -> writes before it
+
+    def step_of(self, index: int) -> str:
+        """The step during which the `index`-th (1-based) write was made."""
+        found = ""
+        for step, before in self.step_starts.items():
+            if index > before:
+                found = step
+        return found
 
 
 class Harness:
@@ -312,6 +321,7 @@ class Harness:
                 timing: set[str] = set()
                 try:
                     for step, action in self.steps(namespace):
+                        run.step_starts[step] = len(proxy.writes())
                         obj = action()
                         if target is not None and restarted.is_set():
                             restarter.join(timeout=90)
@@ -368,29 +378,31 @@ def compare(reference: Run, run: Run) -> list[str]:
     return out
 
 
-def _chosen(all_positions: list[Position]) -> list[Position]:
+def _chosen(all_positions: list[Position], reference: Run) -> list[Position]:
     spec = os.environ.get("MAGISTRAL_FAULT_POSITIONS", CI_POSITIONS)
     if spec == CI_POSITIONS:
-        # Inside the CI budget: the first write of the endpoint's status that follows a child
-        # write in the rollout and in the rollback (a decision recorded, its Event owed), and
-        # the first Event posted (a decision announced, its removal from status owed).
-        return _ci_positions(all_positions)
+        return _ci_positions(all_positions, reference)
     return select(all_positions, spec)
 
 
-def _ci_positions(all_positions: list[Position]) -> list[Position]:
-    events = [p for p in all_positions if p.signature.resource == "events"]
-    status = [
-        p
-        for p in all_positions
-        if p.signature.resource == "magistralendpoints" and p.signature.subresource == "status"
-    ]
-    chosen = []
-    if events:
-        chosen.append(events[0])
-    if status:
-        chosen.append(status[len(status) // 2])
-    return chosen
+def _ci_positions(all_positions: list[Position], reference: Run) -> list[Position]:
+    """Two positions inside the CI budget, where issue 12 found Events lost: in the rollback
+    step, the status write that records the decision (its Events owed, not yet posted); in the
+    rollout step, the first Event posted (its removal from status still owed)."""
+
+    def is_event(p: Position) -> bool:
+        return p.signature.resource == "events"
+
+    def in_step(step: str) -> list[Position]:
+        return [p for p in all_positions if reference.step_of(p.index) == step]
+
+    chosen: list[Position] = []
+    rollback = in_step("rollback")
+    first_event = next((i for i, p in enumerate(rollback) if is_event(p)), None)
+    if first_event:
+        chosen.append(rollback[first_event - 1])  # the write just before: the status write
+    chosen += [p for p in in_step("rollout") if is_event(p)][:1]
+    return chosen or all_positions[:1]
 
 
 # ------------------------------------------------------------------------------ the tests
@@ -416,7 +428,7 @@ def test_killed_after_a_write_the_operator_reaches_the_reference_end_state(
     report: dict[str, Any] = {
         "reference": {
             "seconds": round(reference.seconds, 1),
-            "writes": [str(p) for p in all_positions],
+            "writes": [f"{p} [{reference.step_of(p.index)}]" for p in all_positions],
             "states": {
                 step: {
                     "conditions": state.conditions,
@@ -433,7 +445,7 @@ def test_killed_after_a_write_the_operator_reaches_the_reference_end_state(
     _write_report(report)
     print(f"\nreference: {len(audited)} writes in {reference.seconds:.0f} s")
     for pos in all_positions:
-        print(f"  {pos}")
+        print(f"  {pos} [{reference.step_of(pos.index)}]")
     final = reference.states["delete"]
     assert not final.children
     # Each Event of the reference is announced once, by a name of its own, as recorded.
@@ -442,7 +454,7 @@ def test_killed_after_a_write_the_operator_reaches_the_reference_end_state(
     assert not final.unrecorded, final.unrecorded
     assert final.events["RolloutStarted"] == 3, final.events  # A, B and C
     assert final.events["RolledBack"] >= 1, final.events
-    chosen = _chosen(all_positions)
+    chosen = _chosen(all_positions, reference)
     failures: list[str] = []
     for pos in chosen:
         run = harness.run(pos)
@@ -450,6 +462,7 @@ def test_killed_after_a_write_the_operator_reaches_the_reference_end_state(
         report["runs"].append(
             {
                 "index": pos.index,
+                "step": reference.step_of(pos.index),
                 "signature": str(pos.signature),
                 "occurrence": pos.occurrence,
                 "fired": run.fired,
