@@ -9,12 +9,14 @@ positions come from the API server's audit log of the fault-free run, as "the n-
 of (verb, resource, subresource, name)".
 
 MAGISTRAL_FAULT_POSITIONS picks the positions: `ci` (default: two, inside the CI budget: the
-status write recording the rollback step's decision, and the rollout step's first Event), `first` (each distinct write's first occurrence), `all`, `stride:N`, or
-1-based indexes `3,17,40`. MAGISTRAL_FAULT_REPORT=path writes every run's result as JSON.
+status write recording the rollback step's decision, and the rollout step's first Event),
+`first` (each distinct write's first occurrence), `all`, `stride:N`, or 1-based indexes
+`3,17,40`. MAGISTRAL_FAULT_REPORT=path writes every run's result as JSON.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -33,7 +35,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from e2e.cluster.cluster import LocalCluster
-from e2e.cluster.nodepools import delete_node
+from e2e.cluster.kubeapi import ApiError
+from e2e.cluster.nodepools import delete_node, wait_ready
 from e2e.cluster.stages import SIM_FAIL_ENV
 from e2e.install import OPERATOR_NAMESPACE, SERVICE_ACCOUNT
 from e2e.operator_process import OperatorProcess
@@ -582,40 +585,83 @@ def test_a_replica_whose_node_is_deleted_is_replaced_elsewhere_and_status_counts
         node = victim.spec.node_name
         statuses_before = len(proxy.statuses)
         lost = time.monotonic()
-        delete_node(cluster.api(), node, drain_first=False)
+        with restored(cluster, node):
+            delete_node(cluster.api(), node, drain_first=False)
 
-        def replaced() -> list[Any] | None:
-            pods = _engine_pods(harness.api, namespace)
-            names = {p.metadata.name for p in pods}
-            if victim.metadata.name in names or len(pods) != 2:
-                return None
-            if any(p.spec.node_name in (None, node) for p in pods):
-                return None
-            return pods
+            def replaced() -> list[Any] | None:
+                pods = _engine_pods(harness.api, namespace)
+                names = {p.metadata.name for p in pods}
+                if victim.metadata.name in names or len(pods) != 2:
+                    return None
+                if any(p.spec.node_name in (None, node) for p in pods):
+                    return None
+                return pods
 
-        pods = harness.wait("the replacement on another node", replaced, timeout=150)
-        replaced_after = time.monotonic() - lost
-        obj = harness.wait("2/2 Ready again", harness.healthy(namespace, 2))
-        harness.settle(proxy, proc, "the replacement")
-        after = capture(harness.api, namespace, NAME, obj, owed=proxy.owed, timing=set())
-        # What status said between the loss and the end (the operator's own writes).
-        said = [s.get("readyReplicas") for s in proxy.statuses[statuses_before:]]
-        print(
-            f"\nnode {node} deleted under {victim.metadata.name}: replaced after "
-            f"{replaced_after:.0f} s on {sorted(p.spec.node_name for p in pods)}; "
-            f"readyReplicas written since: {said}"
-        )
-        ready_now = {p.metadata.name for p in pods}
-        assert after.status["readyReplicas"] == 2
-        pools = {p["name"]: p for p in obj["status"]["pools"]}
-        assert sum(p["readyReplicas"] for p in pools.values()) == 2, pools
-        assert victim.metadata.name not in ready_now
-        # The Deployments did not change: a replacement is Kubernetes' job, not a new apply.
-        assert after.children == before.children
-        assert after.applied == before.applied
-        assert ("Ready", "True", "ReplicasReady") in after.conditions, after.conditions
-        assert not after.lost, after.lost
-        assert not after.unrecorded, after.unrecorded
+            pods = harness.wait("the replacement on another node", replaced, timeout=150)
+            replaced_after = time.monotonic() - lost
+            obj = harness.wait("2/2 Ready again", harness.healthy(namespace, 2))
+            harness.settle(proxy, proc, "the replacement")
+            after = capture(harness.api, namespace, NAME, obj, owed=proxy.owed, timing=set())
+            # What status said between the loss and the end (the operator's own writes).
+            said = [s.get("readyReplicas") for s in proxy.statuses[statuses_before:]]
+            print(
+                f"\nnode {node} deleted under {victim.metadata.name}: replaced after "
+                f"{replaced_after:.0f} s on {sorted(p.spec.node_name for p in pods)}; "
+                f"readyReplicas written since: {said}"
+            )
+            ready_now = {p.metadata.name for p in pods}
+            assert after.status["readyReplicas"] == 2
+            pools = {p["name"]: p for p in obj["status"]["pools"]}
+            assert sum(p["readyReplicas"] for p in pools.values()) == 2, pools
+            assert victim.metadata.name not in ready_now
+            # The Deployments did not change: a replacement is Kubernetes' job, not a new apply.
+            assert after.children == before.children
+            assert after.applied == before.applied
+            assert ("Ready", "True", "ReplicasReady") in after.conditions, after.conditions
+            assert not after.lost, after.lost
+            assert not after.unrecorded, after.unrecorded
+
+
+@contextmanager
+def restored(cluster: LocalCluster, name: str) -> Iterator[None]:
+    """The node is put back afterwards, as it was (its IP and pod CIDR too): later tests in
+    the session expect the default pools."""
+    api = cluster.api()
+    node = api.get(f"/api/v1/nodes/{name}")
+    try:
+        yield
+    finally:
+        meta = node["metadata"]
+        again = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": meta.get("labels") or {},
+                "annotations": meta.get("annotations") or {},
+            },
+            "spec": {
+                k: v
+                for k, v in node["spec"].items()
+                if k in ("podCIDR", "podCIDRs", "taints", "providerID")
+            },
+            "status": {k: node["status"][k] for k in ("capacity", "allocatable", "addresses")},
+        }
+        with contextlib.suppress(ApiError):
+            api.delete(f"/api/v1/nodes/{name}")
+        wait_for("the node gone", lambda: not _node_exists(api, name), timeout=60)
+        api.create("/api/v1/nodes", again)
+        wait_ready(api, [name], timeout=60)
+
+
+def _node_exists(api: Any, name: str) -> bool:
+    try:
+        api.get(f"/api/v1/nodes/{name}")
+    except ApiError as err:
+        if err.status == 404:
+            return False
+        raise
+    return True
 
 
 def test_a_child_removed_while_the_operator_is_down_is_repaired(
