@@ -161,6 +161,7 @@ class Seen:
     started: float
     signature: Signature | None
     status: int = 0
+    watch: bool = False
 
 
 class KillingProxy:
@@ -203,13 +204,13 @@ class KillingProxy:
             times = [s.started for s in self.seen if s.signature is not None]
         return max(times, default=0.0)
 
-    def reads_of(self, path_suffix: str, *, since: float) -> int:
-        """GETs (not watches) whose path ends with `path_suffix`, started after `since`."""
+    def reads_of(self, path: str, *, since: float) -> int:
+        """GETs (not watches) of exactly `path`, started after `since`."""
         with self.lock:
             return sum(
                 1
                 for s in self.seen
-                if s.method == "GET" and s.path.endswith(path_suffix) and s.started > since
+                if s.method == "GET" and not s.watch and s.path == path and s.started > since
             )
 
     # ---------------------------------------------------------------- lifecycle
@@ -279,6 +280,7 @@ class KillingProxy:
         body = await request.read()
         sig = request_signature(request.method, request.path, body, self.namespace)
         seen = Seen(request.method, request.path, time.monotonic(), sig)
+        seen.watch = request.query.get("watch") in ("true", "1")
         with self.lock:
             self.seen.append(seen)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}

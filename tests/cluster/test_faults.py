@@ -75,7 +75,8 @@ pytestmark = pytest.mark.usefixtures("no_standalone_operator")
 NAME = "fault"
 RESYNC = 1.0  # the operator's periodic pass (MAGISTRAL_RESYNC_SECONDS): settles come sooner
 QUIET = 3.0  # a step has ended once the operator wrote nothing for this long …
-PASSES = 3  # … while reading the endpoint this many times (so it did run: a pass or more)
+PASSES = 3  # … while its resync listed the endpoints this many times (see Harness.settle)
+RESYNC_LIST = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
 ROLLOUT = {
     "maxSurge": 1,
     "maxUnavailable": 0,
@@ -184,9 +185,12 @@ class Harness:
 
     # -- waiting -----------------------------------------------------------------------------
     def settle(self, proxy: KillingProxy, proc: OperatorProcess, what: str) -> None:
-        """Wait until the operator has written nothing for QUIET seconds while it read the
-        endpoint PASSES times since its last write: proof that it ran and had nothing to do."""
-        path = f"/magistralendpoints/{NAME}"
+        """Wait until the operator has written nothing for QUIET seconds while its resync
+        thread listed the endpoints PASSES times since its last write: proof that it ran full
+        passes and had nothing to do. (The thread lists, then runs each endpoint's pass in
+        turn, so a second list starts only after a whole pass of this endpoint; a pass stuck
+        behind the endpoint's lock holds the next list back.)"""
+        path = RESYNC_LIST
 
         def quiet() -> bool:
             last = proxy.last_write_at()
@@ -313,8 +317,10 @@ class Harness:
                     proc.kill()
                     restarted.set()
 
+                done = threading.Event()
+
                 def restart() -> None:
-                    if restarted.wait(timeout=600):
+                    if restarted.wait(timeout=600) and not done.is_set():
                         proc.start()
                         run.restarts += 1
 
@@ -339,6 +345,7 @@ class Harness:
                 except (Exception, pytest.fail.Exception) as exc:
                     run.failure = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
                 finally:
+                    done.set()
                     restarted.set()  # release the restarter if nothing fired
                     restarter.join(timeout=90)
                 run.fired = proxy.fired.is_set()
