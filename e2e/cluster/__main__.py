@@ -1,7 +1,7 @@
 """Command line for the local cluster.
 
     python -m e2e.cluster up [--state-dir D] [--no-nodepools]   start it, leave it running
-        [--audit-reads-of USER]                                 (also log USER's reads)
+        [--first-slot N] [--audit-reads-of USER]                (node slots; log USER's reads)
     python -m e2e.cluster status [--state-dir D]                what runs, is it ready
     python -m e2e.cluster down [--state-dir D] [--keep-state]   stop it, verify nothing is left
     python -m e2e.cluster env [--state-dir D]                   print `export KUBECONFIG=…`
@@ -38,7 +38,12 @@ def _err(message: str) -> None:
 
 
 def cmd_up(
-    state_dir: Path, *, nodepools: bool, verbosity: int, audit_reads_of: Sequence[str] = ()
+    state_dir: Path,
+    *,
+    nodepools: bool,
+    verbosity: int,
+    first_slot: int = 0,
+    audit_reads_of: Sequence[str] = (),
 ) -> int:
     cluster = LocalCluster(
         state_dir, keep_state=True, verbosity=verbosity, audit_reads_of=audit_reads_of
@@ -50,7 +55,7 @@ def cmd_up(
         return 1
     if nodepools:
         try:
-            created = create_pools(cluster.api(), DEFAULT_LAYOUT)
+            created = create_pools(cluster.api(), DEFAULT_LAYOUT, first_slot=first_slot)
         except (ApiError, TimeoutError) as err:
             _err(f"error: creating node pools: {err}")
             return 1
@@ -143,6 +148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 help="also audit-log this user's get/list/watch requests (repeatable; "
                 "default: only writes are logged)",
             )
+            p.add_argument(
+                "--first-slot",
+                type=int,
+                default=0,
+                help="first node slot (IP and pod CIDR) of the node pools: another cluster on "
+                "this machine whose pods are served by processes must not share pod IPs",
+            )
         if name == "down":
             p.add_argument(
                 "--keep-state", action="store_true", help="keep logs and state after stopping"
@@ -154,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             state_dir,
             nodepools=not args.no_nodepools,
             verbosity=args.verbosity,
+            first_slot=args.first_slot,
             audit_reads_of=args.audit_reads_of,
         )
     if args.command == "down":

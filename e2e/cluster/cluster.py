@@ -146,6 +146,7 @@ class LocalCluster:
         self._die_with_parent = die_with_parent
         self._audit_reads_of = tuple(audit_reads_of)
         self._processes: list[ManagedProcess] = []
+        self._stopped_argv: list[str] = []
         self.state: ClusterState | None = None
 
     # ----------------------------------------------------------------- accessors
@@ -396,6 +397,44 @@ class LocalCluster:
         elif (self.state_dir / STATE_FILE).exists() and self.state is not None:
             self.state.processes = []
             self.state.save()
+
+    def stop_apiserver(self, *, grace: float = 10.0) -> None:
+        """Stop kube-apiserver alone (SIGTERM, then SIGKILL); the other components stay up.
+
+        ``start_apiserver()`` starts it again with the same flags (and so the same port,
+        certificates and etcd): a control-plane restart as clients see it.
+        """
+        state = self._require_state()
+        info = next(
+            (p for p in state.processes if p.name == "kube-apiserver" and self._is_ours(p)), None
+        )
+        if info is None:
+            raise ComponentError("kube-apiserver is not running")
+        self._stopped_argv = _cmdline(info.pid)
+        stop_group(info.pid, name=info.name, grace=grace)
+        state.processes.remove(info)
+        self._processes = [p for p in self._processes if p.pid != info.pid]
+        state.save()
+
+    def start_apiserver(self, *, timeout: float = 60.0) -> float:
+        """Start kube-apiserver again after ``stop_apiserver()``; wait for /readyz. Returns
+        the seconds it took to be ready."""
+        argv = self._stopped_argv
+        if not argv:
+            raise ComponentError("kube-apiserver was not stopped by stop_apiserver()")
+        started = time.monotonic()
+        apiserver = self._spawn("kube-apiserver", argv)
+        admin = self.api()
+
+        def ready() -> bool:
+            try:
+                return admin.get_text("/readyz").strip() == "ok"
+            except (OSError, ApiError):
+                return False
+
+        apiserver.wait_until(ready, timeout=timeout, what="ready (GET /readyz)", interval=0.25)
+        self._stopped_argv = []
+        return time.monotonic() - started
 
     def _kill_strays(self) -> list[str]:
         """SIGKILL any process running one of our component binaries with our state directory.

@@ -184,10 +184,10 @@ def _used_slots(api: KubeApi) -> set[int]:
     return slots
 
 
-def _free_slots(api: KubeApi, count: int) -> list[int]:
+def _free_slots(api: KubeApi, count: int, *, first: int = 0) -> list[int]:
     used = _used_slots(api)
     out: list[int] = []
-    slot = 0
+    slot = first
     while len(out) < count:
         if slot not in used:
             out.append(slot)
@@ -206,8 +206,9 @@ def _existing_indexes(api: KubeApi, pool: NodePool) -> set[int]:
     return out
 
 
-def add_nodes(api: KubeApi, pool: NodePool, count: int) -> list[str]:
-    """Add ``count`` nodes to ``pool`` (next free indexes); return their names."""
+def add_nodes(api: KubeApi, pool: NodePool, count: int, *, first_slot: int = 0) -> list[str]:
+    """Add ``count`` nodes to ``pool`` (next free indexes, and free slots from ``first_slot``);
+    return their names."""
     taken = _existing_indexes(api, pool)
     indexes: list[int] = []
     i = 0
@@ -216,7 +217,7 @@ def add_nodes(api: KubeApi, pool: NodePool, count: int) -> list[str]:
             indexes.append(i)
         i += 1
     names: list[str] = []
-    for index, slot in zip(indexes, _free_slots(api, count), strict=True):
+    for index, slot in zip(indexes, _free_slots(api, count, first=first_slot), strict=True):
         manifest = node_manifest(pool, index, slot=slot)
         api.create("/api/v1/nodes", manifest)
         names.append(manifest["metadata"]["name"])
@@ -229,13 +230,18 @@ def create_pools(
     *,
     wait: bool = True,
     timeout: float = 60.0,
+    first_slot: int = 0,
 ) -> list[str]:
-    """Create every pool of ``layout`` (idempotent: only missing nodes are added)."""
+    """Create every pool of ``layout`` (idempotent: only missing nodes are added).
+
+    ``first_slot`` shifts the nodes' IPs and pod CIDRs: two clusters on one machine whose pods
+    are served by processes (the pod supervisor) must not hand out the same pod IPs, or one
+    cluster's clients reach the other's pods (slot 3000: pod CIDR 127.75.184.0/24 onwards)."""
     names: list[str] = []
     for pool in layout:
         missing = pool.nodes - len(_existing_indexes(api, pool))
         if missing > 0:
-            names += add_nodes(api, pool, missing)
+            names += add_nodes(api, pool, missing, first_slot=first_slot)
     if wait:
         wait_ready(api, [n for pool in layout for n in pool_nodes(api, pool.name)], timeout=timeout)
     return names

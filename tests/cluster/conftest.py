@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -147,8 +148,10 @@ class RouterReadiness:
                             self.namespace,
                             {"metadata": {"labels": {SIM_READY_LABEL: "true"}}},
                         )
-            except ApiException:
-                continue  # the namespace is going away, or a pod went: try again
+            except (ApiException, urllib3.exceptions.HTTPError):
+                # The namespace is going away, a pod went, or the API server is restarting
+                # (test_faults.py): try again.
+                continue
 
 
 @pytest.fixture

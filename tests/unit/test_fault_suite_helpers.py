@@ -1,0 +1,110 @@
+"""The fault suite's pure helpers (tests/cluster/faults.py): write signatures as the proxy and
+the audit log see them, kill positions, owed Events, the normalised child content."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from tests.cluster.faults import (
+    Position,
+    Signature,
+    StepState,
+    _content,
+    hash_changes,
+    owed_keys,
+    positions,
+    request_signature,
+    select,
+    status_of,
+)
+
+NS = "f-1234"
+
+
+def test_a_write_into_the_namespace_has_a_signature_and_a_read_has_none() -> None:
+    path = f"/apis/magistral.dev/v1alpha1/namespaces/{NS}/magistralendpoints/fault/status"
+    assert request_signature("PATCH", path, b"{}", NS) == Signature(
+        "patch", "magistralendpoints", "status", "fault"
+    )
+    assert request_signature("GET", path, b"", NS) is None
+    assert request_signature("PATCH", path.replace(NS, "other"), b"{}", NS) is None
+    apply = f"/apis/apps/v1/namespaces/{NS}/deployments/fault-router"
+    assert request_signature("PATCH", apply, b"{}", NS) == Signature(
+        "patch", "deployments", "", "fault-router"
+    )
+
+
+def test_a_created_event_is_named_from_its_body_without_its_per_run_key() -> None:
+    body = json.dumps({"metadata": {"name": "fault.0123456789abcdef"}}).encode()
+    sig = request_signature("POST", f"/api/v1/namespaces/{NS}/events", body, NS)
+    assert sig == Signature("create", "events", "", "fault.*")
+
+
+def test_positions_count_occurrences_of_each_signature() -> None:
+    a = Signature("patch", "magistralendpoints", "status", "fault")
+    b = Signature("create", "events", "", "fault.*")
+    found = positions([a, b, a, b, b])
+    assert [(p.index, p.occurrence) for p in found] == [(1, 1), (2, 1), (3, 2), (4, 2), (5, 3)]
+    assert select(found, "first") == [found[0], found[1]]
+    assert select(found, "stride:2") == [found[0], found[2], found[4]]
+    assert select(found, "2,5") == [found[1], found[4]]
+    assert select(found, "all") == found
+    assert str(found[2]) == "#3 patch magistralendpoints/status/fault (occurrence 2)"
+    assert isinstance(found[0], Position)
+
+
+def test_owed_events_are_the_keys_a_status_patch_records() -> None:
+    body = json.dumps(
+        {"status": {"pendingEvents": [{"key": "a" * 16}, {"key": "b" * 16}], "replicas": 1}}
+    ).encode()
+    assert owed_keys(status_of(body)) == {"a" * 16, "b" * 16}
+    assert owed_keys(status_of(b"not json")) == set()
+    assert owed_keys(status_of(json.dumps({"status": {}}).encode())) == set()
+
+
+def test_child_content_leaves_out_what_differs_from_run_to_run() -> None:
+    def service(namespace: str, uid: str, ip: str, digest: str) -> dict[str, object]:
+        return {
+            "kind": "Service",
+            "metadata": {
+                "name": "fault",
+                "namespace": namespace,
+                "uid": "child-" + uid,
+                "resourceVersion": "7",
+                "annotations": {"magistral.dev/applied-hash": digest},
+                "ownerReferences": [{"uid": uid, "name": "fault"}],
+            },
+            "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"port": 80}]},
+            "status": {},
+        }
+
+    one = _content(service("f-1", "u-1", "127.96.0.9", "h1"), namespace="f-1", uid="u-1")
+    two = _content(service("f-2", "u-2", "127.96.0.7", "h2"), namespace="f-2", uid="u-2")
+    assert one == two
+    changed = service("f-2", "u-2", "127.96.0.7", "h2")
+    changed["spec"] = {"ports": [{"port": 81}]}
+    assert _content(changed, namespace="f-2", uid="u-2") != one
+
+
+def _state(applied: dict[str, str]) -> StepState:
+    return StepState(
+        children={},
+        contents={},
+        applied=applied,
+        conditions=[],
+        events=Counter(),
+        event_names=[],
+        lost=[],
+        unrecorded=[],
+        status={},
+    )
+
+
+def test_applied_hashes_compare_by_their_changes_from_step_to_step() -> None:
+    steps = [_state({"A": "1", "B": "2"}), _state({"A": "1", "B": "3", "C": "4"}), _state({})]
+    assert hash_changes(steps) == [
+        {"A": "new", "B": "new"},
+        {"A": "same", "B": "changed", "C": "new"},
+        {"A": "gone", "B": "gone", "C": "gone"},
+    ]
