@@ -204,15 +204,6 @@ class KillingProxy:
             times = [s.started for s in self.seen if s.signature is not None]
         return max(times, default=0.0)
 
-    def reads_of(self, path: str, *, since: float) -> int:
-        """GETs (not watches) of exactly `path`, started after `since`."""
-        with self.lock:
-            return sum(
-                1
-                for s in self.seen
-                if s.method == "GET" and not s.watch and s.path == path and s.started > since
-            )
-
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> KillingProxy:
         self._thread = threading.Thread(target=self._serve, daemon=True, name="killing-proxy")

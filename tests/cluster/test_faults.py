@@ -21,6 +21,7 @@ import json
 import os
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -39,7 +40,7 @@ from e2e.cluster.kubeapi import ApiError
 from e2e.cluster.nodepools import delete_node, wait_ready
 from e2e.cluster.stages import SIM_FAIL_ENV
 from e2e.install import OPERATOR_NAMESPACE, SERVICE_ACCOUNT
-from e2e.operator_process import OperatorProcess
+from e2e.operator_process import OperatorProcess, free_port
 
 from .audit import log_size
 from .conftest import (
@@ -75,8 +76,7 @@ pytestmark = pytest.mark.usefixtures("no_standalone_operator")
 NAME = "fault"
 RESYNC = 1.0  # the operator's periodic pass (MAGISTRAL_RESYNC_SECONDS): settles come sooner
 QUIET = 3.0  # a step has ended once the operator wrote nothing for this long …
-PASSES = 3  # … while its resync listed the endpoints this many times (see Harness.settle)
-RESYNC_LIST = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+PASSES = 3  # … while it completed this many passes of the endpoint (see Harness.settle)
 ROLLOUT = {
     "maxSurge": 1,
     "maxUnavailable": 0,
@@ -95,6 +95,22 @@ def manifest(namespace: str, *, replicas: int, env: list[dict[str, str]]) -> dic
         scaling={"minReplicas": replicas, "maxReplicas": replicas},
         rollout=ROLLOUT,
     )
+
+
+def endpoint_passes(port: int, namespace: str, name: str) -> float | None:
+    """The operator's completed passes of one endpoint, from its /metrics (None: no answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    labels = (f'namespace="{namespace}"', f'endpoint="{name}"')
+    for line in text.splitlines():
+        if line.startswith("magistral_operator_endpoint_passes_total{") and all(
+            label in line for label in labels
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def _token(kubeconfig: Path) -> str:
@@ -141,6 +157,7 @@ class Harness:
         sa = cluster.kubeconfig_for_service_account(OPERATOR_NAMESPACE, SERVICE_ACCOUNT)
         self.token = _token(sa)
         self.ca_file = Path(cluster._require_state().ca_file)
+        self.metrics_ports: dict[int, int] = {}  # id(OperatorProcess) -> its /metrics port
 
     # -- namespace and operator ------------------------------------------------------------
     @contextmanager
@@ -164,11 +181,14 @@ class Harness:
             token=self.token,
             user=f"system:serviceaccount:{OPERATOR_NAMESPACE}:{SERVICE_ACCOUNT}",
         )
+        port = free_port()
         proc = OperatorProcess(
             kubeconfig=kubeconfig,
             log_file=self.tmp_path / f"{label}.log",
             resync_seconds=RESYNC,
+            extra_args=("--metrics-port", str(port)),
         )
+        self.metrics_ports[id(proc)] = port
         proc.start()
         try:
             yield proc
@@ -185,21 +205,23 @@ class Harness:
 
     # -- waiting -----------------------------------------------------------------------------
     def settle(self, proxy: KillingProxy, proc: OperatorProcess, what: str) -> None:
-        """Wait until the operator has written nothing for QUIET seconds while its resync
-        thread listed the endpoints PASSES times since its last write: proof that it ran full
-        passes and had nothing to do. (The thread lists, then runs each endpoint's pass in
-        turn, so a second list starts only after a whole pass of this endpoint; a pass stuck
-        behind the endpoint's lock holds the next list back.)"""
-        path = RESYNC_LIST
+        """Wait until the operator has written nothing for QUIET seconds while it completed
+        PASSES passes of the endpoint since its last write (its per-endpoint pass counter on
+        /metrics, `magistral_operator_endpoint_passes_total`): proof that it ran whole passes
+        and had nothing left to do, not a sleep. (A pass reads nothing from the API server
+        once the operator's caches are filled, so the proxy cannot see passes.)"""
+        port = self.metrics_ports[id(proc)]
+        seen: dict[str, float] = {}
 
         def quiet() -> bool:
             last = proxy.last_write_at()
             alive = proc.process is not None and proc.process.poll() is None
-            return (
-                alive
-                and time.monotonic() - last >= QUIET
-                and proxy.reads_of(path, since=last) >= PASSES
-            )
+            count = endpoint_passes(port, proxy.namespace, NAME)
+            if not alive or count is None:
+                return False
+            if seen.get("write") != last or count < seen.get("base", 0.0):
+                seen["write"], seen["base"] = last, count  # a new write, or a new process
+            return time.monotonic() - last >= QUIET and count - seen["base"] >= PASSES
 
         wait_for(f"the operator to settle after {what}", quiet, timeout=120, interval=0.25)
 

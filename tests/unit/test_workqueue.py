@@ -10,6 +10,7 @@ from typing import Any
 
 import kopf
 import pytest
+from prometheus_client import REGISTRY
 
 from magistral_operator.handlers import operator as op
 from magistral_operator.handlers.workqueue import PassQueue
@@ -145,10 +146,22 @@ def test_a_deleted_endpoint_s_records_are_dropped(reconciled: list[str]) -> None
     key = ("ns", "ep")
     op._refusals._held[key] = {}
     op._passed_in_term[key] = 1
+    op.dispatch(m, key)
+    drain(q)
+    assert reconciled == ["ep"]
+    assert passes("ns", "ep") >= 1.0  # the pass counter tests and dashboards read
     op.child_changed(m, "MagistralEndpoint", "DELETED", endpoint("ep"))
     assert key not in op._refusals._held
     assert key not in op._passed_in_term
+    assert passes("ns", "ep") is None  # its series went with it
     assert q.pending() == 0
+
+
+def passes(namespace: str, name: str) -> float | None:
+    value: float | None = REGISTRY.get_sample_value(
+        "magistral_operator_endpoint_passes_total", {"namespace": namespace, "endpoint": name}
+    )
+    return value
 
 
 def test_the_resync_queues_every_endpoint_and_a_deleted_one_is_skipped(

@@ -14,6 +14,11 @@ RECONCILE_SECONDS = Histogram(
     "Time one endpoint reconcile takes.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+PASSES = Counter(
+    "magistral_operator_endpoint_passes_total",
+    "Reconcile passes completed, per endpoint (its series goes when the endpoint does).",
+    ["namespace", "endpoint"],
+)
 CHILD_WRITES = Counter(
     "magistral_operator_child_writes_total",
     "Child objects applied or deleted, by kind and action.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -18,7 +19,7 @@ from ..kube.client import KubeError, NotLeaderError
 from ..kube.demand import HttpDemandReader
 from ..kube.lease import AlwaysLeader
 from .diffbase import DigestDiffBaseStorage, LeaderOnlyProgressStorage
-from .metrics import CHILD_WRITES, RECONCILE_SECONDS, RECONCILES
+from .metrics import CHILD_WRITES, PASSES, RECONCILE_SECONDS, RECONCILES
 from .reconcile import Outcome, reconcile, report_failure
 from .refusals import RefusalBook
 from .workqueue import PassQueue
@@ -96,7 +97,12 @@ def _run_as_leader(memo: kopf.Memo, namespace: str, name: str, version: str) -> 
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return Outcome()
         try:
-            outcome = reconcile(memo.kube, memo.config, fresh, demand=_demand, refusals=_refusals)
+            try:
+                outcome = reconcile(
+                    memo.kube, memo.config, fresh, demand=_demand, refusals=_refusals
+                )
+            finally:
+                PASSES.labels(namespace=namespace, endpoint=name).inc()
         except NotLeaderError:
             raise
         except Exception as exc:
@@ -132,6 +138,8 @@ def _forget(key: tuple[str, str]) -> None:
     _refusals.forget(key)
     _demand.forget(key)
     _passed_in_term.pop(key, None)
+    with contextlib.suppress(KeyError):
+        PASSES.remove(*key)
 
 
 def endpoint_gone(exc: KubeError, name: str) -> bool:
