@@ -5,6 +5,7 @@ stores and keeps the answers to its own writes."""
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -87,6 +88,25 @@ def test_list_filters_by_namespace_and_equality_selector() -> None:
     assert [o["metadata"]["name"] for o in store.list("ns", "app=x")] == ["a"]
     assert [o["metadata"]["name"] for o in store.list(None, "app=x")] == ["a", "c"]
     assert len(store.list("ns")) == 2
+
+
+def test_an_indexed_list_answers_what_a_scan_answers_whatever_the_changes() -> None:
+    """The index by endpoint label (a pass lists its own children, not every object) never
+    answers differently from a full scan, through adds, relabels, deletes and relistings."""
+    rng = random.Random(7)
+    indexed, scanned = Store("Pod", index_label="ep"), Store("Pod")
+    for step in range(600):
+        name, ep, version = f"p{rng.randrange(30)}", f"e{rng.randrange(4)}", step + 1
+        op, app = rng.random(), rng.choice("xy")
+        for store in (indexed, scanned):
+            if op < 0.6:
+                store.upsert(obj(name, version, ep=ep, app=app))
+            elif op < 0.95:
+                store.remove(obj(name, version))
+            elif step % 7 == 0:
+                store.replace([obj(f"p{i}", version, ep=f"e{i % 4}") for i in range(5)])
+        for selector in ("ep=e1", "ep=e2,app=x", "app=y", ""):
+            assert indexed.list("ns", selector) == scanned.list("ns", selector), (step, selector)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..api.labels import MANAGER
+from ..api.labels import ENDPOINT_LABEL, MANAGER
 from .client import Kube
 from .informer import Informer
 from .store import SelectorError, Store, at_least
@@ -71,6 +71,7 @@ class Cache:
                     kind,
                     namespace=scope,
                     selector="" if kind == ENDPOINT_KIND else OWNED_SELECTOR,
+                    index_label=None if kind == ENDPOINT_KIND else ENDPOINT_LABEL,
                 )
                 self.stores[(kind, scope)] = store
                 self.informers.append(

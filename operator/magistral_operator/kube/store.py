@@ -92,12 +92,23 @@ class Store:
     `selector` (what its informer lists and watches): it holds nothing else, so the answer to a
     read of anything else must come from the API server."""
 
-    def __init__(self, kind: str, *, namespace: str | None = None, selector: str = "") -> None:
+    def __init__(
+        self,
+        kind: str,
+        *,
+        namespace: str | None = None,
+        selector: str = "",
+        index_label: str | None = None,
+    ) -> None:
         self.kind = kind
         self.namespace = namespace
         self.selector = selector
         self._wanted = parse_selector(selector)
         self._objects: dict[Key, _Entry] = {}
+        # A list whose selector names `index_label` looks only at the objects with that value
+        # (the operator indexes its children by endpoint: a pass lists its own, not all).
+        self.index_label = index_label
+        self._index: dict[str, set[Key]] = {}
         self._tombstones: dict[Key, int] = {}
         self._lock = threading.Lock()
         self._synced = threading.Event()
@@ -118,6 +129,9 @@ class Store:
             ]
             changed += [e.load() for k, e in self._objects.items() if k not in fresh]
             self._objects = fresh
+            self._index = {}
+            for k, e in fresh.items():
+                self._indexed(k, e)
             self._tombstones.clear()
         self._synced.set()
         return changed
@@ -138,7 +152,10 @@ class Store:
                 if key in self._tombstones and self._tombstones[key] >= version:
                     return False
             self._tombstones.pop(key, None)
+            if current is not None:
+                self._unindexed(key, current)
             self._objects[key] = entry
+            self._indexed(key, entry)
             return True
 
     def remove(self, obj: dict[str, Any]) -> bool:
@@ -149,7 +166,9 @@ class Store:
             current_version = current.version if current is not None else None
             if version is not None and current_version is not None and current_version > version:
                 return False
-            self._objects.pop(key, None)
+            gone = self._objects.pop(key, None)
+            if gone is not None:
+                self._unindexed(key, gone)
             if version is not None:
                 self._tombstones[key] = version
             return True
@@ -177,12 +196,29 @@ class Store:
         """Copies of the objects in `namespace` (None: all) matching an equality selector."""
         wanted = parse_selector(selector)
         with self._lock:
+            if self.index_label is not None and self.index_label in wanted:
+                keys = sorted(self._index.get(wanted[self.index_label], ()))
+            else:
+                keys = sorted(self._objects)
             found = [
                 e
-                for (ns, _), e in sorted(self._objects.items())
-                if (namespace is None or ns == namespace) and e.matches(wanted)
+                for k in keys
+                if (namespace is None or k[0] == namespace)
+                and (e := self._objects[k]).matches(wanted)
             ]
         return [e.load() for e in found]
+
+    def _indexed(self, key: Key, entry: _Entry) -> None:
+        if self.index_label is not None and self.index_label in entry.labels:
+            self._index.setdefault(entry.labels[self.index_label], set()).add(key)
+
+    def _unindexed(self, key: Key, entry: _Entry) -> None:
+        if self.index_label is not None and self.index_label in entry.labels:
+            keys = self._index.get(entry.labels[self.index_label])
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._index[entry.labels[self.index_label]]
 
     def keys(self) -> builtins.list[Key]:
         with self._lock:
