@@ -204,12 +204,16 @@ class Harness:
             proxy.stop()
 
     # -- waiting -----------------------------------------------------------------------------
-    def settle(self, proxy: KillingProxy, proc: OperatorProcess, what: str) -> None:
+    def settle(
+        self, proxy: KillingProxy, proc: OperatorProcess, what: str, *, gone: bool = False
+    ) -> None:
         """Wait until the operator has written nothing for QUIET seconds while it completed
         PASSES passes of the endpoint since its last write (its per-endpoint pass counter on
         /metrics, `magistral_operator_endpoint_passes_total`): proof that it ran whole passes
         and had nothing left to do, not a sleep. (A pass reads nothing from the API server
-        once the operator's caches are filled, so the proxy cannot see passes.)"""
+        once the operator's caches are filled, so the proxy cannot see passes.) With `gone`
+        (the endpoint was deleted: no pass runs any more), the proof is that the operator
+        dropped the endpoint's series, which it does when its cache sees the deletion."""
         port = self.metrics_ports[id(proc)]
         seen: dict[str, float] = {}
 
@@ -219,6 +223,8 @@ class Harness:
             count = endpoint_passes(port, proxy.namespace, NAME)
             if not alive or count is None:
                 return False
+            if gone:
+                return count == 0.0 and time.monotonic() - last >= QUIET
             if seen.get("write") != last or count < seen.get("base", 0.0):
                 seen["write"], seen["base"] = last, count  # a new write, or a new process
             return time.monotonic() - last >= QUIET and count - seen["base"] >= PASSES
@@ -356,7 +362,7 @@ class Harness:
                         obj = action()
                         if target is not None and restarted.is_set():
                             restarter.join(timeout=90)
-                        self.settle(proxy, proc, step)
+                        self.settle(proxy, proc, step, gone=step == "delete")
                         if obj is not None:  # again: the step's goal may have moved on
                             obj = get_endpoint(self.api, namespace, NAME)
                         if step == "create":
