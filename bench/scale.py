@@ -64,9 +64,10 @@ sys.path.insert(0, str(ROOT))  # e2e/ (the operator comes from the installed pac
 
 from e2e.cluster.cluster import LocalCluster  # noqa: E402
 from e2e.cluster.nodepools import H100, POD_CIDR_RANGE, NodePool, is_ready, node_manifest  # noqa: E402
-from e2e.cluster.stages import COMPONENT_LABEL, ROUTER_COMPONENT, SIM_READY_LABEL  # noqa: E402
+from e2e.cluster.stages import COMPONENT_LABEL  # noqa: E402
 from e2e.install import OPERATOR_NAMESPACE, SERVICE_ACCOUNT, install_crds, install_operator_rbac  # noqa: E402
 from e2e.operator_process import DEFAULT_CONFIG, OperatorProcess  # noqa: E402
+from e2e.router_readiness import RouterReadiness  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "magistral-small.yaml"
 GROUP, VERSION, PLURAL = "magistral.dev", "v1alpha1", "magistralendpoints"
@@ -315,41 +316,6 @@ class DeploymentWatch:
                 if left <= 0:
                     return None
                 self.changed.wait(left)
-
-
-class RouterReadiness:
-    """Labels Running router pods sim-ready=true (the pod supervisor's part, without processes)."""
-
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self.core = client.CoreV1Api(api)
-        self.namespace = namespace
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.labelled = 0
-
-    def __enter__(self) -> RouterReadiness:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=10)
-
-    def _run(self) -> None:
-        selector = f"{COMPONENT_LABEL}={ROUTER_COMPONENT},!{SIM_READY_LABEL}"
-        while not self.stop_event.wait(1.0):
-            try:
-                pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector)
-                for pod in pods.items:
-                    if pod.status.phase == "Running" and not pod.metadata.deletion_timestamp:
-                        self.core.patch_namespaced_pod(
-                            pod.metadata.name,
-                            self.namespace,
-                            {"metadata": {"labels": {SIM_READY_LABEL: "true"}}},
-                        )
-                        self.labelled += 1
-            except ApiException:
-                continue
 
 
 class ProcSampler:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,14 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import urllib3
 import yaml
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
 from e2e.cluster.cluster import LocalCluster
 from e2e.cluster.nodepools import create_pools
-from e2e.cluster.stages import COMPONENT_LABEL, ROUTER_COMPONENT, SIM_READY_LABEL
 from e2e.install import (
     OPERATOR_NAMESPACE,
     SERVICE_ACCOUNT,
@@ -35,6 +31,7 @@ from e2e.install import (
     kubectl,
 )
 from e2e.operator_process import DEFAULT_CONFIG, OperatorProcess
+from e2e.router_readiness import RouterReadiness
 
 GROUP, VERSION, PLURAL = "magistral.dev", "v1alpha1", "magistralendpoints"
 
@@ -110,48 +107,6 @@ def fast_overflow_operator(
     finally:
         own.stop()
         operator.start()
-
-
-class RouterReadiness:
-    """Marks a namespace's router pods Ready, standing in for processes the test does not run.
-
-    kwok keeps router pods Running-not-Ready until the pod supervisor's probe of their front
-    passes (docs/cluster-harness.md). Tests about the operator's children rather than the data
-    plane run no router processes: this labels each router pod ``magistral.dev/sim-ready=true``
-    as it appears, so the endpoint can turn Ready. Tests marked ``router_processes`` run a
-    Supervisor instead and get no stand-in.
-    """
-
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self.core = client.CoreV1Api(api)
-        self.namespace = namespace
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> RouterReadiness:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=10)
-
-    def _run(self) -> None:
-        selector = f"{COMPONENT_LABEL}={ROUTER_COMPONENT},!{SIM_READY_LABEL}"
-        while not self.stop_event.wait(0.5):
-            try:
-                pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector)
-                for pod in pods.items:
-                    if pod.status.phase == "Running" and not pod.metadata.deletion_timestamp:
-                        self.core.patch_namespaced_pod(
-                            pod.metadata.name,
-                            self.namespace,
-                            {"metadata": {"labels": {SIM_READY_LABEL: "true"}}},
-                        )
-            except (ApiException, urllib3.exceptions.HTTPError):
-                # The namespace is going away, a pod went, or the API server is restarting
-                # (test_faults.py): try again.
-                continue
 
 
 @pytest.fixture

@@ -235,6 +235,11 @@ class Harness:
         return wait_for(what, check, timeout=timeout, interval=0.25)
 
     # -- the scenario ------------------------------------------------------------------------
+    def state_now(self, namespace: str, proxy: KillingProxy) -> StepState:
+        """The endpoint's state as it is now (children, conditions, Events; `capture`)."""
+        obj = get_endpoint(self.api, namespace, NAME)
+        return capture(self.api, namespace, NAME, obj, owed=proxy.owed, timing=set())
+
     def engine_pods(self, namespace: str) -> Counter[str]:
         """Ready, not terminating engine pods by revision."""
         pods = self.core.list_namespaced_pod(
@@ -576,14 +581,7 @@ def test_the_operator_rides_out_an_apiserver_restart_mid_pass(
         assert proc.process is not None
         assert proc.process.pid == pid, "the operator restarted"
         assert proc.process.poll() is None
-        state = capture(
-            harness.api,
-            namespace,
-            NAME,
-            get_endpoint(harness.api, namespace, NAME),
-            owed=proxy.owed,
-            timing=set(),
-        )
+        state = harness.state_now(namespace, proxy)
         assert len(state.children) == 13, sorted(state.children)
         assert all(state.applied.values()), state.applied
         assert ("Ready", "True", "ReplicasReady") in state.conditions, state.conditions
@@ -740,14 +738,7 @@ def test_a_child_removed_while_the_operator_is_down_is_repaired(
             timeout=60,
         )
         harness.settle(proxy, proc, "the repair")
-        after = capture(
-            harness.api,
-            namespace,
-            NAME,
-            get_endpoint(harness.api, namespace, NAME),
-            owed=proxy.owed,
-            timing=set(),
-        )
+        after = harness.state_now(namespace, proxy)
         assert after.children == before.children
         assert after.applied == before.applied
         child_writes = sorted(
