@@ -77,6 +77,7 @@ ENDPOINT_LABEL = "magistral.dev/endpoint"
 REVISION_LABEL = "magistral.dev/revision"
 MANAGED = "app.kubernetes.io/managed-by=magistral-operator"
 RESYNC_SECONDS = 30.0  # the operator's default (handlers/operator.py); the bench keeps it
+SCRAPE_SECONDS = 10.0  # the demand collector's default (kube/collector.py); the bench keeps it
 ROUTER_PODS_PER_NODE = 56  # a CPU node: 32 cpu / 500m = 64 router pods, 110 pods; some slack
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -538,6 +539,7 @@ def run_one(args: argparse.Namespace, n: int) -> Result:
             log_file=log_dir / "operator.log",
             config=DEFAULT_CONFIG,
             resync_seconds=RESYNC_SECONDS,
+            scrape_seconds=SCRAPE_SECONDS,
         )
         operator.start()
         stack.callback(operator.stop)

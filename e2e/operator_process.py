@@ -33,6 +33,7 @@ class OperatorProcess:
         log_file: Path,
         config: Path = DEFAULT_CONFIG,
         resync_seconds: float = 3.0,
+        scrape_seconds: float | None = None,
         namespaces: tuple[str, ...] = (),
         extra_args: tuple[str, ...] = (),
         extra_env: dict[str, str] | None = None,
@@ -43,6 +44,9 @@ class OperatorProcess:
         self.log_file = log_file
         self.config = config
         self.resync_seconds = resync_seconds
+        # The demand collector's period (kube/collector.py); the tests read as often as they
+        # resync, so a pass sees what the pods answered about as soon as before the collector.
+        self.scrape_seconds = resync_seconds if scrape_seconds is None else scrape_seconds
         self.namespaces = namespaces
         self.process: subprocess.Popen[bytes] | None = None
         self.health_port = 0
@@ -67,6 +71,7 @@ class OperatorProcess:
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "MAGISTRAL_RESYNC_SECONDS": str(self.resync_seconds),
+            "MAGISTRAL_SCRAPE_SECONDS": str(self.scrape_seconds),
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }

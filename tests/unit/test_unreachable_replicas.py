@@ -1,9 +1,9 @@
 """Replicas the cluster shows Ready that do not answer (issue 12, item 4: a lost node).
 
 The pure parts (consecutive misses, the routers' dropped workers, who counts as unreachable),
-the HTTP reader's memory of misses (its HTTP calls replaced), and the wiring against the fake
-API: an unreachable replica leaves status.readyReplicas, makes Ready False when it was the only
-one and Degraded True ReplicasUnreachable naming it.
+the demand collector's memory of misses per round (its HTTP calls replaced), and the wiring
+against the fake API: an unreachable replica leaves status.readyReplicas, makes Ready False
+when it was the only one and Degraded True ReplicasUnreachable naming it.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from magistral_operator.api.config import OperatorConfig
 from magistral_operator.autoscale.demand import DemandSample
 from magistral_operator.handlers.reconcile import reconcile
 from magistral_operator.handlers.refusals import RefusalBook
-from magistral_operator.kube import demand as demand_module
+from magistral_operator.kube import collector as collector_module
+from magistral_operator.kube.collector import DemandCollector, EngineScrape
 from magistral_operator.kube.demand import (
     UNREACHABLE_AFTER_MISSES,
     FrontReading,
-    HttpDemandReader,
     Miss,
     count_misses,
     not_routed,
@@ -112,7 +112,7 @@ def test_pods_no_router_routes_to(fronts: list[FrontReading | str], expected: se
     assert not_routed(TARGETS, fronts) == expected
 
 
-# --- the HTTP reader's memory (its HTTP calls replaced) -------------------------------------
+# --- the collector's memory (its HTTP calls replaced) ---------------------------------------
 
 
 def _pod(name: str, component: str, ip: str, *, ready: bool = True) -> dict[str, Any]:
@@ -135,18 +135,22 @@ def _pod(name: str, component: str, ip: str, *, ready: bool = True) -> dict[str,
 
 
 class Network:
-    """What answers: engine IPs that are silent, and the routers' worker lists."""
+    """What answers: engine IPs that are silent, and the routers' worker lists; `gets` counts
+    the HTTP reads."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.silent: set[str] = set()
         self.worker_urls: tuple[str, ...] | None = None
-        monkeypatch.setattr(demand_module, "scrape", self.scrape)
-        monkeypatch.setattr(demand_module, "read_front", self.read_front)
+        self.gets = 0
+        monkeypatch.setattr(collector_module, "scrape_engine", self.scrape)
+        monkeypatch.setattr(collector_module, "read_front", self.read_front)
 
-    def scrape(self, ip: str, port: int, *, timeout: float) -> EngineReading | None:
-        return None if ip in self.silent else EngineReading(waiting=0, running=0)
+    def scrape(self, ip: str, port: int, *, counters: bool, timeout: float) -> EngineScrape | None:
+        self.gets += 1
+        return None if ip in self.silent else EngineScrape(EngineReading(waiting=0, running=0))
 
     def read_front(self, ip: str, port: int, *, timeout: float) -> FrontReading:
+        self.gets += 1
         return _front(self.worker_urls)
 
 
@@ -157,18 +161,25 @@ E1, E2 = _pod("e-1", "inference", "10.0.0.1"), _pod("e-2", "inference", "10.0.0.
 CLOCK = [0.0]
 
 
-def _read(reader: HttpDemandReader, *engines: dict[str, Any], after: float = 5.0) -> DemandSample:
+def collector() -> DemandCollector:
+    return DemandCollector(interval=10.0, recheck=5.0, clock=lambda: CLOCK[0])
+
+
+def _read(reader: DemandCollector, *engines: dict[str, Any], after: float = 5.0) -> DemandSample:
+    """A collector round `after` seconds on, then a pass's read of the pods."""
+    reader.read((NS, NAME), routers=[ROUTER], engines=list(engines), now=CLOCK[0])
     CLOCK[0] += after
+    reader.collect(due_only=False)
     return reader.read((NS, NAME), routers=[ROUTER], engines=list(engines), now=CLOCK[0])
 
 
-def test_the_reader_counts_misses_per_pod(monkeypatch: pytest.MonkeyPatch) -> None:
-    net, reader = Network(monkeypatch), HttpDemandReader()
+def test_the_collector_counts_misses_per_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    net, reader = Network(monkeypatch), collector()
     assert _read(reader, E1, E2).unreachable == ()
     net.silent = {"10.0.0.1"}
     first = _read(reader, E1, E2)
     assert (first.unreachable, first.read) == ((), "partial")  # one miss: a slow scrape?
-    assert _read(reader, E1, E2, after=0.5).unreachable == ()  # the same burst of passes
+    assert _read(reader, E1, E2, after=0.5).unreachable == ()  # rounds 0.5 s apart: one miss
     assert _read(reader, E1, E2).unreachable == ("e-1",)
     assert _read(reader, E1, E2).unreachable == ("e-1",)
     net.silent = set()
@@ -179,10 +190,11 @@ def test_the_reader_counts_misses_per_pod(monkeypatch: pytest.MonkeyPatch) -> No
     reader.forget((NS, NAME))
     assert _read(reader, E1, E2).unreachable == ()  # forgotten with the endpoint
     assert _read(reader, E1, E2).unreachable == ()  # and never answered since: not counted
+    assert reader.suspects() == []
 
 
 def test_a_pod_that_never_answered_is_not_judged_lost(monkeypatch: pytest.MonkeyPatch) -> None:
-    net, reader = Network(monkeypatch), HttpDemandReader()
+    net, reader = Network(monkeypatch), collector()
     net.silent = {"10.0.0.1"}
     for _ in range(4):
         sample = _read(reader, E1, E2)
@@ -192,7 +204,7 @@ def test_a_pod_that_never_answered_is_not_judged_lost(monkeypatch: pytest.Monkey
 def test_a_pod_the_routers_dropped_is_unreachable_on_its_first_miss(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    net, reader = Network(monkeypatch), HttpDemandReader()
+    net, reader = Network(monkeypatch), collector()
     net.worker_urls = ("http://10.0.0.2:8000",)
     assert _read(reader, E1, E2).unreachable == ()  # dropped but answering
     net.silent = {"10.0.0.1"}
@@ -268,67 +280,23 @@ def test_one_of_two_unreachable_keeps_the_endpoint_ready(operator_config: Operat
     assert "e-1" not in conditions["Degraded"][2]
 
 
-def test_the_http_reader_reports_a_silent_replica_on_the_second_pass(
+def test_the_collector_reports_a_silent_replica_after_its_second_missed_round(
     operator_config: OperatorConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    net, reader = Network(monkeypatch), HttpDemandReader()
+    net, reader = Network(monkeypatch), collector()
     kube = _kube(E1)
     assert _pass(kube, operator_config, reader)["readyReplicas"] == 1
     net.silent = {"10.0.0.1"}
-    first = _pass(kube, operator_config, reader)
+    again = _pass(kube, operator_config, reader)  # no round yet: the pass reads no pod again
+    assert (again["readyReplicas"], _conditions(again)["Ready"][0]) == (1, "True")
+    reader.collect(due_only=False)
+    first = _pass(kube, operator_config, reader)  # one missed round: a slow scrape?
     assert (first["readyReplicas"], _conditions(first)["Ready"][0]) == (1, "True")
+    assert reader.suspects() == [(NS, NAME)]
+    reader.collect(due_only=False)
     second = _pass(kube, operator_config, reader)
     assert second["readyReplicas"] == 0
     assert _conditions(second)["Ready"][:2] == ("False", "ReplicasUnreachable")
-
-
-# --- the quick re-read: a first miss is confirmed within RECHECK_SECONDS --------------------
-
-
-def test_a_first_miss_is_read_again_soon_not_after_the_resync(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import threading
-    import time
-
-    from magistral_operator.handlers import operator as op
-    from tests.unit.test_ha_wiring import RecordingKube, memo
-
-    net, reader = Network(monkeypatch), HttpDemandReader()
-    monkeypatch.setattr(op, "_demand", reader)
-    from magistral_operator.handlers.reconcile import Outcome
-
-    names: list[str] = []
-
-    def recorded(kube: Any, config: Any, body: dict[str, Any], **_: Any) -> Outcome:
-        names.append(body["metadata"]["name"])
-        return Outcome()
-
-    monkeypatch.setattr(op, "reconcile", recorded)
-    monkeypatch.setattr(op, "RESYNC_SECONDS", 3600.0)
-    monkeypatch.setattr(op, "RECHECK_SECONDS", 0.05)
-    monkeypatch.setattr(op, "LEADERSHIP_POLL_SECONDS", 0.01)
-    assert op.RECHECK_SECONDS < op.RESYNC_SECONDS
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=op._resync_loop, args=(memo(RecordingKube(["ep", "other"]), None), stop)
-    )
-    thread.start()
-    try:
-        time.sleep(0.3)
-        _read(reader, E1)  # e-1 answers
-        assert names == []  # every engine answered: nothing to read again
-        net.silent = {"10.0.0.1"}
-        _read(reader, E1)  # a pass saw e-1 silent once
-        assert reader.suspects() == [(NS, NAME)]
-        time.sleep(0.3)
-        assert names  # read again long before the resync
-        assert set(names) == {"ep"}
-        _read(reader, E1)  # the second miss: unreachable, no longer a suspect
-        assert reader.suspects() == []
-    finally:
-        stop.set()
-        thread.join(timeout=5)
 
 
 # --- what Kubernetes itself shows of a lost node (the pod's own conditions and reason) ------
@@ -406,17 +374,3 @@ def test_a_pod_marked_not_ready_by_the_node_controller_stays_reported(
     assert status["readyReplicas"] == 0
     assert conditions["Ready"][:2] == ("False", "ReplicasUnreachable")
     assert conditions["Degraded"][:2] == ("True", "ReplicasUnreachable")
-
-
-def test_a_deleted_endpoint_is_not_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    from magistral_operator.handlers import operator as op
-    from tests.unit.test_ha_wiring import RecordingKube, memo
-
-    net, reader = Network(monkeypatch), HttpDemandReader()
-    monkeypatch.setattr(op, "_demand", reader)
-    _read(reader, E1)
-    net.silent = {"10.0.0.1"}
-    _read(reader, E1)
-    assert reader.suspects() == [(NS, NAME)]
-    op.recheck_suspects(memo(RecordingKube([]), None), 0)  # the endpoint is gone
-    assert reader.suspects() == []

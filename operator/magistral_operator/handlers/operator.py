@@ -16,7 +16,7 @@ from ..api import GROUP, PLURAL, VERSION
 from ..api.labels import ENDPOINT_LABEL
 from ..kube.cached import ENDPOINT_KIND
 from ..kube.client import KubeError, NotLeaderError
-from ..kube.demand import HttpDemandReader
+from ..kube.collector import DemandCollector
 from ..kube.lease import AlwaysLeader
 from .diffbase import DigestDiffBaseStorage, LeaderOnlyProgressStorage
 from .metrics import CHILD_WRITES, PASSES, RECONCILE_SECONDS, RECONCILES
@@ -26,9 +26,6 @@ from .workqueue import PassQueue
 
 # Periodic level-triggered pass; tests shorten it through the environment.
 RESYNC_SECONDS = float(os.environ.get("MAGISTRAL_RESYNC_SECONDS", "30"))
-# How soon an endpoint with a Ready engine that missed its last /metrics read is read again
-# (kube/demand.py: a second miss makes it unreachable; docs/architecture.md, Unreachable replicas).
-RECHECK_SECONDS = float(os.environ.get("MAGISTRAL_RECHECK_SECONDS", "5"))
 # How long a child event waits for more events of the same endpoint (one pass for a burst).
 COALESCE_SECONDS = float(os.environ.get("MAGISTRAL_COALESCE_SECONDS", "0.5"))
 # Threads running queued passes (kopf's own executor runs the spec handlers).
@@ -44,7 +41,7 @@ log = logging.getLogger(__name__)
 
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _refusals = RefusalBook()
-_demand = HttpDemandReader()
+_demand = DemandCollector()
 _locks_guard = threading.Lock()
 
 
@@ -198,7 +195,12 @@ def on_spec(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
 
 @kopf.on.startup()
 def start_resync(memo: kopf.Memo, **_: Any) -> None:
-    """Start the watch-fed caches, the pass queue and the periodic level-triggered pass.
+    """Start the demand collector, the watch-fed caches, the pass queue and the periodic
+    level-triggered pass.
+
+    The collector (kube/collector.py) reads the routers and engines in the background; the
+    passes read its memory, and it queues an endpoint's pass when what it read would change
+    the pass's decisions (`demand_changed`).
 
     The caches (kube/cached.py) answer the passes' reads of endpoints and children; their
     watch events queue the owning endpoint's pass (`child_changed`), coalesced by the queue
@@ -206,6 +208,8 @@ def start_resync(memo: kopf.Memo, **_: Any) -> None:
     a finalizer on objects with timers, which would block deleting an endpoint while the
     operator is down.
     """
+    _demand.on_change = lambda key: demand_changed(memo, key)
+    _demand.start(active=leadership(memo).is_leader)
     cache = memo.get("cache")
     if cache is not None:
         queue = PassQueue(lambda key: run_key(memo, key), workers=PASS_WORKERS)
@@ -225,10 +229,12 @@ def start_resync(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 def stop_resync(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the periodic pass, the queue and the caches on shutdown; give the Lease up."""
+    """Stop the periodic pass, the collector, the queue and the caches on shutdown; give the
+    Lease up."""
     stop = memo.get("resync_stop")
     if stop is not None:
         stop.set()
+    _demand.stop()
     queue, cache = memo.get("queue"), memo.get("cache")
     if queue is not None:
         queue.stop()
@@ -248,16 +254,12 @@ def _resync_loop(memo: kopf.Memo, stop: threading.Event, *, clock: Any = time.mo
     lead = leadership(memo)
     seen_term = lead.term()
     next_pass = clock() + RESYNC_SECONDS
-    next_recheck = clock() + RECHECK_SECONDS
     while not stop.wait(LEADERSHIP_POLL_SECONDS):
         term = lead.term()
         if term is None:
             seen_term = None
             continue
         if term == seen_term and clock() < next_pass:
-            if clock() >= next_recheck:
-                recheck_suspects(memo, term)
-                next_recheck = clock() + RECHECK_SECONDS
             continue
         if term != seen_term:
             log.info("leader (term %s): a full pass over every endpoint", term)
@@ -288,14 +290,10 @@ def full_pass(memo: kopf.Memo, term: int | None) -> None:
             dispatch(memo, (meta["namespace"], meta["name"]))
 
 
-def recheck_suspects(memo: kopf.Memo, term: int | None) -> None:
-    """Reconcile again the endpoints whose last demand read missed a Ready engine pod
-    (`HttpDemandReader.suspects`): a second miss reports it unreachable within
-    RECHECK_SECONDS instead of one more resync period. Nothing to do, no I/O."""
-    lead = leadership(memo)
-    for key in _demand.suspects():
-        if lead.term() != term:
-            return
+def demand_changed(memo: kopf.Memo, key: tuple[str, str]) -> None:
+    """The collector read something about `key` that its last pass did not see (a router
+    answering or not, queued requests, a replica gone silent or unreachable): queue its pass."""
+    if leadership(memo).is_leader():
         dispatch(memo, key)
 
 

@@ -1,6 +1,6 @@
 """The demand read: the routers' fronts and the engines, gathered into one DemandSample.
 
-Every pass, for one endpoint:
+For one endpoint (read in the background by kube/collector.py, which the passes ask):
 
 1. `GET http://<router pod IP>:<port 'demand'>/demand` of each ready router pod (in parallel,
    1 s timeout): requests held (no replica), queued (every replica full), in flight, and the
@@ -18,7 +18,7 @@ router lists it among its healthy workers (`workerUrls`), is *unreachable*
 (`DemandSample.unreachable`): the node under it may be lost, which Kubernetes shows only after
 its node-monitor grace period (about 40 s) by setting the pod's Ready=False. The status does not
 count it as ready (docs/architecture.md, Unreachable replicas). The misses, and which pods have
-answered, are kept per endpoint in the reader's memory. A pod that never answered (a network
+answered, are kept per endpoint in the collector's memory. A pod that never answered (a network
 policy, a simulated node) stays a partial read.
 """
 
@@ -26,24 +26,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..autoscale.arrivals import ArrivalRecord, CounterReading
 from ..autoscale.demand import DemandSample, ReplicaLoad
-from ..rollout_analysis import Counters, RouterCounts, WindowReading, WindowTracker
-from .metrics import (
-    TIMEOUT_SECONDS,
-    EngineReading,
-    http_get,
-    metrics_target,
-    pod_ready,
-    scrape,
-    scrape_counters,
-)
+from ..rollout_analysis import WindowReading
+from .metrics import TIMEOUT_SECONDS, EngineReading, http_get, metrics_target
 
 DEMAND_PORT_NAME = "demand"
 DEMAND_PATH = "/demand"
@@ -122,7 +112,7 @@ def read_front(ip: str, port: int, *, timeout: float = TIMEOUT_SECONDS) -> Front
 
 
 class DemandReader(Protocol):
-    """Reads an endpoint's demand (the HTTP reader below; tests pass scripted ones)."""
+    """Reads an endpoint's demand (kube/collector.DemandCollector; tests pass scripted ones)."""
 
     def read(
         self,
@@ -148,21 +138,6 @@ class DemandReader(Protocol):
         ...
 
     def forget(self, key: tuple[str, str]) -> None: ...
-
-
-def _starting(pod: dict[str, Any]) -> bool:
-    """Created and not Ready yet (scheduled or not), and not being deleted."""
-    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-    if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
-        return False
-    return not pod_ready(pod)
-
-
-def _parallel(fn: Callable[[tuple[str, int]], Any], targets: list[tuple[str, int]]) -> list[Any]:
-    if not targets:
-        return []
-    with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
-        return list(pool.map(fn, targets))
 
 
 def sample_from(
@@ -298,141 +273,3 @@ def canary_not_routed(
             "route to it)"
         )
     return None
-
-
-class HttpDemandReader:
-    """Reads the fronts' /demand and the engines' /metrics over HTTP; one record per endpoint."""
-
-    def __init__(self, *, timeout: float = TIMEOUT_SECONDS) -> None:
-        self.timeout = timeout
-        self._records: dict[tuple[str, str], ArrivalRecord] = {}
-        self._windows: dict[tuple[str, str], tuple[str, WindowTracker]] = {}
-        self._misses: dict[tuple[str, str], dict[str, Miss]] = {}
-        self._answered: dict[tuple[str, str], set[str]] = {}
-        self._guard = threading.Lock()
-
-    def _record(self, key: tuple[str, str]) -> ArrivalRecord:
-        with self._guard:
-            return self._records.setdefault(key, ArrivalRecord())
-
-    def forget(self, key: tuple[str, str]) -> None:
-        """Drop a deleted endpoint's record."""
-        with self._guard:
-            self._records.pop(key, None)
-            self._windows.pop(key, None)
-            self._misses.pop(key, None)
-            self._answered.pop(key, None)
-
-    def suspects(self) -> list[tuple[str, str]]:
-        """The endpoints with a Ready engine pod that missed its last read but is not judged
-        unreachable yet: the resync loop reads them again soon (handlers/operator.py), so a
-        lost node is confirmed within seconds rather than one more resync period."""
-        with self._guard:
-            return sorted(
-                key
-                for key, misses in self._misses.items()
-                if any(0 < n < UNREACHABLE_AFTER_MISSES for n, _ in misses.values())
-            )
-
-    def read_window(
-        self,
-        key: tuple[str, str],
-        *,
-        window: str,
-        canary: Sequence[dict[str, Any]],
-        baseline: Sequence[dict[str, Any]],
-        routers: Sequence[dict[str, Any]],
-        now: float,
-    ) -> WindowReading | str:
-        """The analysis counters of the canary and baseline pods and the fronts, as the
-        difference since the window's first read (the tracker is kept per endpoint)."""
-        canary_now = self._counters(canary)
-        if not canary_now:
-            return "the canary replica's /metrics did not answer"
-        baseline_now = self._counters(baseline)
-        readings = self._front_readings(routers)
-        fronts = {
-            k: RouterCounts(float(f.responses_total), float(f.responses_5xx_total))
-            for k, f in readings.items()
-        }
-        with self._guard:
-            held = self._windows.get(key)
-            if held is None or held[0] != window:
-                waiting = canary_not_routed(canary, readings.values())
-                if waiting:
-                    return waiting
-                tracker = WindowTracker(
-                    now=now, canary=canary_now, baseline=baseline_now, routers=fronts
-                )
-                self._windows[key] = (window, tracker)
-            else:
-                tracker = held[1]
-        return tracker.reading(now=now, canary=canary_now, baseline=baseline_now, routers=fronts)
-
-    def _counters(self, pods: Sequence[dict[str, Any]]) -> dict[str, Counters]:
-        named = [(p["metadata"]["name"], metrics_target(p)) for p in pods]
-        targets = [(n, t) for n, t in named if t is not None]
-        found = _parallel(
-            lambda t: scrape_counters(t[0], t[1], timeout=self.timeout), [t for _, t in targets]
-        )
-        return {n: c for (n, _), c in zip(targets, found, strict=True) if c is not None}
-
-    def _front_readings(self, routers: Sequence[dict[str, Any]]) -> dict[str, FrontReading]:
-        named = [
-            (str(r["metadata"].get("uid") or r["metadata"]["name"]), t)
-            for r in routers
-            if (t := metrics_target(r, port_name=DEMAND_PORT_NAME)) is not None
-        ]
-        found = _parallel(
-            lambda t: read_front(t[0], t[1], timeout=self.timeout), [t for _, t in named]
-        )
-        return {
-            key: f for (key, _), f in zip(named, found, strict=True) if isinstance(f, FrontReading)
-        }
-
-    def read(
-        self,
-        key: tuple[str, str],
-        *,
-        routers: Sequence[dict[str, Any]],
-        engines: Sequence[dict[str, Any]],
-        now: float,
-    ) -> DemandSample:
-        """One demand read of the endpoint `key` (namespace, name)."""
-        ready_routers = [r for r in routers if pod_ready(r)]
-        targets = [metrics_target(r, port_name=DEMAND_PORT_NAME) for r in ready_routers]
-        pairs = [(r, t) for r, t in zip(ready_routers, targets, strict=True) if t is not None]
-        fronts = _parallel(
-            lambda t: read_front(t[0], t[1], timeout=self.timeout), [t for _, t in pairs]
-        )
-        named = [(str(e["metadata"]["name"]), metrics_target(e)) for e in engines]
-        engine_targets = {n: t for n, t in named if t is not None}
-        readings = _parallel(
-            lambda t: scrape(t[0], t[1], timeout=self.timeout), list(engine_targets.values())
-        )
-        silent = {
-            n: t for (n, t), r in zip(engine_targets.items(), readings, strict=True) if r is None
-        }
-        with self._guard:
-            answered = self._answered.get(key, set())
-            misses = count_misses(
-                self._misses.get(key, {}),
-                ready=engine_targets,
-                silent=silent,
-                answered=answered,
-                now=now,
-                min_gap=MISS_GAP_SECONDS,
-            )
-            self._misses[key] = misses
-            self._answered[key] = {n for n in engine_targets if n in answered or n not in silent}
-        return sample_from(
-            fronts=fronts,
-            engines=readings,
-            ready_engines=sum(1 for e in engines if pod_ready(e)),
-            starting_engines=sum(1 for e in engines if _starting(e)),
-            ready_routers=len(pairs),
-            record=self._record(key),
-            keys=[str(r["metadata"].get("uid") or r["metadata"]["name"]) for r, _ in pairs],
-            now=now,
-            unreachable=unreachable_pods(misses, unrouted=not_routed(silent, fronts)),
-        )

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
-import logging
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +30,6 @@ _SUMMED = (WAITING, RUNNING, PROMPT_TOKENS, GENERATION_TOKENS, SUCCESSES)
 PORT_NAME = "http"
 TIMEOUT_SECONDS = 1.0
 MAX_BYTES = 4 << 20
-
-log = logging.getLogger(__name__)
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:
@@ -119,27 +114,6 @@ def http_get(ip: str, port: int, path: str, *, timeout: float = TIMEOUT_SECONDS)
         conn.close()
 
 
-def scrape(ip: str, port: int, *, timeout: float = TIMEOUT_SECONDS) -> EngineReading | None:
-    """One pod's reading; None on any error."""
-    try:
-        return parse_sample(http_get(ip, port, "/metrics", timeout=timeout))
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        log.debug("scraping %s:%s failed: %s", ip, port, exc)
-        return None
-
-
-def scrape_pods(
-    pods: Sequence[dict[str, Any]], *, timeout: float = TIMEOUT_SECONDS
-) -> list[EngineReading]:
-    """Readings of the ready pods that answered, scraped in parallel."""
-    targets = [t for t in map(metrics_target, pods) if t is not None]
-    if not targets:
-        return []
-    with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
-        results = list(pool.map(lambda t: scrape(t[0], t[1], timeout=timeout), targets))
-    return [r for r in results if r is not None]
-
-
 TTFT = "vllm:time_to_first_token_seconds"
 ITL = "vllm:inter_token_latency_seconds"
 MAX_TOKENS = "vllm:request_params_max_tokens"
@@ -177,12 +151,3 @@ def parse_counters(text: str) -> Counters | None:
     if not seen:
         return None
     return Counters(ttft=_buckets(ttft), itl=_buckets(itl), finishes=finishes, probes=probes)
-
-
-def scrape_counters(ip: str, port: int, *, timeout: float = TIMEOUT_SECONDS) -> Counters | None:
-    """One pod's analysis counters; None on any error."""
-    try:
-        return parse_counters(http_get(ip, port, "/metrics", timeout=timeout))
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        log.debug("scraping %s:%s failed: %s", ip, port, exc)
-        return None
