@@ -17,9 +17,16 @@ from typing import Any
 import pytest
 
 from magistral_operator.handlers import operator as op
+from magistral_operator.handlers.metrics import DEMAND_READS
 from magistral_operator.handlers.reconcile import Outcome
 from magistral_operator.kube import collector as collector_module
-from magistral_operator.kube.collector import DemandCollector, EngineScrape, Signal, signal_of
+from magistral_operator.kube.collector import (
+    DemandCollector,
+    EngineScrape,
+    RoundReport,
+    Signal,
+    signal_of,
+)
 from magistral_operator.kube.demand import FrontReading
 from magistral_operator.kube.metrics import EngineReading
 from magistral_operator.rollout_analysis import Counters
@@ -119,11 +126,20 @@ def test_a_round_reads_every_target_and_the_next_pass_sees_it(
     pods.queued, pods.waiting = 4, 2.0
     assert read(c, E1, E2).queued == 0  # no round yet
     pods.gets.clear()
+    pods.silent = {"10.0.0.2"}
+    reports: list[RoundReport] = []
+    c.on_round = reports.append
     c.collect(due_only=False)
     assert sorted(pods.ips()) == ["10.0.0.1", "10.0.0.2", "10.1.0.1"]  # each once
+    assert [
+        (r.endpoints, r.routers_answered, r.engines_answered, r.engines_silent) for r in reports
+    ] == [(1, 1, 1, 1)]
+    pods.silent = set()
+    c.collect(due_only=False)
+    pods.gets.clear()
     sample = read(c, E1, E2)
     assert (sample.queued, [r.waiting for r in sample.replicas]) == (4, [2, 2])
-    assert len(pods.gets) == 3  # the pass read nothing
+    assert pods.gets == []  # the pass read nothing
 
 
 def test_a_round_queues_a_pass_only_when_what_it_read_changed(
@@ -244,6 +260,8 @@ def test_the_operator_runs_a_pass_when_the_collector_reads_a_change(
     monkeypatch.setattr(op, "RESYNC_SECONDS", 3600.0)  # no periodic pass in this test
     lead = Leadership(1)
     m = memo(RecordingKube([NAME]), lead)
+    answered = DEMAND_READS.labels(component="engine", result="answered")
+    before = answered._value.get()
     op.start_resync(memo=m)
     try:
         read(collector, E1)  # a pass handed the pods over and saw them
@@ -253,6 +271,7 @@ def test_the_operator_runs_a_pass_when_the_collector_reads_a_change(
             time.sleep(0.02)
         assert collector.rounds >= rounds + 3  # the collector ran, on its own
         assert passes == []  # and read nothing new: no pass
+        assert answered._value.get() > before  # its rounds are in the operator's metrics
         pods.queued = 2
         while not passes and time.monotonic() < deadline:
             time.sleep(0.02)

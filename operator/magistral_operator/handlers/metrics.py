@@ -25,6 +25,19 @@ CHILD_WRITES = Counter(
     ["kind", "action"],
 )
 
+DEMAND_ROUND_SECONDS = Histogram(
+    "magistral_operator_demand_round_seconds",
+    "Time one round of the demand collector takes (every due endpoint's routers and engines "
+    "read); rounds longer than MAGISTRAL_SCRAPE_SECONDS mean the readings lag.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DEMAND_READS = Counter(
+    "magistral_operator_demand_reads_total",
+    "Pods read by the demand collector, by component (router, engine) and result "
+    "(answered, silent).",
+    ["component", "result"],
+)
+
 
 def serve_metrics(port: int) -> None:
     """Expose /metrics on all interfaces of the operator pod."""

@@ -16,10 +16,17 @@ from ..api import GROUP, PLURAL, VERSION
 from ..api.labels import ENDPOINT_LABEL
 from ..kube.cached import ENDPOINT_KIND
 from ..kube.client import KubeError, NotLeaderError
-from ..kube.collector import DemandCollector
+from ..kube.collector import DemandCollector, RoundReport
 from ..kube.lease import AlwaysLeader
 from .diffbase import DigestDiffBaseStorage, LeaderOnlyProgressStorage
-from .metrics import CHILD_WRITES, PASSES, RECONCILE_SECONDS, RECONCILES
+from .metrics import (
+    CHILD_WRITES,
+    DEMAND_READS,
+    DEMAND_ROUND_SECONDS,
+    PASSES,
+    RECONCILE_SECONDS,
+    RECONCILES,
+)
 from .reconcile import Outcome, reconcile, report_failure
 from .refusals import RefusalBook
 from .workqueue import PassQueue
@@ -209,6 +216,7 @@ def start_resync(memo: kopf.Memo, **_: Any) -> None:
     operator is down.
     """
     _demand.on_change = lambda key: demand_changed(memo, key)
+    _demand.on_round = record_round
     _demand.start(active=leadership(memo).is_leader)
     cache = memo.get("cache")
     if cache is not None:
@@ -288,6 +296,19 @@ def full_pass(memo: kopf.Memo, term: int | None) -> None:
             if meta.get("deletionTimestamp"):
                 continue
             dispatch(memo, (meta["namespace"], meta["name"]))
+
+
+def record_round(report: RoundReport) -> None:
+    """The collector's round in the operator's metrics."""
+    DEMAND_ROUND_SECONDS.observe(report.seconds)
+    for component, result, count in (
+        ("router", "answered", report.routers_answered),
+        ("router", "silent", report.routers_silent),
+        ("engine", "answered", report.engines_answered),
+        ("engine", "silent", report.engines_silent),
+    ):
+        if count:
+            DEMAND_READS.labels(component=component, result=result).inc(count)
 
 
 def demand_changed(memo: kopf.Memo, key: tuple[str, str]) -> None:

@@ -71,7 +71,9 @@ SCRAPE_SECONDS = float(os.environ.get("MAGISTRAL_SCRAPE_SECONDS", "10"))
 RECHECK_SECONDS = float(os.environ.get("MAGISTRAL_RECHECK_SECONDS", "5"))
 """How soon an endpoint with a Ready engine that missed its last read is read again."""
 SCRAPE_WORKERS = 16
-"""Threads reading pods (a silent pod holds one for the read timeout)."""
+"""Threads reading pods in the rounds (a silent pod holds one for the read timeout)."""
+FILL_WORKERS = 8
+"""Threads reading the pods a pass sees first (apart, so a pass never waits behind a round)."""
 WINDOW_COUNTERS_SECONDS = 300.0
 """An endpoint's engine pages are parsed for the analysis' counters for this long after its
 last canary-window read (the counters are parsed only while a window may be open)."""
@@ -132,6 +134,18 @@ def signal_of(
         unreachable=tuple(sorted(unreachable)),
         routed=tuple(sorted({u for urls in lists for u in urls})) if lists else None,
     )
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """How one collector round went."""
+
+    seconds: float
+    endpoints: int
+    routers_answered: int
+    routers_silent: int
+    engines_answered: int
+    engines_silent: int
 
 
 @dataclass
@@ -215,8 +229,13 @@ class DemandCollector:
         self.timeout = timeout
         self.clock = clock
         self.on_change: Callable[[tuple[str, str]], None] | None = None
+        self.on_round: Callable[[RoundReport], None] | None = None
+        """Told how each round went (the operator's metrics)."""
         self.rounds = 0
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="demand-read")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="demand-round")
+        self._fill_pool = ThreadPoolExecutor(
+            max_workers=FILL_WORKERS, thread_name_prefix="demand-fill"
+        )
         self._endpoints: dict[tuple[str, str], _Endpoint] = {}
         self._guard = threading.Lock()
         self._wake = threading.Event()
@@ -225,16 +244,18 @@ class DemandCollector:
 
     # --- reading pods ------------------------------------------------------------------------
 
-    def _read_fronts(self, targets: Iterable[Target]) -> dict[Target, FrontReading | str]:
+    def _read_fronts(
+        self, targets: Iterable[Target], pool: ThreadPoolExecutor
+    ) -> dict[Target, FrontReading | str]:
         todo = list(dict.fromkeys(targets))
-        found = self._pool.map(lambda t: read_front(t[1], t[2], timeout=self.timeout), todo)
+        found = pool.map(lambda t: read_front(t[1], t[2], timeout=self.timeout), todo)
         return dict(zip(todo, found, strict=True))
 
     def _read_engines(
-        self, targets: Iterable[tuple[Target, bool]]
+        self, targets: Iterable[tuple[Target, bool]], pool: ThreadPoolExecutor
     ) -> dict[Target, EngineScrape | None]:
         todo = list(dict.fromkeys(targets))
-        found = self._pool.map(
+        found = pool.map(
             lambda tc: scrape_engine(tc[0][1], tc[0][2], counters=tc[1], timeout=self.timeout),
             todo,
         )
@@ -263,8 +284,18 @@ class DemandCollector:
             engines = [
                 (t, self._wants_counters(s, now)) for s in due.values() for t in s.engines.values()
             ]
-        front_found = self._read_fronts(fronts)
-        engine_found = self._read_engines(engines)
+        front_found = self._read_fronts(fronts, self._pool)
+        engine_found = self._read_engines(engines, self._pool)
+        report = RoundReport(
+            seconds=self.clock() - now,
+            endpoints=len(due),
+            routers_answered=sum(isinstance(f, FrontReading) for f in front_found.values()),
+            routers_silent=sum(not isinstance(f, FrontReading) for f in front_found.values()),
+            engines_answered=sum(
+                e is not None and e.reading is not None for e in engine_found.values()
+            ),
+            engines_silent=sum(e is None or e.reading is None for e in engine_found.values()),
+        )
         changed: list[tuple[str, str]] = []
         with self._guard:
             self.rounds += 1
@@ -282,6 +313,8 @@ class DemandCollector:
                 state.due = now + (self.recheck if self._suspect(state) else self.interval)
                 if state.seen is not None and state.signal() != state.seen:
                     changed.append(key)
+        if self.on_round is not None:
+            self.on_round(report)
         for key in changed:
             if self.on_change is not None:
                 try:
@@ -374,8 +407,8 @@ class DemandCollector:
             ]
         if not fronts and not engines:
             return
-        front_found = self._read_fronts(fronts)
-        engine_found = self._read_engines(engines)
+        front_found = self._read_fronts(fronts, self._fill_pool)
+        engine_found = self._read_engines(engines, self._fill_pool)
         with self._guard:
             if self._endpoints.get(key) is not state:
                 return
