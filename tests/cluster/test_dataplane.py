@@ -25,6 +25,7 @@ from kubernetes import client
 
 from e2e.cluster.cluster import LocalCluster
 from e2e.engine.supervisor import RouterProcessInfo, Supervisor, serving, serving_pods
+from e2e.install import OPERATOR_NAMESPACE, SERVICE_ACCOUNT
 from e2e.loadgen import run_vllm_bench, tiny_model_tokenizer
 from e2e.operator_process import OperatorProcess
 
@@ -422,3 +423,82 @@ def test_real_load_scales_one_to_n_to_one(
     assert max(int(e.message.split(" to ")[1].split()[0]) for e in up) == 3
     wait_for("a scale-down to 1", lambda: replicas(api, namespace, name) == 1, timeout=150)
     supervisor.wait_for(lambda s: len(serving(s)) == 1, timeout=90)
+
+
+@pytest.fixture
+def production_timing_operator(
+    cluster: LocalCluster, operator: OperatorProcess, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The session operator, swapped for one with the production timings (a 30 s resync, a
+    10 s demand collector, its 5 s re-read), for the test that measures the lost-node bound."""
+    operator.stop()
+    own = OperatorProcess(
+        kubeconfig=cluster.kubeconfig_for_service_account(OPERATOR_NAMESPACE, SERVICE_ACCOUNT),
+        log_file=tmp_path / "operator.log",
+        resync_seconds=30.0,
+        scrape_seconds=10.0,
+    )
+    try:
+        own.start()
+        yield own
+    finally:
+        own.stop()
+        operator.start()
+
+
+def test_a_replica_that_stops_answering_is_reported_unreachable_then_back(
+    api: client.ApiClient,
+    admin_kubeconfig: Path,
+    production_timing_operator: OperatorProcess,
+    namespace: str,
+    supervisor: Supervisor,
+) -> None:
+    """One of two engines hangs (SIGSTOP), as behind a lost node: Kubernetes still shows its
+    pod Ready (kwok keeps it so, as the API server does for ~40 s after a node goes silent),
+    but the demand collector's reads miss it, so the operator reports it unreachable
+    (Degraded=True ReplicasUnreachable naming it, readyReplicas 1) without waiting for the
+    resync; when it answers again it counts as ready again. Prints the time it took."""
+    name = "lost"
+    scaling = {"minReplicas": 2, "maxReplicas": 2}
+    apply_manifest(admin_kubeconfig, _manifest(name, namespace, scaling))
+    sims = supervisor.wait_for(lambda s: len(serving(s)) == 2, timeout=120)
+    routers_serving(supervisor)
+
+    def degraded() -> dict[str, Any]:
+        return condition(get_endpoint(api, namespace, name), "Degraded") or {}
+
+    wait_for(
+        "Ready with 2 replicas and an ok read",
+        lambda: (
+            (st := status(api, namespace, name)).get("readyReplicas") == 2
+            and (st.get("autoscaler") or {}).get("read") == "ok"
+            and degraded().get("reason") == "AsExpected"
+        ),
+        timeout=90,
+    )
+    hung = sims[0]
+    assert hung.pid is not None
+    os.kill(hung.pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        lost = wait_for(
+            "Degraded ReplicasUnreachable",
+            lambda: (c := degraded()).get("reason") == "ReplicasUnreachable" and c,
+            timeout=60,
+        )
+        seconds = time.monotonic() - stopped_at
+        print(f"\nunreachable replica reported {seconds:.1f} s after it stopped answering")
+        assert hung.pod in lost["message"], lost
+        assert status(api, namespace, name)["readyReplicas"] == 1
+        pod = client.CoreV1Api(api).read_namespaced_pod(hung.pod, namespace)
+        assert any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions)
+    finally:
+        os.kill(hung.pid, signal.SIGCONT)
+    wait_for(
+        "the replica back",
+        lambda: (
+            status(api, namespace, name).get("readyReplicas") == 2
+            and degraded().get("reason") == "AsExpected"
+        ),
+        timeout=60,
+    )
