@@ -6,6 +6,8 @@ labels and pod templates, its pods), `spec.rollout`, the state persisted in `sta
 and the time. Output: the state to persist, the revision to apply, the pod templates that
 replace the rendered ones (a rollback) and the Events to post.
 
+- **New revision**: phase Progressing (or Canary); pods of it that exist already (an operator
+  that crashed after applying it and before recording the start) are judged at once.
 - **Healthy**: every pool's Deployment has observed its generation, carries the revision in its
   pod template, and all its replicas are updated *and available*: with `minReadySeconds =
   healthySeconds` a new pod counts as available only after staying Ready that long, and the
@@ -24,7 +26,7 @@ replace the rendered ones (a rollback) and the Events to post.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -479,6 +481,24 @@ def decide(
                 f"; one canary replica is analysed first ({rollout.canary.analysis_seconds} s "
                 "window, spec.rollout.canary)"
             )
+        announced = EventNote("Normal", "RolloutStarted", f"rolling out {what}")
+        # Pods of the revision may exist already (an operator that crashed after applying it
+        # and before recording the start): they are judged at once, as the next pass would.
+        failure = (
+            None
+            if analysed
+            else next((why for p in pools if (why := pool_failure(p, revision=revision))), None)
+        )
+        if failure is not None:
+            failed = _fail(
+                started,
+                pools=pools,
+                rollout=rollout,
+                revision=revision,
+                failure=failure,
+                stamp=stamp,
+            )
+            return replace(failed, events=(announced, *failed.events))
         decision = (
             _restore(state=started, pools=pools, rollout=rollout, revision=revision)
             if analysed
@@ -490,7 +510,7 @@ def decide(
             templates=decision.templates,
             restore_problems=decision.restore_problems,
             canary=decision.canary,
-            events=(EventNote("Normal", "RolloutStarted", f"rolling out {what}"),),
+            events=(announced,),
         )
     if state.phase == "Canary":
         return _canary_pass(

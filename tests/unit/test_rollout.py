@@ -217,6 +217,37 @@ def test_rollback_records_what_and_why() -> None:
     assert decision.events[0].type == "Warning"
 
 
+def test_a_new_revision_whose_pods_already_fail_is_judged_at_once() -> None:
+    """The operator crashed after applying revision B and before recording its start: the
+    next pass meets B's crash-looping pods with the state still Healthy on A, and fails the
+    rollout in that pass (announcing its start too) rather than first reporting the pods as a
+    plain ReplicasFailing and failing it one pass later (the fault suite's positions 48/49)."""
+    pools = observe(deployment(B, available=0), pods=(CRASH,), sets=SETS)
+    decision = decide(
+        revision=B,
+        pools=pools,
+        rollout=RolloutSpec(canary=CanarySpec(enabled=False)),
+        state=state("Healthy", current=A, healthy=A),
+        now=NOW,
+        desired_replicas=2,
+    )
+    assert (decision.state.phase, decision.applied_revision) == ("RolledBack", A)
+    assert [e.reason for e in decision.events] == ["RolloutStarted", "RolledBack"]
+    assert "crash-looping" in decision.state.message
+    fresh = decide(
+        revision=B,
+        pools=observe(deployment(A), sets=SETS),  # B's pods do not exist yet: nothing to judge
+        rollout=RolloutSpec(canary=CanarySpec(enabled=False)),
+        state=state("Healthy", current=A, healthy=A),
+        now=NOW,
+        desired_replicas=2,
+    )
+    assert (fresh.state.phase, [e.reason for e in fresh.events]) == (
+        "Progressing",
+        ["RolloutStarted"],
+    )
+
+
 def test_rolling_out_over_a_healthy_revision_says_so() -> None:
     decision = decide(
         revision=B,

@@ -250,9 +250,11 @@ def reconcile(
     if report.applied or report.deleted:
         log.info("%s/%s: applied %s, deleted %s", namespace, name, report.applied, report.deleted)
 
-    # Pods are read again: the apply may have scaled or replaced them. The Deployments are
-    # not: the conditions come from the pods; the Deployment gives only its spec.replicas.
-    pods, routers = split_pods(kube.list("Pod", namespace=namespace, selector=selector))
+    # The conditions come from the pods the rollout was judged on (one snapshot per pass: a
+    # pod that turned crash-looping since would otherwise flip Degraded to ReplicasFailing one
+    # pass before the rollout fails on it). What the apply changes comes with the pods' own
+    # events, and their pass.
+    pods, routers = pods_before, routers_before
     router = observe_router(deployments.get(router_name(endpoint)), routers, endpoint=endpoint)
     observed: dict[str, PoolObservation] = {}
     for pool_plan in plan.usable_pools:
