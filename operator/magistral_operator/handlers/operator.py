@@ -33,6 +33,10 @@ RECHECK_SECONDS = float(os.environ.get("MAGISTRAL_RECHECK_SECONDS", "5"))
 COALESCE_SECONDS = float(os.environ.get("MAGISTRAL_COALESCE_SECONDS", "0.5"))
 # Threads running queued passes (kopf's own executor runs the spec handlers).
 PASS_WORKERS = 4
+# Threads of kopf's executor: the endpoints' create, spec-change and resume passes. A pass
+# mostly waits on the API server (its applies, its status write), so more threads than cores
+# pay: 500 creates at once queue here (docs/scale.md). Chart value `specWorkers`.
+SPEC_WORKERS = int(os.environ.get("MAGISTRAL_SPEC_WORKERS", "16"))
 # How long startup waits for the caches to fill before the first passes (they read the API
 # until then).
 CACHE_SYNC_SECONDS = 30.0
@@ -182,7 +186,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
-    settings.execution.max_workers = 8
+    settings.execution.max_workers = max(1, SPEC_WORKERS)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,26 @@ PRUNABLE_KINDS = ("Deployment", "ConfigMap")
 # Objects whose pod templates keep a revision's ConfigMap alive: the Deployments, and the
 # ReplicaSets Kubernetes keeps for them (revisionHistoryLimit), which a rollback restores from.
 TEMPLATE_KINDS = ("Deployment", "ReplicaSet")
+
+APPLY_WORKERS = 4
+"""The most applies of one pass in flight at once (within one phase, below)."""
+
+# The phases of a pass's applies: a phase starts once every apply of the one before has
+# returned, so a pod never starts before what it needs exists. First everything a pod or a
+# binding refers to (runtime ConfigMap, ServiceAccount, Role, Services, PDBs,
+# NetworkPolicies); then the RoleBindings (the API server checks a binding against its Role,
+# which must exist: the operator holds no `bind` verb); last the kinds with a pod template.
+POD_TEMPLATE_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"})
+BINDING_KINDS = frozenset({"RoleBinding"})
+
+
+def apply_phase(kind: str) -> int:
+    """The phase (0, 1, 2) in which a child of `kind` is applied."""
+    if kind in POD_TEMPLATE_KINDS:
+        return 2
+    if kind in BINDING_KINDS:
+        return 1
+    return 0
 
 
 @dataclass(frozen=True)
@@ -53,12 +74,20 @@ def apply_children(
     endpoint: str,
     desired: list[tuple[dict[str, Any], str]],
     held: dict[str, ChildRefused] | None = None,
+    workers: int = APPLY_WORKERS,
 ) -> ApplyReport:
     """Apply each (object, content hash) unless the live object carries the same hash.
 
     The hash annotation lets a re-reconcile of an unchanged endpoint issue no writes at all;
     a live object that no longer contains what the operator applies (someone scaled or edited
     it) is applied again. No periodic forced re-apply: it would write on every pass.
+
+    The children to apply go in phases (`apply_phase`: what pods and bindings refer to, the
+    RoleBindings, the Deployments), each phase's concurrently on up to `workers` threads; a
+    phase starts when the one before has returned, so a Deployment is never applied before
+    what its pods need. The report lists the children in `desired` order, as a sequential pass
+    would. An error that is not a refusal ends the pass once its phase has returned (the
+    earliest in `desired` order is raised; no later phase starts).
 
     A child the API server refuses (a 4xx, or the 500 a server-side apply gets for some invalid
     objects) does not stop the others: it is reported in ``refused``. ``held`` maps labels to
@@ -67,12 +96,16 @@ def apply_children(
     """
     report = ApplyReport()
     held = held or {}
-    for obj, digest in desired:
+    # What each child needs is decided from the reads first (the cache's, in this thread):
+    # per index, its refusal still held, "unchanged", or the phase that applies it.
+    decided: list[ChildRefused | str | None] = []
+    phases: dict[int, list[tuple[int, dict[str, Any], str, str]]] = {}
+    for index, (obj, digest) in enumerate(desired):
         kind, name = obj["kind"], obj["metadata"]["name"]
         label = f"{kind}/{name}"
         earlier = held.get(label)
         if earlier is not None and earlier.digest == digest:
-            report.refused.append(earlier)
+            decided.append(earlier)
             continue
         wanted = with_applied_hash(obj, digest)
         live = kube.get(kind, namespace=namespace, name=name)
@@ -80,18 +113,21 @@ def apply_children(
             APPLIED_HASH_ANNOTATION
         )
         if live is not None and live_hash == digest and not drifted(live, wanted):
+            decided.append("unchanged")
+            continue
+        decided.append(None)  # applied, unless the phase's apply is refused
+        phases.setdefault(apply_phase(kind), []).append((index, wanted, label, digest))
+    for phase in sorted(phases):
+        for index, refused in _apply_phase(kube, phases[phase], workers=workers):
+            decided[index] = refused
+    for (obj, _), outcome in zip(desired, decided, strict=True):
+        label = f"{obj['kind']}/{obj['metadata']['name']}"
+        if isinstance(outcome, ChildRefused):
+            report.refused.append(outcome)
+        elif outcome == "unchanged":
             report.unchanged.append(label)
-            continue
-        try:
-            kube.apply(wanted, field_manager=MANAGER)
-        except KubeError as exc:
-            if not refusal(exc):
-                raise
-            report.refused.append(
-                ChildRefused(label=label, digest=digest, status=exc.status, message=exc.message)
-            )
-            continue
-        report.applied.append(label)
+        else:
+            report.applied.append(label)
     keep = {(o["kind"], o["metadata"]["name"]) for o, _ in desired}
     selector = f"{ENDPOINT_LABEL}={endpoint}"
     for kind in PRUNABLE_KINDS:
@@ -114,6 +150,43 @@ def apply_children(
             kube.delete(kind, namespace=namespace, name=name)
             report.deleted.append(f"{kind}/{name}")
     return report
+
+
+def _apply_one(kube: Kube, wanted: dict[str, Any], label: str, digest: str) -> ChildRefused | None:
+    """Server-side apply one child; its refusal, or None when applied."""
+    try:
+        kube.apply(wanted, field_manager=MANAGER)
+    except KubeError as exc:
+        if not refusal(exc):
+            raise
+        return ChildRefused(label=label, digest=digest, status=exc.status, message=exc.message)
+    return None
+
+
+def _apply_phase(
+    kube: Kube, items: list[tuple[int, dict[str, Any], str, str]], *, workers: int
+) -> list[tuple[int, ChildRefused | None]]:
+    """Apply one phase's children (index, object, label, hash), concurrently on up to
+    `workers` threads: (index, refusal or None) for each. Every apply has returned when this
+    does; an error other than a refusal is raised then, the earliest child's (by index)."""
+    if len(items) == 1 or workers <= 1:
+        return [
+            (index, _apply_one(kube, wanted, label, digest))
+            for index, wanted, label, digest in items
+        ]
+    with ThreadPoolExecutor(
+        max_workers=min(workers, len(items)), thread_name_prefix="apply"
+    ) as pool:
+        futures = [
+            (index, pool.submit(_apply_one, kube, wanted, label, digest))
+            for index, wanted, label, digest in items
+        ]
+    # Leaving the pool waited for every apply: none is still writing when the pass moves on.
+    for _, future in futures:
+        error = future.exception()
+        if error is not None:
+            raise error
+    return [(index, future.result()) for index, future in futures]
 
 
 def config_maps_in_template(template: Mapping[str, Any]) -> set[str]:
