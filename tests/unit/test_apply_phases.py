@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -22,12 +23,14 @@ from magistral_operator.api.config import OperatorConfig
 from magistral_operator.api.labels import APPLIED_HASH_ANNOTATION, ENDPOINT_LABEL, MANAGER
 from magistral_operator.handlers.reconcile import reconcile
 from magistral_operator.kube.children import (
+    APPLY_THREADS,
     APPLY_WORKERS,
     ApplyReport,
     ChildRefused,
     apply_children,
     apply_phase,
     refusal,
+    shared_pool,
     with_applied_hash,
 )
 from magistral_operator.kube.client import KubeError
@@ -307,3 +310,34 @@ def test_a_reconcile_applies_the_rendered_children_in_phases(
     assert sorted(kube.labels("start")) == sorted(outcome.applied)
     _assert_phased(kube, outcome.applied)
     assert kube.alone == []
+
+
+def test_the_applies_of_all_passes_share_one_bounded_pool() -> None:
+    """Three passes at once on a pool of 2 threads: never more than 2 applies in flight."""
+    kube = PhasedKube(gated=())
+    pool = ThreadPoolExecutor(max_workers=2)
+    reports: list[ApplyReport] = []
+
+    def one_pass(endpoint: str) -> None:
+        desired = []
+        for obj, digest in _desired():
+            named = copy.deepcopy(obj)
+            named["metadata"]["name"] = f"{endpoint}-{named['metadata']['name']}"
+            desired.append((named, digest))
+        reports.append(
+            apply_children(kube, namespace=NS, endpoint=endpoint, desired=desired, pool=pool)
+        )
+
+    passes = [threading.Thread(target=one_pass, args=(f"p{i}",)) for i in range(3)]
+    for thread in passes:
+        thread.start()
+    for thread in passes:
+        thread.join(timeout=30)
+    pool.shutdown()
+    assert [len(r.applied) for r in reports] == [len(CHILDREN)] * 3
+    assert kube.peak == 2
+
+
+def test_the_shared_pool_bounds_the_process() -> None:
+    assert shared_pool()._max_workers == APPLY_THREADS
+    assert APPLY_WORKERS <= APPLY_THREADS

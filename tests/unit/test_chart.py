@@ -357,7 +357,7 @@ def test_watch_namespaces_become_operator_arguments() -> None:
 
 @pytest.mark.parametrize(
     ("variant", "workers"),
-    [("default", "16"), ("leaderElection", "16"), ("specWorkers", "32")],
+    [("default", "8"), ("leaderElection", "8"), ("specWorkers", "32")],
 )
 def test_spec_workers_become_the_operators_environment(variant: str, workers: str) -> None:
     args = ["--set", "specWorkers=32"] if variant == "specWorkers" else VARIANTS[variant]

@@ -1,5 +1,5 @@
 """kopf's executor (the create, spec-change and resume passes) has `MAGISTRAL_SPEC_WORKERS`
-threads, 16 unless set (the chart sets it from `specWorkers`, tests/unit/test_chart.py)."""
+threads, 8 unless set (the chart sets it from `specWorkers`, tests/unit/test_chart.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_kopf_runs_the_spec_passes_on_spec_workers_threads(
     assert settings.execution.max_workers == 24
 
 
-@pytest.mark.parametrize(("value", "workers"), [(None, 16), ("3", 3)])
+@pytest.mark.parametrize(("value", "workers"), [(None, 8), ("3", 3)])
 def test_the_environment_sets_the_spec_workers(value: str | None, workers: int) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MAGISTRAL_SPEC_WORKERS"}
     if value is not None:

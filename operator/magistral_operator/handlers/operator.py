@@ -33,10 +33,11 @@ RECHECK_SECONDS = float(os.environ.get("MAGISTRAL_RECHECK_SECONDS", "5"))
 COALESCE_SECONDS = float(os.environ.get("MAGISTRAL_COALESCE_SECONDS", "0.5"))
 # Threads running queued passes (kopf's own executor runs the spec handlers).
 PASS_WORKERS = 4
-# Threads of kopf's executor: the endpoints' create, spec-change and resume passes. A pass
-# mostly waits on the API server (its applies, its status write), so more threads than cores
-# pay: 500 creates at once queue here (docs/scale.md). Chart value `specWorkers`.
-SPEC_WORKERS = int(os.environ.get("MAGISTRAL_SPEC_WORKERS", "16"))
+# Threads of kopf's executor: the endpoints' create, spec-change and resume passes (500
+# creates at once queue here). A pass mostly waits on the API server, but more threads help
+# only while the API server has CPU to spare: on the 2-core bench machine 16 converged slower
+# than 8 (docs/scale.md, "Parallel applies"). Chart value `specWorkers`.
+SPEC_WORKERS = int(os.environ.get("MAGISTRAL_SPEC_WORKERS", "8"))
 # How long startup waits for the caches to fill before the first passes (they read the API
 # until then).
 CACHE_SYNC_SECONDS = 30.0

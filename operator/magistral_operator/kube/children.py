@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,21 @@ TEMPLATE_KINDS = ("Deployment", "ReplicaSet")
 
 APPLY_WORKERS = 4
 """The most applies of one pass in flight at once (within one phase, below)."""
+
+APPLY_THREADS = 8
+"""The most applies in flight at once in the whole process, all passes together: the threads
+of the shared pool. As many as kopf's 8 workers had, one apply each, before the phases: a
+burst of creates then loads a busy API server no more than before (docs/scale.md, "Parallel
+applies"), while a lone pass (a spec change) gets its applies in parallel."""
+
+_POOL = ThreadPoolExecutor(max_workers=APPLY_THREADS, thread_name_prefix="apply")
+"""Its threads start on first use."""
+
+
+def shared_pool() -> ThreadPoolExecutor:
+    """The process's pool of APPLY_THREADS threads for applies."""
+    return _POOL
+
 
 # The phases of a pass's applies: a phase starts once every apply of the one before has
 # returned, so a pod never starts before what it needs exists. First everything a pod or a
@@ -75,6 +90,7 @@ def apply_children(
     desired: list[tuple[dict[str, Any], str]],
     held: dict[str, ChildRefused] | None = None,
     workers: int = APPLY_WORKERS,
+    pool: Executor | None = None,
 ) -> ApplyReport:
     """Apply each (object, content hash) unless the live object carries the same hash.
 
@@ -83,11 +99,12 @@ def apply_children(
     it) is applied again. No periodic forced re-apply: it would write on every pass.
 
     The children to apply go in phases (`apply_phase`: what pods and bindings refer to, the
-    RoleBindings, the Deployments), each phase's concurrently on up to `workers` threads; a
-    phase starts when the one before has returned, so a Deployment is never applied before
-    what its pods need. The report lists the children in `desired` order, as a sequential pass
-    would. An error that is not a refusal ends the pass once its phase has returned (the
-    earliest in `desired` order is raised; no later phase starts).
+    RoleBindings, the Deployments), each phase's concurrently, up to `workers` at once, on
+    `pool` (the process's `shared_pool()` unless given, which bounds the applies in flight
+    across all passes); a phase starts when the one before has returned, so a Deployment is
+    never applied before what its pods need. The report lists the children in `desired`
+    order, as a sequential pass would. An error that is not a refusal ends the pass once its
+    phase has returned (the earliest in `desired` order is raised; no later phase starts).
 
     A child the API server refuses (a 4xx, or the 500 a server-side apply gets for some invalid
     objects) does not stop the others: it is reported in ``refused``. ``held`` maps labels to
@@ -118,7 +135,8 @@ def apply_children(
         decided.append(None)  # applied, unless the phase's apply is refused
         phases.setdefault(apply_phase(kind), []).append((index, wanted, label, digest))
     for phase in sorted(phases):
-        for index, refused in _apply_phase(kube, phases[phase], workers=workers):
+        applied = _apply_phase(kube, phases[phase], workers=workers, pool=pool)
+        for index, refused in applied:
             decided[index] = refused
     for (obj, _), outcome in zip(desired, decided, strict=True):
         label = f"{obj['kind']}/{obj['metadata']['name']}"
@@ -164,29 +182,40 @@ def _apply_one(kube: Kube, wanted: dict[str, Any], label: str, digest: str) -> C
 
 
 def _apply_phase(
-    kube: Kube, items: list[tuple[int, dict[str, Any], str, str]], *, workers: int
+    kube: Kube,
+    items: list[tuple[int, dict[str, Any], str, str]],
+    *,
+    workers: int,
+    pool: Executor | None,
 ) -> list[tuple[int, ChildRefused | None]]:
-    """Apply one phase's children (index, object, label, hash), concurrently on up to
-    `workers` threads: (index, refusal or None) for each. Every apply has returned when this
-    does; an error other than a refusal is raised then, the earliest child's (by index)."""
-    if len(items) == 1 or workers <= 1:
+    """Apply one phase's children (index, object, label, hash), up to `workers` at once on
+    `pool` (a lone one too: the pool bounds the process's applies): (index, refusal or None)
+    for each. Every apply has returned when this does; an error other than a refusal is
+    raised then, the earliest child's (by index), and no apply of the phase starts after it."""
+    if workers <= 1:
         return [
             (index, _apply_one(kube, wanted, label, digest))
             for index, wanted, label, digest in items
         ]
-    with ThreadPoolExecutor(
-        max_workers=min(workers, len(items)), thread_name_prefix="apply"
-    ) as pool:
-        futures = [
-            (index, pool.submit(_apply_one, kube, wanted, label, digest))
-            for index, wanted, label, digest in items
-        ]
-    # Leaving the pool waited for every apply: none is still writing when the pass moves on.
-    for _, future in futures:
+    executor = pool if pool is not None else shared_pool()
+    waiting = list(items)
+    running: dict[Future[ChildRefused | None], int] = {}
+    done: list[tuple[int, Future[ChildRefused | None]]] = []
+    while waiting or running:
+        while waiting and len(running) < workers:
+            index, wanted, label, digest = waiting.pop(0)
+            running[executor.submit(_apply_one, kube, wanted, label, digest)] = index
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            done.append((running.pop(future), future))
+        if any(f.exception() is not None for _, f in done):
+            waiting = []  # no new apply once one failed; the running ones are awaited
+    done.sort(key=lambda d: d[0])
+    for _, future in done:
         error = future.exception()
         if error is not None:
             raise error
-    return [(index, future.result()) for index, future in futures]
+    return [(index, future.result()) for index, future in done]
 
 
 def config_maps_in_template(template: Mapping[str, Any]) -> set[str]:
