@@ -4,8 +4,9 @@ For each N, a fresh local control plane (e2e/cluster) with M kwok GPU nodes (hal
 reserved H100 pool, half on-demand, 8 GPUs each, as examples/operator-config.yaml describes
 them) and enough CPU nodes for the router pods. The operator runs as a local process under
 the chart's ServiceAccount, from PYTHONPATH, with the production defaults (30 s resync, 5 s
-recheck, kopf's 8 workers, no leader election: the chart's `replicas: 1`). The API server's
-audit log records the operator's reads as well as every write (`audit_reads_of`).
+recheck, kopf's 8 workers (MAGISTRAL_SPEC_WORKERS), no leader election: the chart's
+`replicas: 1`). The API server's audit log records the operator's reads as well as every
+write (`audit_reads_of`).
 
     PYTHONPATH=operator:runtime:. .venv/bin/python bench/scale.py --endpoints 10,100 \
         [--nodes 1000] [--window 120] [--json out.json]

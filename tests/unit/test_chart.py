@@ -188,7 +188,11 @@ def test_schema_accepts_several_replicas_with_leader_election() -> None:
         "--retry-period=2",
     ]
     # Each replica's identity is its pod name; the Lease lives in the pod's namespace.
-    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    env = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in container["env"]
+        if "valueFrom" in e
+    }
     assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
 
@@ -197,7 +201,7 @@ def test_standalone_operator_has_no_election_and_never_overlaps() -> None:
     deployment = only(render(), "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert not any(a.startswith("--leader-elect") for a in container["args"])
-    assert "env" not in container
+    assert [e["name"] for e in container["env"]] == ["MAGISTRAL_SPEC_WORKERS"]  # no identity
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
 
 
@@ -349,6 +353,19 @@ def test_watch_namespaces_become_operator_arguments() -> None:
         "--namespace=team-a",
         "--namespace=team-b",
     ]
+
+
+@pytest.mark.parametrize(
+    ("variant", "workers"),
+    [("default", "8"), ("leaderElection", "8"), ("specWorkers", "32")],
+)
+def test_spec_workers_become_the_operators_environment(variant: str, workers: str) -> None:
+    args = ["--set", "specWorkers=32"] if variant == "specWorkers" else VARIANTS[variant]
+    deployment = only(render(*args), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MAGISTRAL_SPEC_WORKERS"] == {"name": "MAGISTRAL_SPEC_WORKERS", "value": workers}
+    assert ("POD_NAME" in env) is (variant == "leaderElection")
 
 
 def test_replicas_zero_keeps_everything_but_the_running_operator() -> None:

@@ -95,6 +95,7 @@ def values_schema() -> dict[str, Any]:
                     }
                 ),
                 "healthPort": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "specWorkers": {"type": "integer", "minimum": 1, "maximum": 256},
                 "config": operator_config_schema(),
             },
             required=["image", "config"],

@@ -37,6 +37,11 @@ RESYNC_SECONDS = float(os.environ.get("MAGISTRAL_RESYNC_SECONDS", "30"))
 COALESCE_SECONDS = float(os.environ.get("MAGISTRAL_COALESCE_SECONDS", "0.5"))
 # Threads running queued passes (kopf's own executor runs the spec handlers).
 PASS_WORKERS = 4
+# Threads of kopf's executor: the endpoints' create, spec-change and resume passes (500
+# creates at once queue here). A pass mostly waits on the API server, but more threads help
+# only while the API server has CPU to spare: on the 2-core bench machine 16 converged slower
+# than 8 (docs/scale.md, "Parallel applies"). Chart value `specWorkers`.
+SPEC_WORKERS = int(os.environ.get("MAGISTRAL_SPEC_WORKERS", "8"))
 # How long startup waits for the caches to fill before the first passes (they read the API
 # until then).
 CACHE_SYNC_SECONDS = 30.0
@@ -186,7 +191,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
-    settings.execution.max_workers = 8
+    settings.execution.max_workers = max(1, SPEC_WORKERS)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,41 @@ PRUNABLE_KINDS = ("Deployment", "ConfigMap")
 # Objects whose pod templates keep a revision's ConfigMap alive: the Deployments, and the
 # ReplicaSets Kubernetes keeps for them (revisionHistoryLimit), which a rollback restores from.
 TEMPLATE_KINDS = ("Deployment", "ReplicaSet")
+
+APPLY_WORKERS = 4
+"""The most applies of one pass in flight at once (within one phase, below)."""
+
+APPLY_THREADS = 8
+"""The most applies in flight at once in the whole process, all passes together: the threads
+of the shared pool. As many as kopf's 8 workers had, one apply each, before the phases: a
+burst of creates then loads a busy API server no more than before (docs/scale.md, "Parallel
+applies"), while a lone pass (a spec change) gets its applies in parallel."""
+
+_POOL = ThreadPoolExecutor(max_workers=APPLY_THREADS, thread_name_prefix="apply")
+"""Its threads start on first use."""
+
+
+def shared_pool() -> ThreadPoolExecutor:
+    """The process's pool of APPLY_THREADS threads for applies."""
+    return _POOL
+
+
+# The phases of a pass's applies: a phase starts once every apply of the one before has
+# returned, so a pod never starts before what it needs exists. First everything a pod or a
+# binding refers to (runtime ConfigMap, ServiceAccount, Role, Services, PDBs,
+# NetworkPolicies); then the RoleBindings (the API server checks a binding against its Role,
+# which must exist: the operator holds no `bind` verb); last the kinds with a pod template.
+POD_TEMPLATE_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"})
+BINDING_KINDS = frozenset({"RoleBinding"})
+
+
+def apply_phase(kind: str) -> int:
+    """The phase (0, 1, 2) in which a child of `kind` is applied."""
+    if kind in POD_TEMPLATE_KINDS:
+        return 2
+    if kind in BINDING_KINDS:
+        return 1
+    return 0
 
 
 @dataclass(frozen=True)
@@ -53,12 +89,22 @@ def apply_children(
     endpoint: str,
     desired: list[tuple[dict[str, Any], str]],
     held: dict[str, ChildRefused] | None = None,
+    workers: int = APPLY_WORKERS,
+    pool: Executor | None = None,
 ) -> ApplyReport:
     """Apply each (object, content hash) unless the live object carries the same hash.
 
     The hash annotation lets a re-reconcile of an unchanged endpoint issue no writes at all;
     a live object that no longer contains what the operator applies (someone scaled or edited
     it) is applied again. No periodic forced re-apply: it would write on every pass.
+
+    The children to apply go in phases (`apply_phase`: what pods and bindings refer to, the
+    RoleBindings, the Deployments), each phase's concurrently, up to `workers` at once, on
+    `pool` (the process's `shared_pool()` unless given, which bounds the applies in flight
+    across all passes); a phase starts when the one before has returned, so a Deployment is
+    never applied before what its pods need. The report lists the children in `desired`
+    order, as a sequential pass would. An error that is not a refusal ends the pass once its
+    phase has returned (the earliest in `desired` order is raised; no later phase starts).
 
     A child the API server refuses (a 4xx, or the 500 a server-side apply gets for some invalid
     objects) does not stop the others: it is reported in ``refused``. ``held`` maps labels to
@@ -67,12 +113,16 @@ def apply_children(
     """
     report = ApplyReport()
     held = held or {}
-    for obj, digest in desired:
+    # What each child needs is decided from the reads first (the cache's, in this thread):
+    # per index, its refusal still held, "unchanged", or the phase that applies it.
+    decided: list[ChildRefused | str | None] = []
+    phases: dict[int, list[tuple[int, dict[str, Any], str, str]]] = {}
+    for index, (obj, digest) in enumerate(desired):
         kind, name = obj["kind"], obj["metadata"]["name"]
         label = f"{kind}/{name}"
         earlier = held.get(label)
         if earlier is not None and earlier.digest == digest:
-            report.refused.append(earlier)
+            decided.append(earlier)
             continue
         wanted = with_applied_hash(obj, digest)
         live = kube.get(kind, namespace=namespace, name=name)
@@ -80,18 +130,22 @@ def apply_children(
             APPLIED_HASH_ANNOTATION
         )
         if live is not None and live_hash == digest and not drifted(live, wanted):
+            decided.append("unchanged")
+            continue
+        decided.append(None)  # applied, unless the phase's apply is refused
+        phases.setdefault(apply_phase(kind), []).append((index, wanted, label, digest))
+    for phase in sorted(phases):
+        applied = _apply_phase(kube, phases[phase], workers=workers, pool=pool)
+        for index, refused in applied:
+            decided[index] = refused
+    for (obj, _), outcome in zip(desired, decided, strict=True):
+        label = f"{obj['kind']}/{obj['metadata']['name']}"
+        if isinstance(outcome, ChildRefused):
+            report.refused.append(outcome)
+        elif outcome == "unchanged":
             report.unchanged.append(label)
-            continue
-        try:
-            kube.apply(wanted, field_manager=MANAGER)
-        except KubeError as exc:
-            if not refusal(exc):
-                raise
-            report.refused.append(
-                ChildRefused(label=label, digest=digest, status=exc.status, message=exc.message)
-            )
-            continue
-        report.applied.append(label)
+        else:
+            report.applied.append(label)
     keep = {(o["kind"], o["metadata"]["name"]) for o, _ in desired}
     selector = f"{ENDPOINT_LABEL}={endpoint}"
     for kind in PRUNABLE_KINDS:
@@ -114,6 +168,54 @@ def apply_children(
             kube.delete(kind, namespace=namespace, name=name)
             report.deleted.append(f"{kind}/{name}")
     return report
+
+
+def _apply_one(kube: Kube, wanted: dict[str, Any], label: str, digest: str) -> ChildRefused | None:
+    """Server-side apply one child; its refusal, or None when applied."""
+    try:
+        kube.apply(wanted, field_manager=MANAGER)
+    except KubeError as exc:
+        if not refusal(exc):
+            raise
+        return ChildRefused(label=label, digest=digest, status=exc.status, message=exc.message)
+    return None
+
+
+def _apply_phase(
+    kube: Kube,
+    items: list[tuple[int, dict[str, Any], str, str]],
+    *,
+    workers: int,
+    pool: Executor | None,
+) -> list[tuple[int, ChildRefused | None]]:
+    """Apply one phase's children (index, object, label, hash), up to `workers` at once on
+    `pool` (a lone one too: the pool bounds the process's applies): (index, refusal or None)
+    for each. Every apply has returned when this does; an error other than a refusal is
+    raised then, the earliest child's (by index), and no apply of the phase starts after it."""
+    if workers <= 1:
+        return [
+            (index, _apply_one(kube, wanted, label, digest))
+            for index, wanted, label, digest in items
+        ]
+    executor = pool if pool is not None else shared_pool()
+    waiting = list(items)
+    running: dict[Future[ChildRefused | None], int] = {}
+    done: list[tuple[int, Future[ChildRefused | None]]] = []
+    while waiting or running:
+        while waiting and len(running) < workers:
+            index, wanted, label, digest = waiting.pop(0)
+            running[executor.submit(_apply_one, kube, wanted, label, digest)] = index
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            done.append((running.pop(future), future))
+        if any(f.exception() is not None for _, f in done):
+            waiting = []  # no new apply once one failed; the running ones are awaited
+    done.sort(key=lambda d: d[0])
+    for _, future in done:
+        error = future.exception()
+        if error is not None:
+            raise error
+    return [(index, future.result()) for index, future in done]
 
 
 def config_maps_in_template(template: Mapping[str, Any]) -> set[str]:

@@ -69,13 +69,22 @@ def _collection_path(kind: str, namespace: str | None) -> str:
     return f"{prefix}/{resource.plural}"
 
 
+CONNECTION_POOL_SIZE = 64
+"""Idle connections kept open to the API server (the client's default is 5 per core): the
+passes run on kopf's workers and the queue's, each applying up to 4 children at once
+(kube/children.py), besides one watch per cached kind; with fewer, a burst's connections
+would be closed after it and opened again (a TLS handshake each) by the next."""
+
+
 def load_api_client() -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the current kubeconfig."""
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = CONNECTION_POOL_SIZE
+    return client.ApiClient(configuration)
 
 
 # Characters JSON leaves raw but YAML must not see raw: outside YAML's printable set, or line
