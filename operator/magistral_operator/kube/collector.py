@@ -33,7 +33,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -533,19 +533,3 @@ class DemandCollector:
         """Drop a deleted endpoint: its targets, readings and records."""
         with self._guard:
             self._endpoints.pop(key, None)
-
-
-def readings_of(
-    collector: DemandCollector, key: tuple[str, str]
-) -> Mapping[str, EngineScrape | FrontReading | str | None]:
-    """The latest reading of each current target of `key`, by pod (for tests and debugging)."""
-    with collector._guard:
-        state = collector._endpoints.get(key)
-        if state is None:
-            return {}
-        out: dict[str, EngineScrape | FrontReading | str | None] = {}
-        for name, t in state.fronts.items():
-            out[name] = state.front_readings.get(t, "not read yet")
-        for name, t in state.engines.items():
-            out[name] = state.engine_readings.get(t)
-        return out
