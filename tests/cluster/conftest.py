@@ -84,9 +84,30 @@ def operator(
     proc.stop()
 
 
+@contextlib.contextmanager
+def swapped_operator(
+    cluster: LocalCluster, operator: OperatorProcess, tmp_path: Path, **settings: Any
+) -> Iterator[OperatorProcess]:
+    """The session operator stopped and replaced, for one test, by one started with
+    `settings` (OperatorProcess's keyword arguments); the session operator is started again
+    afterwards, whatever the test did."""
+    operator.stop()
+    own = OperatorProcess(
+        kubeconfig=cluster.kubeconfig_for_service_account(OPERATOR_NAMESPACE, SERVICE_ACCOUNT),
+        log_file=tmp_path / "operator.log",
+        **settings,
+    )
+    try:
+        own.start()
+        yield own
+    finally:
+        own.stop()
+        operator.start()
+
+
 @pytest.fixture
 def fast_overflow_operator(
-    cluster: LocalCluster, admin_kubeconfig: Path, operator: OperatorProcess, tmp_path: Path
+    cluster: LocalCluster, operator: OperatorProcess, tmp_path: Path
 ) -> Iterator[OperatorProcess]:
     """The session operator, swapped for one whose pools overflow (count as full) after 5 s,
     for the test that asks for it."""
@@ -95,18 +116,8 @@ def fast_overflow_operator(
         pool["overflowAfterSeconds"] = 5
     path = tmp_path / "operator-config.yaml"
     path.write_text(yaml.safe_dump(config))
-    operator.stop()
-    own = OperatorProcess(
-        kubeconfig=cluster.kubeconfig_for_service_account(OPERATOR_NAMESPACE, SERVICE_ACCOUNT),
-        log_file=tmp_path / "operator.log",
-        config=path,
-    )
-    try:
-        own.start()
+    with swapped_operator(cluster, operator, tmp_path, config=path) as own:
         yield own
-    finally:
-        own.stop()
-        operator.start()
 
 
 @pytest.fixture

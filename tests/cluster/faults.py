@@ -382,7 +382,9 @@ class StepState:
     contents: dict[str, str]  # Kind/name -> the normalised live content
     applied: dict[str, str]  # Kind/name -> the operator's applied-hash annotation
     conditions: list[tuple[str, str, str]]  # (type, status, reason)
-    events: Counter[str]  # reason -> Events posted about the endpoint so far
+    events: Counter[str]  # reason -> decision Events posted about the endpoint so far
+    flips: Counter[str]  # "Type=Status Reason" -> condition-flip Events posted so far
+    announced: dict[str, str]  # condition type -> the status its last flip Event announced
     event_names: list[str]
     lost: list[str]  # Events recorded as owed in status and never posted
     unrecorded: list[str]  # Events posted that no status write recorded as owed
@@ -450,6 +452,34 @@ def endpoint_events(api: client.ApiClient, namespace: str, name: str) -> list[An
 
 
 TRANSITION = re.compile(r"^(Ready|Progressing|Degraded)=(True|False|Unknown): ")
+"""The message of a condition-flip Event (status/announcements.py, `transition_note`)."""
+
+
+def _flip(event: Any) -> tuple[str, str] | None:
+    """(condition type, status) a condition-flip Event announces; None for a decision."""
+    match = TRANSITION.match(event.message or "")
+    return (match.group(1), match.group(2)) if match else None
+
+
+def _posted_order(event: Any) -> int:
+    # The Event's creation in etcd order: its timestamps have one-second resolution.
+    return int(event.metadata.resource_version)
+
+
+def summarise_events(events: list[Any]) -> dict[str, Any]:
+    """StepState's `events` (decisions by reason), `flips` (condition-flip Events by what
+    they announce) and `announced` (each condition's last flip, in the order posted)."""
+    return {
+        "events": Counter(e.reason for e in events if _flip(e) is None),
+        "flips": Counter(
+            f"{flip[0]}={flip[1]} {e.reason}" for e in events if (flip := _flip(e)) is not None
+        ),
+        "announced": {
+            flip[0]: flip[1]
+            for e in sorted(events, key=_posted_order)
+            if (flip := _flip(e)) is not None
+        },
+    }
 
 
 def capture(
@@ -459,11 +489,9 @@ def capture(
     obj: dict[str, Any] | None,
     *,
     owed: set[str],
-    timing: set[str],
 ) -> StepState:
     """The end state of a step (`obj`: the endpoint, None once deleted). `owed`: the keys of
-    every Event a status write recorded (from the proxy); `timing`: names of Events left out
-    of the comparison with the reference (see `timing_events`)."""
+    every Event a status write recorded (from the proxy)."""
     uid = obj["metadata"]["uid"] if obj else "<none>"
     children: dict[str, str] = {}
     contents: dict[str, str] = {}
@@ -496,7 +524,7 @@ def capture(
         conditions=sorted(
             (c["type"], c["status"], c["reason"]) for c in status.get("conditions") or []
         ),
-        events=Counter(e.reason for e in events if e.metadata.name not in timing),
+        **summarise_events(events),
         event_names=sorted(e.metadata.name for e in events),
         lost=sorted(f"{name}.{key}" for key in owed - keys),
         unrecorded=sorted(f"{name}.{key}" for key in keys - owed),
@@ -511,18 +539,6 @@ def capture(
         },
         pods=pods,
     )
-
-
-def timing_events(api: client.ApiClient, namespace: str, name: str) -> set[str]:
-    """Events whose presence depends on timing, not on the operator's correctness: a Ready
-    condition that first appears False (the first pass came before the pods or routers turned
-    Ready; when it came after, Ready appears True and nothing is announced). Taken at the end
-    of the create step."""
-    return {
-        e.metadata.name
-        for e in endpoint_events(api, namespace, name)
-        if (e.message or "").startswith("Ready=False: ")
-    }
 
 
 def differences(reference: StepState, run: StepState, *, step: str) -> list[str]:
@@ -550,6 +566,16 @@ def differences(reference: StepState, run: StepState, *, step: str) -> list[str]
         out.append(f"{step}: an Event name twice: {run.event_names}")
     if reference.events != run.events:
         out.append(f"{step}: events {dict(reference.events)} vs {dict(run.events)}")
+    # Condition-flip Events announce what a pass observed, so their number is timing: a
+    # transient state between two passes (a pod Ready before the restarted operator's first
+    # pass, a canary that failed while it was down) is announced by one run and not the
+    # other (a condition that appears False announces nothing, so one run may have no flip
+    # of a type at all). What must hold is that the last flip of each condition agrees with
+    # the condition now; the conditions themselves are compared with the reference above.
+    now = {type_: status for type_, status, _ in run.conditions}
+    stale = {t: s for t, s in run.announced.items() if now.get(t) not in (None, s)}
+    if stale:
+        out.append(f"{step}: the last flip Events {stale} disagree with the conditions {now}")
     if reference.status != run.status:
         out.append(f"{step}: status {reference.status} vs {run.status}")
     if reference.pods != run.pods:

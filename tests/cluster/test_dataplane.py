@@ -25,11 +25,17 @@ from kubernetes import client
 
 from e2e.cluster.cluster import LocalCluster
 from e2e.engine.supervisor import RouterProcessInfo, Supervisor, serving, serving_pods
-from e2e.install import OPERATOR_NAMESPACE, SERVICE_ACCOUNT
 from e2e.loadgen import run_vllm_bench, tiny_model_tokenizer
 from e2e.operator_process import OperatorProcess
 
-from .conftest import apply_manifest, condition, endpoint_manifest, get_endpoint, wait_for
+from .conftest import (
+    apply_manifest,
+    condition,
+    endpoint_manifest,
+    get_endpoint,
+    swapped_operator,
+    wait_for,
+)
 
 pytestmark = pytest.mark.router_processes  # the Supervisor runs the routers and their readiness
 
@@ -431,19 +437,10 @@ def production_timing_operator(
 ) -> Iterator[OperatorProcess]:
     """The session operator, swapped for one with the production timings (a 30 s resync, a
     10 s demand collector, its 5 s re-read), for the test that measures the lost-node bound."""
-    operator.stop()
-    own = OperatorProcess(
-        kubeconfig=cluster.kubeconfig_for_service_account(OPERATOR_NAMESPACE, SERVICE_ACCOUNT),
-        log_file=tmp_path / "operator.log",
-        resync_seconds=30.0,
-        scrape_seconds=10.0,
-    )
-    try:
-        own.start()
+    with swapped_operator(
+        cluster, operator, tmp_path, resync_seconds=30.0, scrape_seconds=10.0
+    ) as own:
         yield own
-    finally:
-        own.stop()
-        operator.start()
 
 
 def test_a_replica_that_stops_answering_is_reported_unreachable_then_back(

@@ -67,7 +67,6 @@ from .faults import (
     leftovers,
     positions,
     select,
-    timing_events,
 )
 from .test_ha import no_standalone_operator  # noqa: F401  (a fixture this module uses)
 
@@ -238,7 +237,7 @@ class Harness:
     def state_now(self, namespace: str, proxy: KillingProxy) -> StepState:
         """The endpoint's state as it is now (children, conditions, Events; `capture`)."""
         obj = get_endpoint(self.api, namespace, NAME)
-        return capture(self.api, namespace, NAME, obj, owed=proxy.owed, timing=set())
+        return capture(self.api, namespace, NAME, obj, owed=proxy.owed)
 
     def engine_pods(self, namespace: str) -> Counter[str]:
         """Ready, not terminating engine pods by revision."""
@@ -360,7 +359,6 @@ class Harness:
                 restarter = threading.Thread(target=restart, daemon=True)
                 restarter.start()
                 proxy.arm(target, kill)
-                timing: set[str] = set()
                 try:
                     for step, action in self.steps(namespace):
                         run.step_starts[step] = len(proxy.writes())
@@ -370,11 +368,7 @@ class Harness:
                         self.settle(proxy, proc, step, gone=step == "delete")
                         if obj is not None:  # again: the step's goal may have moved on
                             obj = get_endpoint(self.api, namespace, NAME)
-                        if step == "create":
-                            timing = timing_events(self.api, namespace, NAME)
-                        run.states[step] = capture(
-                            self.api, namespace, NAME, obj, owed=proxy.owed, timing=timing
-                        )
+                        run.states[step] = capture(self.api, namespace, NAME, obj, owed=proxy.owed)
                 except (Exception, pytest.fail.Exception) as exc:
                     run.failure = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
                 finally:
@@ -478,6 +472,7 @@ def test_killed_after_a_write_the_operator_reaches_the_reference_end_state(
                 step: {
                     "conditions": state.conditions,
                     "events": dict(state.events),
+                    "flips": dict(state.flips),
                     "status": state.status,
                     "children": sorted(state.children),
                     "pods": dict(state.pods),
@@ -615,7 +610,7 @@ def test_a_replica_whose_node_is_deleted_is_replaced_elsewhere_and_status_counts
         harness.wait("2 replicas Ready", harness.healthy(namespace, 2))
         harness.settle(proxy, proc, "the create")
         obj = get_endpoint(harness.api, namespace, NAME)
-        before = capture(harness.api, namespace, NAME, obj, owed=proxy.owed, timing=set())
+        before = capture(harness.api, namespace, NAME, obj, owed=proxy.owed)
         victim = _engine_pods(harness.api, namespace)[0]
         node = victim.spec.node_name
         statuses_before = len(proxy.statuses)
@@ -636,7 +631,7 @@ def test_a_replica_whose_node_is_deleted_is_replaced_elsewhere_and_status_counts
             replaced_after = time.monotonic() - lost
             obj = harness.wait("2/2 Ready again", harness.healthy(namespace, 2))
             harness.settle(proxy, proc, "the replacement")
-            after = capture(harness.api, namespace, NAME, obj, owed=proxy.owed, timing=set())
+            after = capture(harness.api, namespace, NAME, obj, owed=proxy.owed)
             # What status said between the loss and the end (the operator's own writes).
             said = [s.get("readyReplicas") for s in proxy.statuses[statuses_before:]]
             print(
@@ -713,7 +708,7 @@ def test_a_child_removed_while_the_operator_is_down_is_repaired(
         apply_manifest(admin_kubeconfig, manifest(namespace, replicas=1, env=[_env("a")]))
         obj = harness.wait("Ready", harness.healthy(namespace, 1))
         harness.settle(proxy, proc, "the create")
-        before = capture(harness.api, namespace, NAME, obj, owed=proxy.owed, timing=set())
+        before = capture(harness.api, namespace, NAME, obj, owed=proxy.owed)
         revision = obj["status"]["currentRevision"]
         proc.stop()
         core = client.CoreV1Api(harness.api)
@@ -721,19 +716,14 @@ def test_a_child_removed_while_the_operator_is_down_is_repaired(
         core.delete_namespaced_config_map(f"{NAME}-runtime-{revision}", namespace)
         client.NetworkingV1Api(harness.api).delete_namespaced_network_policy(NAME, namespace)
         removed = {"Service/fault", f"ConfigMap/fault-runtime-{revision}", "NetworkPolicy/fault"}
-        gone = capture(harness.api, namespace, NAME, obj, owed=proxy.owed, timing=set())
+        gone = capture(harness.api, namespace, NAME, obj, owed=proxy.owed)
         assert set(before.children) - set(gone.children) == removed
         writes_before = len(proxy.writes())
         proc.start()
         harness.wait(
             "the removed children back",
             lambda: (
-                removed
-                <= set(
-                    capture(
-                        harness.api, namespace, NAME, obj, owed=proxy.owed, timing=set()
-                    ).children
-                )
+                removed <= set(capture(harness.api, namespace, NAME, obj, owed=proxy.owed).children)
             ),
             timeout=60,
         )

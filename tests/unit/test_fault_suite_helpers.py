@@ -4,19 +4,22 @@ the audit log see them, kill positions, owed Events, the normalised child conten
 from __future__ import annotations
 
 import json
-from collections import Counter
+from types import SimpleNamespace
+from typing import Any
 
 from tests.cluster.faults import (
     Position,
     Signature,
     StepState,
     _content,
+    differences,
     hash_changes,
     owed_keys,
     positions,
     request_signature,
     select,
     status_of,
+    summarise_events,
 )
 
 NS = "f-1234"
@@ -87,13 +90,18 @@ def test_child_content_leaves_out_what_differs_from_run_to_run() -> None:
     assert _content(changed, namespace="f-2", uid="u-2") != one
 
 
-def _state(applied: dict[str, str]) -> StepState:
+def _state(
+    applied: dict[str, str],
+    *,
+    conditions: list[tuple[str, str, str]] | None = None,
+    events: tuple[Any, ...] = (),
+) -> StepState:
     return StepState(
         children={},
         contents={},
         applied=applied,
-        conditions=[],
-        events=Counter(),
+        conditions=conditions or [],
+        **summarise_events(list(events)),
         event_names=[],
         lost=[],
         unrecorded=[],
@@ -107,4 +115,60 @@ def test_applied_hashes_compare_by_their_changes_from_step_to_step() -> None:
         {"A": "new", "B": "new"},
         {"A": "same", "B": "changed", "C": "new"},
         {"A": "gone", "B": "gone", "C": "gone"},
+    ]
+
+
+def _event(version: int, reason: str, message: str) -> Any:
+    return SimpleNamespace(
+        reason=reason, message=message, metadata=SimpleNamespace(resource_version=str(version))
+    )
+
+
+STABLE = [("Progressing", "False", "Stable"), ("Ready", "True", "ReplicasReady")]
+CREATED = [
+    _event(10, "ReplicasNotReady", "Ready=False: 0 of 1 replicas ready"),
+    _event(11, "RolloutStarted", "revision a"),
+    _event(12, "ReplicasReady", "Ready=True: 1 of 1 replicas ready"),
+]
+
+
+def test_a_flip_only_one_run_observed_is_not_a_difference() -> None:
+    """The reference saw the scale step's pod unready for one pass (two flips); the run's
+    restarted operator first looked when it was Ready (no flip): no Progressing flip at all,
+    and none that disagrees with the conditions. Equal."""
+    reference = _state(
+        {},
+        conditions=STABLE,
+        events=[
+            *CREATED,
+            _event(20, "WaitingForReplicas", "Progressing=True: 1 of 2 ready"),
+            _event(21, "Stable", "Progressing=False: 2 replicas of the current revision ready"),
+        ],
+    )
+    run = _state({}, conditions=STABLE, events=CREATED)
+    assert reference.flips != run.flips
+    assert differences(reference, run, step="scale") == []
+
+
+def test_a_decision_event_more_or_less_is_a_difference() -> None:
+    reference = _state({}, conditions=STABLE, events=CREATED)
+    run = _state(
+        {}, conditions=STABLE, events=[*CREATED, _event(30, "RolloutStarted", "revision a")]
+    )
+    assert differences(reference, run, step="create") == [
+        "create: events {'RolloutStarted': 1} vs {'RolloutStarted': 2}"
+    ]
+
+
+def test_a_last_flip_that_disagrees_with_the_condition_is_a_difference() -> None:
+    """Posted in the order their resourceVersions say, not in the order listed: the run's
+    last Ready flip announced False while Ready is True (a flip back never announced)."""
+    reference = _state({}, conditions=STABLE, events=CREATED)
+    late = _event(40, "ReplicasNotReady", "Ready=False: 0 of 1 replicas ready")
+    run = _state({}, conditions=STABLE, events=[late, *CREATED])
+    assert run.announced == {"Ready": "False"}
+    found = differences(reference, run, step="scale")
+    assert found == [
+        "scale: the last flip Events {'Ready': 'False'} disagree with the conditions "
+        "{'Progressing': 'False', 'Ready': 'True'}"
     ]
