@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import yaml
 from .api.config import OperatorConfig, load_operator_config
 from .api.endpoint import parse_endpoint
 from .api.errors import ConfigError
+from .api.values_schema import LOG_FORMATS, LOG_LEVELS
 from .render import render_endpoint
 
 DEFAULT_CONFIG = "/etc/magistral-operator/config.yaml"
@@ -86,6 +88,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .kube.cached import Cache, CachedKube
     from .kube.client import Kube, load_api_client
 
+    # kopf.run() leaves logging as it finds it: without this, Python's last-resort handler
+    # printed warnings only, with no time, and a pass's "applied ..." line went nowhere.
+    kopf.configure(
+        debug=args.log_level == "debug",
+        quiet=args.log_level == "warning",
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
+        log_prefix=None,  # kopf's lines name their object: "[namespace/name] ..." in text
+    )
     config = _load_config(args.config)
     namespaces = args.namespace or []
     identity = args.leader_elect_identity or default_identity()
@@ -175,6 +185,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_of(choices: tuple[str, ...], *, env: str) -> Callable[[str], str]:
+    """An argparse type that checks the value, from the flag or from `env` (argparse does not
+    check a default against `choices`)."""
+
+    def check(value: str) -> str:
+        if value not in choices:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not one of {', '.join(choices)} (from the flag or ${env})"
+            )
+        return value
+
+    return check
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(prog="magistral-operator", description=__doc__)
@@ -222,6 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
             default=float(os.environ.get(env, default)),
             help=f"seconds: {what} (default ${env} or {default:g})",
         )
+    run.add_argument(
+        "--log-level",
+        type=_one_of(LOG_LEVELS, env="MAGISTRAL_LOG_LEVEL"),
+        default=os.environ.get("MAGISTRAL_LOG_LEVEL", "info"),
+        help="debug, info (each pass that writes, leadership, kopf's handlers) or warning "
+        "(default $MAGISTRAL_LOG_LEVEL or info)",
+    )
+    run.add_argument(
+        "--log-format",
+        type=_one_of(LOG_FORMATS, env="MAGISTRAL_LOG_FORMAT"),
+        default=os.environ.get("MAGISTRAL_LOG_FORMAT", "text"),
+        help="text lines with a timestamp, or one JSON object a line (default "
+        "$MAGISTRAL_LOG_FORMAT or text)",
+    )
     run.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here")
     run.set_defaults(func=cmd_run)

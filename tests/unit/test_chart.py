@@ -162,6 +162,8 @@ BAD_VALUES: dict[str, tuple[str, list[str]]] = {
     "namespace name": ("/watchNamespaces/0", ["--set", "watchNamespaces={Team_A}"]),
     "no limits": ("limits", ["--set", "resources.limits=null"]),
     "metrics port": ("/metrics/port", ["--set", "metrics.port=70000"]),
+    "log level": ("/logLevel", ["--set", "logLevel=loud"]),
+    "log format": ("/logFormat", ["--set", "logFormat=xml"]),
     "safety factor": ("/config/startup/safetyFactor", ["--set", "config.startup.safetyFactor=0.5"]),
     "unknown config key": ("'defaultimage'", ["--set", "config.defaultimage=x"]),
 }
@@ -201,7 +203,11 @@ def test_standalone_operator_has_no_election_and_never_overlaps() -> None:
     deployment = only(render(), "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert not any(a.startswith("--leader-elect") for a in container["args"])
-    assert [e["name"] for e in container["env"]] == ["MAGISTRAL_SPEC_WORKERS"]  # no identity
+    assert [e["name"] for e in container["env"]] == [  # no identity
+        "MAGISTRAL_SPEC_WORKERS",
+        "MAGISTRAL_LOG_LEVEL",
+        "MAGISTRAL_LOG_FORMAT",
+    ]
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
 
 
@@ -366,6 +372,16 @@ def test_spec_workers_become_the_operators_environment(variant: str, workers: st
     env = {e["name"]: e for e in container["env"]}
     assert env["MAGISTRAL_SPEC_WORKERS"] == {"name": "MAGISTRAL_SPEC_WORKERS", "value": workers}
     assert ("POD_NAME" in env) is (variant == "leaderElection")
+
+
+def test_log_level_and_format_become_the_operators_environment() -> None:
+    (default,) = only(render(), "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in default["env"]}
+    assert (env["MAGISTRAL_LOG_LEVEL"], env["MAGISTRAL_LOG_FORMAT"]) == ("info", "text")
+    args = ["--set", "logLevel=debug", "--set", "logFormat=json"]
+    (chosen,) = only(render(*args), "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in chosen["env"]}
+    assert (env["MAGISTRAL_LOG_LEVEL"], env["MAGISTRAL_LOG_FORMAT"]) == ("debug", "json")
 
 
 def test_replicas_zero_keeps_everything_but_the_running_operator() -> None:

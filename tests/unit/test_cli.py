@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +110,73 @@ def test_run_with_bad_config_stops_before_touching_a_cluster(
     cfg.write_text("defaultImage: x\npools: []\n")
     assert main(["run", "--config", str(cfg)]) == 2
     assert "pools: List should have at least 1 item" in capsys.readouterr().err
+
+
+def test_a_bad_log_level_from_the_environment_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MAGISTRAL_LOG_LEVEL", "loud")
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--config", CONFIG])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--log-level: 'loud' is not one of debug, info, warning" in err
+    assert "$MAGISTRAL_LOG_LEVEL" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "shown", "hidden"),
+    [
+        ([], "INFO", "DEBUG"),
+        (["--log-level", "warning"], "WARNING", "INFO"),
+        (["--log-level", "debug"], "DEBUG", "nothing"),
+    ],
+)
+def test_run_logs_info_lines_with_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    shown: str,
+    hidden: str,
+) -> None:
+    """kopf.run() leaves logging alone: `run` configures it, so a pass's INFO line (what it
+    applied) reaches the pod's log, with a timestamp, at the level asked for."""
+    import kopf
+
+    from magistral_operator.kube import client as kube_client
+
+    def fake_run(**_: object) -> None:
+        log = logging.getLogger("magistral_operator.handlers.reconcile")
+        log.debug("DEBUG line")
+        log.info("INFO line")
+        log.warning("WARNING line")
+
+    monkeypatch.setattr(kube_client, "load_api_client", kube_client.client.ApiClient)
+    monkeypatch.setattr(kopf, "run", fake_run)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    assert main(["run", "--config", CONFIG, *flags]) == 0
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if f"{shown} line" in x)
+    assert re.match(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line), line
+    assert f"{hidden} line" not in err
+
+
+def test_run_logs_json_when_asked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import kopf
+
+    from magistral_operator.kube import client as kube_client
+
+    monkeypatch.setattr(kube_client, "load_api_client", kube_client.client.ApiClient)
+    monkeypatch.setattr(
+        kopf, "run", lambda **_: logging.getLogger("magistral_operator").info("applied x")
+    )
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    assert main(["run", "--config", CONFIG, "--log-format", "json"]) == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if "applied x" in x]
+    assert json.loads(lines[0])["message"] == "applied x"

@@ -9,6 +9,11 @@ from .config import OperatorConfig
 
 VALUES_SCHEMA_FILE = "charts/magistral-operator/values.schema.json"
 
+LOG_LEVELS = ("debug", "info", "warning")
+"""`magistral-operator run --log-level` ($MAGISTRAL_LOG_LEVEL, the chart's `logLevel`)."""
+LOG_FORMATS = ("text", "json")
+"""`magistral-operator run --log-format` ($MAGISTRAL_LOG_FORMAT, the chart's `logFormat`)."""
+
 
 def _inline(node: Any, defs: dict[str, Any]) -> Any:
     if isinstance(node, dict):
@@ -96,6 +101,8 @@ def values_schema() -> dict[str, Any]:
                 ),
                 "healthPort": {"type": "integer", "minimum": 1, "maximum": 65535},
                 "specWorkers": {"type": "integer", "minimum": 1, "maximum": 256},
+                "logLevel": {"enum": list(LOG_LEVELS)},
+                "logFormat": {"enum": list(LOG_FORMATS)},
                 "config": operator_config_schema(),
             },
             required=["image", "config"],

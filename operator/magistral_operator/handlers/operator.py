@@ -300,7 +300,8 @@ def full_pass(memo: kopf.Memo, term: int | None) -> None:
             meta = body["metadata"]
             if meta.get("deletionTimestamp"):
                 continue
-            dispatch(memo, (meta["namespace"], meta["name"]))
+            # Behind every event-driven pass (workqueue.py): the resync is the safety net.
+            dispatch(memo, (meta["namespace"], meta["name"]), background=True)
 
 
 def record_round(report: RoundReport) -> None:
@@ -342,13 +343,16 @@ def child_changed(memo: kopf.Memo, kind: str, event: str, obj: Mapping[str, Any]
         dispatch(memo, (namespace, name), delay=COALESCE_SECONDS)
 
 
-def dispatch(memo: kopf.Memo, key: tuple[str, str], *, delay: float = 0.0) -> None:
-    """Queue `key`'s pass; without a queue (a bare memo in tests), run it here."""
+def dispatch(
+    memo: kopf.Memo, key: tuple[str, str], *, delay: float = 0.0, background: bool = False
+) -> None:
+    """Queue `key`'s pass (`background`: the resync's, after every other due key); without a
+    queue (a bare memo in tests), run it here."""
     queue = memo.get("queue")
     if queue is None:
         run_key(memo, key)
     else:
-        queue.add(key, delay=delay)
+        queue.add(key, delay=delay, background=background)
 
 
 def run_key(memo: kopf.Memo, key: Hashable) -> None:

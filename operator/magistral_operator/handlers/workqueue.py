@@ -5,6 +5,11 @@ several times within a second). Each event only *adds* its endpoint's key here, 
 short delay; a key already waiting keeps its earlier due time, so the burst becomes one pass.
 A key is never run by two workers at once: added while its pass runs, it runs once more after
 that pass (so a change seen mid-pass is never missed), however many times it was added.
+
+A key added as `background` (the periodic resync's) runs only when no other key is due: the
+resync is a safety net, and a full pass over 500 endpoints queued ahead of a child's event
+would hold that endpoint's pass for minutes (a new pod's Ready waited 270 s behind 500
+resync passes in bench/scale.py). A background key added again by an event is promoted.
 """
 
 from __future__ import annotations
@@ -33,20 +38,29 @@ class PassQueue:
         self._due: dict[Hashable, float] = {}
         self._running: set[Hashable] = set()
         self._again: dict[Hashable, float] = {}
+        # Keys of _due / _again whose every add was a background one.
+        self._background: set[Hashable] = set()
+        self._again_background: set[Hashable] = set()
         self._cond = threading.Condition()
         self._stopped = False
         self.runs = 0
         self.adds = 0
 
-    def add(self, key: Hashable, *, delay: float = 0.0) -> None:
-        """Run `key`'s pass `delay` seconds from now, or sooner if it is already due sooner."""
+    def add(self, key: Hashable, *, delay: float = 0.0, background: bool = False) -> None:
+        """Run `key`'s pass `delay` seconds from now, or sooner if it is already due sooner;
+        a `background` key only when no other key is due."""
         due = self._clock() + delay
         with self._cond:
             self.adds += 1
             if key in self._running:
-                self._again[key] = min(due, self._again.get(key, due))
+                waiting, low = self._again, self._again_background
             else:
-                self._due[key] = min(due, self._due.get(key, due))
+                waiting, low = self._due, self._background
+            if background and key not in waiting:
+                low.add(key)
+            elif not background:
+                low.discard(key)
+            waiting[key] = min(due, waiting.get(key, due))
             self._cond.notify()
 
     def pending(self) -> int:
@@ -72,10 +86,12 @@ class PassQueue:
         with self._cond:
             while not self._stopped:
                 now = self._clock()
-                ready = [(due, k) for k, due in self._due.items() if due <= now]
+                ready = [(k in self._background, due, k) for k, due in self._due.items()]
+                ready = [entry for entry in ready if entry[1] <= now]
                 if ready:
-                    _, key = min(ready, key=lambda pair: pair[0])
+                    _, _, key = min(ready, key=lambda entry: entry[:2])
                     del self._due[key]
+                    self._background.discard(key)
                     self._running.add(key)
                     return key
                 if not block:
@@ -90,6 +106,9 @@ class PassQueue:
             self._running.discard(key)
             again = self._again.pop(key, None)
             if again is not None:
+                if key in self._again_background and key not in self._due:
+                    self._background.add(key)
+                self._again_background.discard(key)
                 self._due[key] = min(again, self._due.get(key, again))
             self._cond.notify()
 
