@@ -126,7 +126,9 @@ def positions(reference: list[Signature]) -> list[Position]:
 
 def select(all_positions: list[Position], spec: str) -> list[Position]:
     """The positions a run covers: `all`; `first` (each distinct signature's first write);
-    `stride:N` (every N-th write, from the first); or a comma list of 1-based indexes."""
+    `stride:N` (every N-th write, from the first); or a comma list of 1-based indexes and of
+    signatures with their occurrence, `patch deployments/fault-reserved-h100@2` (the
+    indexes move whenever the reference's order does; a signature names the same write)."""
     if spec == "all":
         return list(all_positions)
     if spec == "first":
@@ -134,8 +136,16 @@ def select(all_positions: list[Position], spec: str) -> list[Position]:
     if spec.startswith("stride:"):
         step = int(spec.split(":", 1)[1])
         return all_positions[::step]
-    wanted = {int(x) for x in spec.split(",") if x.strip()}
-    return [p for p in all_positions if p.index in wanted]
+    items = [x.strip() for x in spec.split(",") if x.strip()]
+    wanted = {int(x) for x in items if x.isdigit()}
+    named = {x for x in items if not x.isdigit()}
+    chosen = [
+        p for p in all_positions if p.index in wanted or f"{p.signature}@{p.occurrence}" in named
+    ]
+    unknown = named - {f"{p.signature}@{p.occurrence}" for p in chosen}
+    if unknown:
+        raise ValueError(f"MAGISTRAL_FAULT_POSITIONS: no such write in the reference: {unknown}")
+    return chosen
 
 
 def status_of(body: bytes) -> dict[str, Any]:

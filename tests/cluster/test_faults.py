@@ -509,6 +509,9 @@ def test_killed_after_a_write_the_operator_reaches_the_reference_end_state(
                 "restarts": run.restarts,
                 "seconds": round(run.seconds, 1),
                 "differences": diffs,
+                # Condition flips differ by timing (faults.differences): the counts, to see
+                # which transients this run's passes observed and the reference's did not.
+                "flips": {step: dict(state.flips) for step, state in run.states.items()},
             }
         )
         _write_report(report)

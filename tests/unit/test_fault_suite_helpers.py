@@ -7,6 +7,8 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from tests.cluster.faults import (
     Position,
     Signature,
@@ -53,6 +55,9 @@ def test_positions_count_occurrences_of_each_signature() -> None:
     assert select(found, "stride:2") == [found[0], found[2], found[4]]
     assert select(found, "2,5") == [found[1], found[4]]
     assert select(found, "all") == found
+    assert select(found, "create events/fault.*@3, 1") == [found[0], found[4]]
+    with pytest.raises(ValueError, match="no such write"):
+        select(found, "create events/fault.*@4")
     assert str(found[2]) == "#3 patch magistralendpoints/status/fault (occurrence 2)"
     assert isinstance(found[0], Position)
 
