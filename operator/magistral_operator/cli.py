@@ -185,6 +185,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(*, env: str) -> Callable[[str], float]:
+    """An argparse type for a positive number of seconds, from the flag or from `env`."""
+
+    def check(value: str) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0 or seconds == float("inf"):
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not a positive number of seconds (from the flag or ${env})"
+            )
+        return seconds
+
+    return check
+
+
 def _one_of(choices: tuple[str, ...], *, env: str) -> Callable[[str], str]:
     """An argparse type that checks the value, from the flag or from `env` (argparse does not
     check a default against `choices`)."""
@@ -242,24 +259,22 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         run.add_argument(
             flag,
-            type=float,
-            default=float(os.environ.get(env, default)),
+            type=_seconds(env=env),
+            default=os.environ.get(env, f"{default:g}"),  # a string: argparse checks it
             help=f"seconds: {what} (default ${env} or {default:g})",
         )
-    run.add_argument(
-        "--log-level",
-        type=_one_of(LOG_LEVELS, env="MAGISTRAL_LOG_LEVEL"),
-        default=os.environ.get("MAGISTRAL_LOG_LEVEL", "info"),
-        help="debug, info (each pass that writes, leadership, kopf's handlers) or warning "
-        "(default $MAGISTRAL_LOG_LEVEL or info)",
-    )
-    run.add_argument(
-        "--log-format",
-        type=_one_of(LOG_FORMATS, env="MAGISTRAL_LOG_FORMAT"),
-        default=os.environ.get("MAGISTRAL_LOG_FORMAT", "text"),
-        help="text lines with a timestamp, or one JSON object a line (default "
-        "$MAGISTRAL_LOG_FORMAT or text)",
-    )
+    for flag, env, choices, default, what in (
+        ("--log-level", "MAGISTRAL_LOG_LEVEL", LOG_LEVELS, "info",
+         "info logs each pass that writes, leadership and kopf's handlers"),
+        ("--log-format", "MAGISTRAL_LOG_FORMAT", LOG_FORMATS, "text",
+         "text lines with a timestamp, or one JSON object a line"),
+    ):  # fmt: skip
+        run.add_argument(
+            flag,
+            type=_one_of(choices, env=env),
+            default=os.environ.get(env, default),
+            help=f"{', '.join(choices)}: {what} (default ${env} or {default})",
+        )
     run.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here")
     run.set_defaults(func=cmd_run)

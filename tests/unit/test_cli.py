@@ -125,6 +125,35 @@ def test_a_bad_log_level_from_the_environment_is_refused_naming_it(
 
 
 @pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("MAGISTRAL_LEASE_DURATION_SECONDS", "fifteen"),
+        ("MAGISTRAL_RENEW_DEADLINE_SECONDS", "-1"),
+        ("MAGISTRAL_RETRY_PERIOD_SECONDS", "nan"),
+    ],
+)
+def test_bad_lease_seconds_from_the_environment_are_refused_naming_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env: str, value: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--config", CONFIG])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{value!r} is not a positive number of seconds (from the flag or ${env})" in err
+
+
+def test_lease_seconds_default_and_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from magistral_operator.cli import build_parser
+
+    args = build_parser().parse_args(["run"])
+    assert (args.lease_duration, args.renew_deadline, args.retry_period) == (15.0, 10.0, 2.0)
+    monkeypatch.setenv("MAGISTRAL_LEASE_DURATION_SECONDS", "30")
+    assert build_parser().parse_args(["run"]).lease_duration == 30.0
+    assert build_parser().parse_args(["run", "--lease-duration", "20.5"]).lease_duration == 20.5
+
+
+@pytest.mark.parametrize(
     ("flags", "shown", "hidden"),
     [
         ([], "INFO", "DEBUG"),
