@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=os.environ.get(env, f"{default:g}"),  # a string: argparse checks it
             help=f"seconds: {what} (default ${env} or {default:g})",
         )
-    for flag, env, choices, default, what in (
+    for flag, env, choices, fallback, what in (
         ("--log-level", "MAGISTRAL_LOG_LEVEL", LOG_LEVELS, "info",
          "info logs each pass that writes, leadership and kopf's handlers"),
         ("--log-format", "MAGISTRAL_LOG_FORMAT", LOG_FORMATS, "text",
@@ -272,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument(
             flag,
             type=_one_of(choices, env=env),
-            default=os.environ.get(env, default),
-            help=f"{', '.join(choices)}: {what} (default ${env} or {default})",
+            default=os.environ.get(env, fallback),
+            help=f"{', '.join(choices)}: {what} (default ${env} or {fallback})",
         )
     run.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here")
