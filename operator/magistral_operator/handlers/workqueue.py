@@ -7,9 +7,9 @@ A key is never run by two workers at once: added while its pass runs, it runs on
 that pass (so a change seen mid-pass is never missed), however many times it was added.
 
 A key added as `background` (the periodic resync's) runs only when no other key is due: the
-resync is a safety net, and a full pass over 500 endpoints queued ahead of a child's event
-would hold that endpoint's pass for minutes (a new pod's Ready waited 270 s behind 500
-resync passes in bench/scale.py). A background key added again by an event is promoted.
+resync is a safety net, and its 500 keys, due at once, queued ahead of a child's event, held
+that endpoint's pass behind them (bench/scale.py, docs/scale.md). A background key added
+again by an event is promoted.
 """
 
 from __future__ import annotations
