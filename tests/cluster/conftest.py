@@ -43,6 +43,55 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cluster)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed cluster test's report carries what explains it: the namespace's pods and
+    endpoints as the API server has them, and the end of each operator's log."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed:
+        return
+    args = getattr(item, "funcargs", {})
+    for name, value in args.items():
+        if isinstance(value, OperatorProcess):
+            report.sections.append((f"operator log ({name}), last lines", value.log_tail(80)))
+    api, namespace = args.get("api"), args.get("namespace")
+    if isinstance(api, client.ApiClient) and isinstance(namespace, str):
+        report.sections.append(("cluster state", cluster_state(api, namespace)))
+
+
+def cluster_state(api: client.ApiClient, namespace: str) -> str:
+    """The pods (phase, node, IP, deletion) and the endpoints' status conditions and rollout
+    of `namespace`, one line each; an API error is reported, never raised."""
+    lines = []
+    try:
+        for pod in client.CoreV1Api(api).list_namespaced_pod(namespace).items:
+            ready = [c.status for c in pod.status.conditions or [] if c.type == "Ready"]
+            lines.append(
+                f"pod {pod.metadata.name}: {pod.status.phase} ready={ready} "
+                f"node={pod.spec.node_name} ip={pod.status.pod_ip} "
+                f"deleting={pod.metadata.deletion_timestamp is not None}"
+            )
+        endpoints = client.CustomObjectsApi(api).list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL
+        )
+        for obj in endpoints["items"]:
+            status = obj.get("status") or {}
+            lines.append(
+                f"endpoint {obj['metadata']['name']}: generation "
+                f"{obj['metadata'].get('generation')}, observed {status.get('observedGeneration')}"
+                f", replicas {status.get('replicas')}, rollout {status.get('rollout')}"
+            )
+            for cond in status.get("conditions") or []:
+                lines.append(
+                    f"  {cond.get('type')}={cond.get('status')} {cond.get('reason')}: "
+                    f"{cond.get('message')}"
+                )
+    except Exception as exc:  # noqa: BLE001 - a diagnostic never hides the failure
+        lines.append(f"(listing {namespace} failed: {exc})")
+    return "\n".join(lines) or "(nothing in the namespace)"
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     reuse = os.environ.get("MAGISTRAL_E2E_STATE")

@@ -150,8 +150,14 @@ def test_canary_passes_fails_on_latency_and_on_errors(
         assert degraded is not None
         assert degraded["reason"] == "RolloutFailed"
         assert "ITL p90" in degraded["message"]
-        assert any(
-            "canary analysis failed" in m for m in event_messages(api, namespace, "RolledBack")
+        # The Event is posted right after the status write that records it (announce.py).
+        wait_for(
+            "a RolledBack event",
+            lambda: any(
+                "canary analysis failed" in m
+                for m in event_messages(api, namespace, "RolledBack")
+            ),
+            timeout=30,
         )
         wait_for("the canary removed", lambda: not canary_deployment(api, namespace), timeout=60)
 
@@ -181,7 +187,11 @@ def test_canary_passes_fails_on_latency_and_on_errors(
         print(f"good canary: {healthy['analysis']['message']}")
         assert healthy["analysis"]["phase"] == "Successful"
         assert healthy["analysis"]["canaryRequests"] >= CANARY["minRequests"]
-        assert event_messages(api, namespace, "CanaryPromoted")
+        wait_for(
+            "a CanaryPromoted event",
+            lambda: event_messages(api, namespace, "CanaryPromoted"),
+            timeout=30,
+        )
         assert not canary_deployment(api, namespace)
     finally:
         load.close()

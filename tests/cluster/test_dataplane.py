@@ -375,7 +375,8 @@ def test_a_silent_router_is_reported_never_read_as_no_demand_and_recovers(
 
     # Back: the read is ok, the idle endpoint goes to its new minimum, Ready again.
     wait_for("a scale-down to 1", lambda: replicas(api, namespace, name) == 1, timeout=90)
-    assert events(api, namespace, name, "ScaledDown")
+    # Posted right after the status write that records it (announce.py).
+    wait_for("a ScaledDown event", lambda: events(api, namespace, name, "ScaledDown"), timeout=30)
     wait_for(
         "Ready with the routers back",
         lambda: (

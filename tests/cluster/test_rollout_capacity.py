@@ -267,9 +267,13 @@ def test_a_rollout_on_a_full_pool_surges_on_the_next_pool(
     assert not [d for d in watch.degraded if d[0] == "True"], watch.degraded
     assert state["lastHealthyRevision"] == b
     assert not state.get("capacity"), state  # cleared once healthy
-    events = reasons(api, namespace)
-    for reason in ("SurgingElsewhere", "ReplacingInPlace", "CapacityReleased", "RolloutSucceeded"):
-        assert reason in events, events
+    # Each Event is posted right after the status write that records it (announce.py).
+    expected = ("SurgingElsewhere", "ReplacingInPlace", "CapacityReleased", "RolloutSucceeded")
+    events = wait_for(
+        f"the Events {', '.join(expected)}",
+        lambda: (e := reasons(api, namespace)) if set(expected) <= set(e) else None,
+        timeout=30,
+    )
     assert "RolledBack" not in events
     assert "RolloutFailed" not in events
     reserved = apps.read_namespaced_deployment(f"{NAME}-{RESERVED}", namespace)
