@@ -61,8 +61,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def cluster_state(api: client.ApiClient, namespace: str) -> str:
-    """The pods (phase, node, IP, deletion) and the endpoints' status conditions and rollout
-    of `namespace`, one line each; an API error is reported, never raised."""
+    """The pods (phase, node, IP, deletion) of `namespace`, the nodes not Ready (with their
+    taints), and the endpoints' status conditions and rollout, one line each; an API error is
+    reported, never raised."""
     lines = []
     try:
         for pod in client.CoreV1Api(api).list_namespaced_pod(namespace).items:
@@ -72,6 +73,14 @@ def cluster_state(api: client.ApiClient, namespace: str) -> str:
                 f"node={pod.spec.node_name} ip={pod.status.pod_ip} "
                 f"deleting={pod.metadata.deletion_timestamp is not None}"
             )
+        unready = [
+            f"{node.metadata.name} ({[t.key for t in node.spec.taints or []]})"
+            for node in client.CoreV1Api(api).list_node().items
+            if not any(
+                c.type == "Ready" and c.status == "True" for c in node.status.conditions or []
+            )
+        ]
+        lines.append(f"nodes not Ready: {unready or 'none'}")
         endpoints = client.CustomObjectsApi(api).list_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL
         )
@@ -87,7 +96,7 @@ def cluster_state(api: client.ApiClient, namespace: str) -> str:
                     f"  {cond.get('type')}={cond.get('status')} {cond.get('reason')}: "
                     f"{cond.get('message')}"
                 )
-    except Exception as exc:  # noqa: BLE001 - a diagnostic never hides the failure
+    except Exception as exc:  # a diagnostic never hides the failure
         lines.append(f"(listing {namespace} failed: {exc})")
     return "\n".join(lines) or "(nothing in the namespace)"
 

@@ -154,8 +154,7 @@ def test_canary_passes_fails_on_latency_and_on_errors(
         wait_for(
             "a RolledBack event",
             lambda: any(
-                "canary analysis failed" in m
-                for m in event_messages(api, namespace, "RolledBack")
+                "canary analysis failed" in m for m in event_messages(api, namespace, "RolledBack")
             ),
             timeout=30,
         )

@@ -271,7 +271,7 @@ def test_a_rollout_on_a_full_pool_surges_on_the_next_pool(
     expected = ("SurgingElsewhere", "ReplacingInPlace", "CapacityReleased", "RolloutSucceeded")
     events = wait_for(
         f"the Events {', '.join(expected)}",
-        lambda: (e := reasons(api, namespace)) if set(expected) <= set(e) else None,
+        lambda: set(expected) <= set(e := reasons(api, namespace)) and e,
         timeout=30,
     )
     assert "RolledBack" not in events
