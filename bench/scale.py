@@ -64,6 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # e2e/ (the operator comes from the installed package or PYTHONPATH)
 
 from e2e.cluster.cluster import LocalCluster  # noqa: E402
+from e2e.cluster.components import NODE_HEARTBEAT_SECONDS  # noqa: E402
 from e2e.cluster.nodepools import H100, POD_CIDR_RANGE, NodePool, is_ready, node_manifest  # noqa: E402
 from e2e.cluster.stages import COMPONENT_LABEL  # noqa: E402
 from e2e.install import OPERATOR_NAMESPACE, SERVICE_ACCOUNT, install_crds, install_operator_rbac  # noqa: E402
@@ -427,6 +428,28 @@ def audit_requests(
     return by_verb, by_resource
 
 
+NODE_CONTROLLER = "system:serviceaccount:kube-system:node-controller"
+WRITES = ("create", "update", "patch", "delete", "deletecollection")
+
+
+def harness_writes(logs_dir: Path, t0: datetime, t1: datetime) -> dict[str, int]:
+    """Writes received in [t0, t1): all of them, the node Lease renewals (the simulated
+    kubelets' heartbeats), and the node controller's writes to Nodes (a node whose Lease was
+    not renewed in time is marked NotReady and tainted, then Ready again)."""
+    out = {"writes": 0, "node_lease_renewals": 0, "node_controller_node_writes": 0}
+    for event in audit_events(logs_dir, '"verb":"', t0, t1):
+        if event.get("verb") not in WRITES:
+            continue
+        out["writes"] += 1
+        ref = event.get("objectRef") or {}
+        if ref.get("resource") == "leases" and ref.get("namespace") == "kube-node-lease":
+            out["node_lease_renewals"] += event["verb"] == "update"
+        elif ref.get("resource") == "nodes":
+            node_controller = event.get("user", {}).get("username") == NODE_CONTROLLER
+            out["node_controller_node_writes"] += node_controller
+    return out
+
+
 def passes(by_resource: Counter[str]) -> float:
     """Reconcile passes, from the requests: each pass lists the endpoint's pods twice (before
     the autoscaler and after the apply, handlers/reconcile.py)."""
@@ -518,7 +541,12 @@ def run_one(args: argparse.Namespace, n: int) -> Result:
     )
     out = result.numbers
     state_dir = (args.state_dir / f"n{n}") if args.state_dir else None
-    cluster = LocalCluster(state_dir, die_with_parent=True, audit_reads_of=[OPERATOR_USER])
+    cluster = LocalCluster(
+        state_dir,
+        die_with_parent=True,
+        audit_reads_of=[OPERATOR_USER],
+        node_heartbeat_seconds=args.node_heartbeat_seconds,
+    )
     with cluster, contextlib.ExitStack() as stack:
         t = time.monotonic()
         api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
@@ -611,6 +639,10 @@ def run_one(args: argparse.Namespace, n: int) -> Result:
         wall_conv_end = datetime.now(UTC)
         conv_verbs, _ = audit_requests(cluster.logs_dir, OPERATOR_USER, wall_start, wall_conv_end)
         out["convergence_requests"] = dict(conv_verbs)
+        harness = harness_writes(cluster.logs_dir, wall_start, wall_conv_end)
+        out["convergence_writes_per_s"] = harness["writes"] / max(1e-9, t_conv_end - t_start)
+        out["node_lease_renewals"] = harness["node_lease_renewals"]
+        out["node_controller_node_writes"] = harness["node_controller_node_writes"]
         log(
             f"N={n}: converged {done}/{n} in "
             f"{out['converge_s'] if out['converge_s'] is not None else 'timeout'}"
@@ -738,6 +770,15 @@ def table(results: list[Result]) -> str:
     )
     row("  all engine Deployments created", "", [fmt(x["all_deployments_s"], " s", 1) for x in rs])
     row(
+        "  writes/s (everyone), node Lease renewals, NotReady marks",
+        "",
+        [
+            f"{fmt(x.get('convergence_writes_per_s'), '', 0)}, "
+            f"{x.get('node_lease_renewals', '-')}, {x.get('node_controller_node_writes', '-')}"
+            for x in rs
+        ],
+    )
+    row(
         "CR→Deployment, burst, p50 / p99",
         "",
         [
@@ -846,6 +887,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="before each N, wait while FILE exists (e.g. a lock held by a CI run)",
     )
+    parser.add_argument(
+        "--node-heartbeat-seconds",
+        type=float,
+        default=NODE_HEARTBEAT_SECONDS,
+        help="how often each simulated node renews its Lease (default the kubelet's 10 s; "
+        "docs/scale.md says why the recorded runs use 60)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.endpoints.split(",") if x.strip()]
@@ -862,7 +910,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     print()
     print(
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores; nodes: {args.nodes} GPU"
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores; nodes: {args.nodes} GPU, "
+        f"node heartbeat {args.node_heartbeat_seconds:g} s"
     )
     print(table(results))
     for r in results:

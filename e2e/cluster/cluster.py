@@ -31,6 +31,7 @@ from typing import Any
 
 from e2e.cluster.binaries import ensure_binaries
 from e2e.cluster.components import (
+    NODE_HEARTBEAT_SECONDS,
     PORT_NAMES,
     Layout,
     apiserver_args,
@@ -38,6 +39,7 @@ from e2e.cluster.components import (
     etcd_args,
     kwok_args,
     make_pki,
+    node_lease_seconds,
     scheduler_args,
     write_audit_policy,
     write_component_kubeconfigs,
@@ -126,13 +128,18 @@ class LocalCluster:
         verbosity: int = 0,
         die_with_parent: bool = False,
         audit_reads_of: Sequence[str] = (),
+        node_heartbeat_seconds: float = NODE_HEARTBEAT_SECONDS,
     ) -> None:
         """``state_dir``: where PKI, etcd data, logs and kubeconfigs go (default: a new temp
         directory, removed on stop). ``die_with_parent``: components get SIGKILL if the
         starting thread dies (use it in tests; ``up`` leaves the cluster running instead).
         ``audit_reads_of``: user names whose reads (get, list, watch) the audit log records
         too, at Metadata level (default: none, only writes; components.audit_policy).
+        ``node_heartbeat_seconds``: how often each simulated node renews its Lease (default
+        the kubelet's 10 s; the scale bench slows it, docs/scale.md), with the node
+        controller's grace period to match (components.node_monitor_args).
         """
+        node_lease_seconds(node_heartbeat_seconds)  # refuse a bad value before any start
         self._owns_state_dir = state_dir is None
         self.state_dir = (
             Path(tempfile.mkdtemp(prefix="magistral-e2e-"))
@@ -145,6 +152,7 @@ class LocalCluster:
         self._verbosity = verbosity
         self._die_with_parent = die_with_parent
         self._audit_reads_of = tuple(audit_reads_of)
+        self._node_heartbeat_seconds = node_heartbeat_seconds
         self._processes: list[ManagedProcess] = []
         self._stopped_argv: list[str] = []
         self.state: ClusterState | None = None
@@ -307,7 +315,12 @@ class LocalCluster:
             "kube-controller-manager",
             [
                 str(bins["kube-controller-manager"]),
-                *controller_manager_args(layout, pki, kubeconfigs["controller-manager"]),
+                *controller_manager_args(
+                    layout,
+                    pki,
+                    kubeconfigs["controller-manager"],
+                    node_heartbeat_seconds=self._node_heartbeat_seconds,
+                ),
             ],
         )
         kcm.wait_until(
@@ -323,7 +336,16 @@ class LocalCluster:
         )
         kwok_config = write_kwok_config(self.state_dir / "kwok" / "stages.yaml")
         kwok = self._spawn(
-            "kwok", [str(bins["kwok"]), *kwok_args(layout, kubeconfigs["kwok"], kwok_config)]
+            "kwok",
+            [
+                str(bins["kwok"]),
+                *kwok_args(
+                    layout,
+                    kubeconfigs["kwok"],
+                    kwok_config,
+                    node_heartbeat_seconds=self._node_heartbeat_seconds,
+                ),
+            ],
         )
         scheduler.wait_until(
             lambda: _https_ok(f"https://127.0.0.1:{ports['scheduler']}/readyz", ca_file=ca),

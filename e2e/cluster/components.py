@@ -252,11 +252,38 @@ DISABLED_CONTROLLERS = (
 )
 
 
+NODE_HEARTBEAT_SECONDS = 10.0
+"""How often a simulated node renews its Lease by default: the kubelet's 10 s (a 40 s lease,
+renewed every quarter of it, as kwok and the kubelet do)."""
+
+
+def node_lease_seconds(heartbeat: float) -> int:
+    """The node Lease duration whose renewals come every `heartbeat` seconds (kwok renews a
+    node's Lease every quarter of its duration, like the kubelet)."""
+    if not heartbeat >= 1:
+        raise ValueError(f"node heartbeat: at least 1 s, got {heartbeat}")
+    return round(4 * heartbeat)
+
+
+def node_monitor_args(heartbeat: float) -> list[str]:
+    """The node controller's grace period for a heartbeat slower than the kubelet's: a node is
+    marked NotReady when its Lease has not been renewed for the lease duration plus 10 s (the
+    default 50 s grace of a 40 s lease). Nothing for the default heartbeat."""
+    if heartbeat == NODE_HEARTBEAT_SECONDS:
+        return []
+    return [f"--node-monitor-grace-period={node_lease_seconds(heartbeat) + 10}s"]
+
+
 def controller_manager_args(
-    layout: Layout, pki: dict[str, CertPair], kubeconfig: Path
+    layout: Layout,
+    pki: dict[str, CertPair],
+    kubeconfig: Path,
+    *,
+    node_heartbeat_seconds: float = NODE_HEARTBEAT_SECONDS,
 ) -> list[str]:
     return [
         "--controllers=" + ",".join(["*", *(f"-{c}" for c in DISABLED_CONTROLLERS)]),
+        *node_monitor_args(node_heartbeat_seconds),
         *_delegating_component_args(
             layout, "controller-manager", pki["controller-manager"], kubeconfig
         ),
@@ -273,7 +300,13 @@ def scheduler_args(layout: Layout, pki: dict[str, CertPair], kubeconfig: Path) -
     return _delegating_component_args(layout, "scheduler", pki["scheduler"], kubeconfig)
 
 
-def kwok_args(layout: Layout, kubeconfig: Path, config: Path) -> list[str]:
+def kwok_args(
+    layout: Layout,
+    kubeconfig: Path,
+    config: Path,
+    *,
+    node_heartbeat_seconds: float = NODE_HEARTBEAT_SECONDS,
+) -> list[str]:
     return [
         f"--kubeconfig={kubeconfig}",
         f"--config={config}",
@@ -283,5 +316,5 @@ def kwok_args(layout: Layout, kubeconfig: Path, config: Path) -> list[str]:
         f"--node-ip={DEFAULT_NODE_IP}",
         f"--server-address=127.0.0.1:{layout.ports['kwok']}",
         f"--node-port={layout.ports['kwok']}",
-        "--node-lease-duration-seconds=40",
+        f"--node-lease-duration-seconds={node_lease_seconds(node_heartbeat_seconds)}",
     ]
