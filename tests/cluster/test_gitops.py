@@ -190,10 +190,11 @@ def test_reapplying_the_same_endpoint_changes_nothing(
     admin_kubeconfig: Path, operator: OperatorProcess, synced: str
 ) -> None:
     before = versions(admin_kubeconfig, synced)
-    # The endpoint, a Deployment per pool (reserved-h100 serves, ondemand-h100 at 0), the
-    # router's Deployment, ServiceAccount, Role, RoleBinding, PDB and NetworkPolicy, the
-    # engines' PDB and NetworkPolicy, the two Services and the runtime ConfigMap.
-    assert len(before) == 14, before
+    # The endpoint, the Deployment of the pool that serves (reserved-h100; the empty
+    # ondemand-h100 has none), the router's Deployment, ServiceAccount, Role, RoleBinding, PDB
+    # and NetworkPolicy, the engines' PDB and NetworkPolicy, the two Services and the runtime
+    # ConfigMap.
+    assert len(before) == 13, before
     out = argocd_apply(admin_kubeconfig, endpoint_manifests(), namespace=synced)
     assert "serverside-applied" in out
     time.sleep(3 * operator.resync_seconds)  # several operator passes

@@ -29,6 +29,7 @@ from magistral_operator.kube.children import (
     ChildRefused,
     apply_children,
     apply_phase,
+    deferred_create,
     refusal,
     shared_pool,
     with_applied_hash,
@@ -104,7 +105,8 @@ def _child(kind: str, name: str) -> dict[str, Any]:
             "namespace": NS,
             "labels": {ENDPOINT_LABEL: NAME, "app.kubernetes.io/managed-by": MANAGER},
         },
-        "spec": {"v": 1},
+        # A Deployment runs a pod: one that would run none is not created (test below).
+        "spec": {"v": 1, **({"replicas": 1} if kind == "Deployment" else {})},
     }
 
 
@@ -341,3 +343,58 @@ def test_the_applies_of_all_passes_share_one_bounded_pool() -> None:
 def test_the_shared_pool_bounds_the_process() -> None:
     assert shared_pool()._max_workers == APPLY_THREADS
     assert APPLY_WORKERS <= APPLY_THREADS
+
+
+def test_a_deployment_that_would_run_no_pods_is_not_created_until_it_would() -> None:
+    """An empty overflow pool gets no Deployment (nor the ReplicaSet Kubernetes would make);
+    the pass that gives it replicas creates it; once it exists it is kept at zero, never
+    pruned, so a rollback still finds its ReplicaSets."""
+    kube = FakeKube()
+
+    def desired(replicas: int) -> list[tuple[dict[str, Any], str]]:
+        out = []
+        for obj, digest in _desired():
+            ondemand = obj["metadata"]["name"] == "ep-ondemand-h100"
+            if ondemand:
+                obj["spec"]["replicas"] = replicas
+            out.append((obj, f"{replicas:016x}" if ondemand else digest))
+        return out
+
+    empty = apply_children(kube, namespace=NS, endpoint=NAME, desired=desired(0), workers=1)
+    assert empty.deferred == ["Deployment/ep-ondemand-h100"]
+    assert "Deployment/ep-ondemand-h100" not in empty.applied
+    assert kube.get("Deployment", namespace=NS, name="ep-ondemand-h100") is None
+    assert kube.get("Deployment", namespace=NS, name="ep-reserved-h100") is not None
+    assert not empty.deleted
+
+    used = apply_children(kube, namespace=NS, endpoint=NAME, desired=desired(2), workers=1)
+    assert used.applied == ["Deployment/ep-ondemand-h100"]
+    assert not used.deferred
+    live = kube.get("Deployment", namespace=NS, name="ep-ondemand-h100")
+    assert live is not None
+    assert live["spec"]["replicas"] == 2
+
+    back = apply_children(kube, namespace=NS, endpoint=NAME, desired=desired(0), workers=1)
+    assert back.applied == ["Deployment/ep-ondemand-h100"]  # scaled to zero, kept
+    assert not back.deferred
+    assert not back.deleted
+    live = kube.get("Deployment", namespace=NS, name="ep-ondemand-h100")
+    assert live is not None
+    assert live["spec"]["replicas"] == 0
+
+
+@pytest.mark.parametrize(
+    ("obj", "live", "deferred"),
+    [
+        ({"kind": "Deployment", "spec": {"replicas": 0}}, None, True),
+        ({"kind": "Deployment", "spec": {}}, None, False),  # unset: Kubernetes runs 1
+        ({"kind": "Deployment", "spec": {"replicas": 1}}, None, False),
+        ({"kind": "Deployment", "spec": {"replicas": 0}}, {"kind": "Deployment"}, False),
+        ({"kind": "Service", "spec": {}}, None, False),
+        ({"kind": "PodDisruptionBudget", "spec": {}}, None, False),
+    ],
+)
+def test_only_a_missing_deployment_without_replicas_is_deferred(
+    obj: dict[str, Any], live: dict[str, Any] | None, deferred: bool
+) -> None:
+    assert deferred_create(obj, live) is deferred

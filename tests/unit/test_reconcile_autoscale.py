@@ -121,7 +121,9 @@ def test_held_requests_at_zero_scale_from_zero(operator_config: OperatorConfig) 
     kube = _kube({"minReplicas": 0, "maxReplicas": 3})
     kube.add(_pod("r-1", "router", ready=True))
     _pass(kube, operator_config, ScriptedDemand(sample=DemandSample(router_ok=True)))
-    assert _replicas(kube) == 0
+    # Created at zero: no Deployment yet (it would run nothing: kube/children.py).
+    assert kube.get("Deployment", namespace=NS, name=ENGINES) is None
+    assert _status(kube)["replicas"] == 0
     ready = _ready(kube)
     assert (ready["status"], ready["reason"]) == ("True", "ScaledToZero")
     held = DemandSample(router_ok=True, queued=2)
@@ -186,4 +188,5 @@ def test_reserved_capacity_is_filled_first(operator_config: OperatorConfig) -> N
     )
     _pass(kube, operator_config, ScriptedDemand())
     assert _replicas(kube, f"{NAME}-reserved-h100") == 2
-    assert _replicas(kube, f"{NAME}-ondemand-h100") == 0
+    # The overflow pool runs nothing, so its Deployment is not created (kube/children.py).
+    assert kube.get("Deployment", namespace=NS, name=f"{NAME}-ondemand-h100") is None

@@ -13,9 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from magistral_operator.api.config import OperatorConfig
+from magistral_operator.api.endpoint import parse_endpoint
 from magistral_operator.handlers.reconcile import reconcile
 from magistral_operator.handlers.refusals import RefusalBook
 from magistral_operator.kube.children import config_maps_in_template
+from magistral_operator.plan import plan_endpoint
 from magistral_operator.rollout_analysis import WindowReading
 from tests.unit.canary_data import counters, reading
 from tests.unit.fake_kube import FakeKube, ScriptedDemand
@@ -255,9 +257,11 @@ def test_a_canary_on_a_full_pool_moves_on_then_waits_honestly(
 ) -> None:
     kube = FakeKube()
     _start_canary(kube, operator_config)
-    pools = [
-        n.removeprefix(f"{NAME}-") for n in _by_name(kube) if n != f"{NAME}-canary"
-    ]  # every pool the endpoint may use
+    body = kube.get("MagistralEndpoint", namespace=NS, name=NAME)
+    assert body is not None
+    # Every pool the endpoint may use (an empty one has no Deployment: kube/children.py).
+    pools = [p.pool.name for p in plan_endpoint(parse_endpoint(body), operator_config).usable_pools]
+    assert len(pools) > 1
     tried = []
     for _ in pools:
         tried.append(_unschedulable_canary(kube))

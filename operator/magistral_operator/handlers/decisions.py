@@ -6,6 +6,7 @@ here writes to the cluster.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -200,6 +201,8 @@ def rollout_pass(
             plan=plan,
             now=datetime.now(UTC),
         )
+    # A pool whose Deployment was never created because it runs nothing (kube/children.py,
+    # deferred_create) has nothing to roll out, prove healthy or restore.
     pools = [
         PoolRollout(
             pool=p.pool.name,
@@ -208,6 +211,7 @@ def rollout_pass(
             pods=pods,
         )
         for p in plan.usable_pools
+        if p.replicas > 0 or f"{name}-{p.pool.name}" in deployments
     ]
     return decide_rollout(
         revision=revision,
@@ -275,18 +279,31 @@ def with_canary(
 
 
 def with_restored_templates(
-    objects: list[dict[str, Any]], rollout: RolloutDecision
+    objects: list[dict[str, Any]],
+    rollout: RolloutDecision,
+    existing: Collection[str] = (),
 ) -> list[dict[str, Any]]:
-    """The rendered children, with a rolled-back pool's Deployment on its healthy template."""
+    """The rendered children, with a rolled-back pool's Deployment on its healthy template.
+
+    While templates are restored, a pool Deployment that does not exist yet (`existing`: the
+    names of the endpoint's Deployments) and has no healthy template is held at zero replicas:
+    the pool never ran the healthy revision, so no ReplicaSet keeps its template, and creating
+    it would start the failed revision (the rollout reports the pool, restore_problems)."""
     out = []
-    for obj in objects:
-        pool = (obj["metadata"].get("labels") or {}).get(POOL_LABEL)
-        template = rollout.templates.get(pool or "") if obj["kind"] == "Deployment" else None
-        out.append(
-            obj
-            if template is None
-            else restore_template(obj, template=template, revision=rollout.applied_revision)
-        )
+    for rendered in objects:
+        pool = (rendered["metadata"].get("labels") or {}).get(POOL_LABEL)
+        template = rollout.templates.get(pool or "") if rendered["kind"] == "Deployment" else None
+        obj = rendered
+        if template is not None:
+            obj = restore_template(rendered, template=template, revision=rollout.applied_revision)
+        elif (
+            rollout.templates
+            and pool
+            and is_engine_deployment(rendered)
+            and rendered["metadata"]["name"] not in existing
+        ):
+            obj = {**rendered, "spec": {**rendered["spec"], "replicas": 0}}
+        out.append(obj)
     return out
 
 

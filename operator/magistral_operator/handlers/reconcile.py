@@ -224,7 +224,7 @@ def reconcile(
     rollout = with_capacity_state(rollout, capacity)
     # --- end capacity ---
     objects = with_canary(
-        with_capacity(with_restored_templates(rendered.objects, rollout), capacity),
+        with_capacity(with_restored_templates(rendered.objects, rollout, deployments), capacity),
         rendered=rendered.objects,
         rollout=rollout,
         endpoint=endpoint,

@@ -73,6 +73,20 @@ class ApplyReport:
     unchanged: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     refused: list[ChildRefused] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
+    """Deployments not created because they would run no pods (`deferred_create`)."""
+
+
+def deferred_create(obj: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
+    """Whether a child is not created yet: a Deployment that does not exist and would run no
+    pods (an overflow pool the placement leaves empty, an endpoint at zero replicas). It is
+    created by the pass that gives it replicas; once it exists it stays, scaled to zero, so a
+    rollback finds its ReplicaSets. One Deployment and ReplicaSet fewer per empty pool, and
+    the status writes of both (docs/scale.md)."""
+    if live is not None or obj.get("kind") != "Deployment":
+        return False
+    replicas = (obj.get("spec") or {}).get("replicas")
+    return replicas is not None and int(replicas) == 0  # unset, Kubernetes runs 1
 
 
 def with_applied_hash(obj: dict[str, Any], digest: str) -> dict[str, Any]:
@@ -132,6 +146,9 @@ def apply_children(
         if live is not None and live_hash == digest and not drifted(live, wanted):
             decided.append("unchanged")
             continue
+        if deferred_create(obj, live):
+            decided.append("deferred")
+            continue
         decided.append(None)  # applied, unless the phase's apply is refused
         phases.setdefault(apply_phase(kind), []).append((index, wanted, label, digest))
     for phase in sorted(phases):
@@ -144,6 +161,8 @@ def apply_children(
             report.refused.append(outcome)
         elif outcome == "unchanged":
             report.unchanged.append(label)
+        elif outcome == "deferred":
+            report.deferred.append(label)
         else:
             report.applied.append(label)
     keep = {(o["kind"], o["metadata"]["name"]) for o, _ in desired}
