@@ -430,6 +430,8 @@ class Supervisor:
         self._dying: list[_Proc] = []
         self._nodes: dict[str, tuple[str, int | None]] = {}
         self._reported: dict[str, str] = {}
+        self._last_word: dict[str, str] = {}  # pod key -> its last report (for timeouts)
+        self._turned_at = time.monotonic()  # the control loop's last turn
         self._snapshot: list[SimulatorInfo] = []
         self._snap_lock = threading.Lock()
         self._changed = threading.Condition(self._snap_lock)
@@ -532,9 +534,20 @@ class Supervisor:
                     raise RuntimeError("the supervisor failed") from self._error
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"timed out after {timeout:g}s; {what}: {current()}")
+                    raise TimeoutError(
+                        f"timed out after {timeout:g}s; {what}: {current()}; {self._seen()}"
+                    )
                 self._changed.wait(min(left, 0.5))
             return list(current())
+
+    def _seen(self) -> str:
+        """What the supervisor last said of each pod it saw, and when its control loop last
+        turned (a timeout's context: no pod seen, pods without an IP, a stuck loop)."""
+        words = "; ".join(f"{pod}: {word}" for pod, word in sorted(self._last_word.items()))
+        return (
+            f"pods seen: {words or 'none'}; control loop last turned "
+            f"{time.monotonic() - self._turned_at:.1f}s ago, {self._events.qsize()} events queued"
+        )
 
     # -------------------------------------------------------------- kube calls
     def _list(self) -> tuple[list[JSON], str]:
@@ -773,6 +786,7 @@ class Supervisor:
                         self._handle(kind, obj=obj)
                 self._tick()
                 self._publish()
+                self._turned_at = time.monotonic()
         except BaseException as err:
             self._error = err
             log.exception("supervisor control loop failed")
@@ -803,6 +817,8 @@ class Supervisor:
         key = str((pod.get("metadata") or {}).get("uid", ""))
         if self._reported.get(key) != message:
             self._reported[key] = message
+            with self._snap_lock:
+                self._last_word[pod_key(pod)] = message
             log.log(level, "%s: %s", pod_key(pod), message)
 
     def _reconcile(self, uid: str, *, pod: JSON) -> None:

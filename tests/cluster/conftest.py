@@ -54,16 +54,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     args = getattr(item, "funcargs", {})
     for name, value in args.items():
         if isinstance(value, OperatorProcess):
-            report.sections.append((f"operator log ({name}), last lines", value.log_tail(80)))
+            proc = value.process
+            state = "not started" if proc is None else f"exit code {proc.poll()}"
+            title = f"operator log ({name}, {state}), last lines"
+            report.sections.append((title, value.log_tail(80)))
     api, namespace = args.get("api"), args.get("namespace")
     if isinstance(api, client.ApiClient) and isinstance(namespace, str):
         report.sections.append(("cluster state", cluster_state(api, namespace)))
 
 
 def cluster_state(api: client.ApiClient, namespace: str) -> str:
-    """The pods (phase, node, IP, deletion) of `namespace`, the nodes not Ready (with their
-    taints), and the endpoints' status conditions and rollout, one line each; an API error is
-    reported, never raised."""
+    """The pods (phase, node, IP, deletion) and Deployments of `namespace`, the nodes not
+    Ready (with their taints), and the endpoints' status conditions and rollout, one line each;
+    an API error is reported, never raised."""
     lines = []
     try:
         for pod in client.CoreV1Api(api).list_namespaced_pod(namespace).items:
@@ -72,6 +75,11 @@ def cluster_state(api: client.ApiClient, namespace: str) -> str:
                 f"pod {pod.metadata.name}: {pod.status.phase} ready={ready} "
                 f"node={pod.spec.node_name} ip={pod.status.pod_ip} "
                 f"deleting={pod.metadata.deletion_timestamp is not None}"
+            )
+        for dep in client.AppsV1Api(api).list_namespaced_deployment(namespace).items:
+            lines.append(
+                f"deployment {dep.metadata.name}: replicas {dep.spec.replicas}, ready "
+                f"{dep.status.ready_replicas or 0}, updated {dep.status.updated_replicas or 0}"
             )
         unready = [
             f"{node.metadata.name} ({[t.key for t in node.spec.taints or []]})"

@@ -259,6 +259,9 @@ def test_without_secret_access_the_simulator_runs_keyless(
         assert status == 200
         assert json.loads(body)["data"][0]["id"] == "magistral-k"
         assert f"cannot read Secret {ns}/absent (403)" in caplog.text
+        # A timeout says what the supervisor saw of each pod (a failed wait's context).
+        with pytest.raises(TimeoutError, match=rf"pods seen: {ns}/{sim.pod}: simulator wanted"):
+            sup.wait_for(lambda s: False, timeout=0.5)
         api.delete(f"/apis/apps/v1/namespaces/{ns}/deployments/keyless")
         sup.wait_for(lambda s: not s, timeout=120)
     api.delete(f"{rbac}/clusterrolebindings/{ns}")
