@@ -68,7 +68,12 @@ from e2e.cluster.components import NODE_HEARTBEAT_SECONDS  # noqa: E402
 from e2e.cluster.nodepools import H100, POD_CIDR_RANGE, NodePool, is_ready, node_manifest  # noqa: E402
 from e2e.cluster.stages import COMPONENT_LABEL  # noqa: E402
 from e2e.install import OPERATOR_NAMESPACE, SERVICE_ACCOUNT, install_crds, install_operator_rbac  # noqa: E402
-from e2e.operator_process import DEFAULT_CONFIG, OperatorProcess  # noqa: E402
+from e2e.operator_process import (  # noqa: E402
+    DEFAULT_CONFIG,
+    OperatorProcess,
+    endpoint_passes,
+    free_port,
+)
 from e2e.router_readiness import RouterReadiness  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "magistral-small.yaml"
@@ -450,12 +455,6 @@ def harness_writes(logs_dir: Path, t0: datetime, t1: datetime) -> dict[str, int]
     return out
 
 
-def passes(by_resource: Counter[str]) -> float:
-    """Reconcile passes, from the requests: each pass lists the endpoint's pods twice (before
-    the autoscaler and after the apply, handlers/reconcile.py)."""
-    return by_resource.get("list pods", 0) / 2
-
-
 def namespace_writes(logs_dir: Path, namespace: str, t0: datetime, t1: datetime) -> Counter[str]:
     """Writes into `namespace` in [t0, t1) by anybody, by "user verb resource[/sub]": what
     triggers the operator's event-driven passes (its watches see these changes)."""
@@ -563,12 +562,14 @@ def run_one(args: argparse.Namespace, n: int) -> Result:
             {"metadata": {"name": "magistral-small-api-key"}, "stringData": {"api-key": "k"}},
         )
         log_dir = state_dir or Path(tempfile.mkdtemp(prefix="scale-operator-"))
+        metrics_port = free_port()  # its passes counter (magistral_operator_endpoint_passes_total)
         operator = OperatorProcess(
             kubeconfig=cluster.kubeconfig_for_service_account(OPERATOR_NAMESPACE, SERVICE_ACCOUNT),
             log_file=log_dir / "operator.log",
             config=DEFAULT_CONFIG,
             resync_seconds=RESYNC_SECONDS,
             scrape_seconds=SCRAPE_SECONDS,
+            extra_args=("--metrics-port", str(metrics_port)),
         )
         operator.start()
         stack.callback(operator.stop)
@@ -652,8 +653,10 @@ def run_one(args: argparse.Namespace, n: int) -> Result:
         log(f"N={n}: settling {args.settle:.0f}s, then a {args.window:.0f}s steady window")
         time.sleep(args.settle)
         t_w0, wall_w0 = time.monotonic(), datetime.now(UTC)
+        passes_w0 = endpoint_passes(metrics_port)
         time.sleep(args.window)
         t_w1, wall_w1 = time.monotonic(), datetime.now(UTC)
+        passes_w1 = endpoint_passes(metrics_port)
         steady = sampler.between(t_w0, t_w1)
         out["rss_steady_mib"] = steady["rss_mean_mib"]
         out["cpu_steady_percent"] = steady["cpu_percent"]
@@ -666,7 +669,11 @@ def run_one(args: argparse.Namespace, n: int) -> Result:
             sum(verbs.values()) / span * RESYNC_SECONDS / n
         )
         out["steady_requests_by_resource"] = dict(resources.most_common())
-        out["steady_passes_per_endpoint_per_resync"] = passes(resources) / span * RESYNC_SECONDS / n
+        out["steady_passes_per_endpoint_per_resync"] = (
+            (passes_w1 - passes_w0) / span * RESYNC_SECONDS / n
+            if passes_w0 is not None and passes_w1 is not None
+            else None
+        )
         out["steady_namespace_writes"] = dict(
             namespace_writes(cluster.logs_dir, NAMESPACE, wall_w0, wall_w1).most_common()
         )
@@ -674,6 +681,7 @@ def run_one(args: argparse.Namespace, n: int) -> Result:
 
         # -- CR -> Deployment at size: one extra endpoint at a time -------------------------------
         wall_p0 = datetime.now(UTC)
+        passes_p0 = endpoint_passes(metrics_port)
         at_size: list[float] = []
         for i in range(args.probes):
             name = f"probe-{i:03d}"
@@ -691,7 +699,10 @@ def run_one(args: argparse.Namespace, n: int) -> Result:
         _, probe_resources = audit_requests(
             cluster.logs_dir, OPERATOR_USER, wall_p0, datetime.now(UTC)
         )
-        out["probe_phase_passes"] = passes(probe_resources)
+        passes_p1 = endpoint_passes(metrics_port)
+        out["probe_phase_passes"] = (
+            passes_p1 - passes_p0 if passes_p0 is not None and passes_p1 is not None else None
+        )
         out["probe_phase_requests"] = sum(probe_resources.values())
         log(f"N={n}: CR->Deployment at size {[round(x, 2) for x in at_size]}")
 
@@ -770,7 +781,7 @@ def table(results: list[Result]) -> str:
     )
     row("  all engine Deployments created", "", [fmt(x["all_deployments_s"], " s", 1) for x in rs])
     row(
-        "  writes/s (everyone), node Lease renewals, NotReady marks",
+        "  writes/s (everyone), node Lease renewals, node-controller node writes",
         "",
         [
             f"{fmt(x.get('convergence_writes_per_s'), '', 0)}, "

@@ -23,6 +23,31 @@ def free_port() -> int:
         return port
 
 
+PASSES_METRIC = "magistral_operator_endpoint_passes_total"
+
+
+def endpoint_passes(
+    port: int, namespace: str | None = None, name: str | None = None
+) -> float | None:
+    """The passes the operator completed, from its /metrics on `port` (`--metrics-port`): of
+    one endpoint when `namespace` and `name` are given, else of all (None: no answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    labels = [f'namespace="{namespace}"'] if namespace is not None else []
+    labels += [f'endpoint="{name}"'] if name is not None else []
+    return sum(
+        (
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(PASSES_METRIC + "{") and all(label in line for label in labels)
+        ),
+        0.0,
+    )
+
+
 class OperatorProcess:
     """`magistral-operator run` in a subprocess; start, stop, kill, restart."""
 

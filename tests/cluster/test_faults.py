@@ -21,7 +21,6 @@ import json
 import os
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -40,7 +39,7 @@ from e2e.cluster.kubeapi import ApiError
 from e2e.cluster.nodepools import delete_node, wait_ready
 from e2e.cluster.stages import SIM_FAIL_ENV
 from e2e.install import OPERATOR_NAMESPACE, SERVICE_ACCOUNT
-from e2e.operator_process import OperatorProcess, free_port
+from e2e.operator_process import OperatorProcess, endpoint_passes, free_port
 
 from .audit import log_size
 from .conftest import (
@@ -94,22 +93,6 @@ def manifest(namespace: str, *, replicas: int, env: list[dict[str, str]]) -> dic
         scaling={"minReplicas": replicas, "maxReplicas": replicas},
         rollout=ROLLOUT,
     )
-
-
-def endpoint_passes(port: int, namespace: str, name: str) -> float | None:
-    """The operator's completed passes of one endpoint, from its /metrics (None: no answer)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return None
-    labels = (f'namespace="{namespace}"', f'endpoint="{name}"')
-    for line in text.splitlines():
-        if line.startswith("magistral_operator_endpoint_passes_total{") and all(
-            label in line for label in labels
-        ):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def _token(kubeconfig: Path) -> str:
