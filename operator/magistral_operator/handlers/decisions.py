@@ -24,7 +24,7 @@ from ..placement import Placement, PlacementPool, place
 from ..plan import EndpointPlan, plan_endpoint, replica_capacity
 from ..references import READ_BEFORE_PODS, Reference
 from ..render.canary import canary_deployment, canary_name
-from ..render.metadata import is_engine_deployment
+from ..render.metadata import deployment_name, is_engine_deployment
 from ..rollout import (
     CANARY_POOL,
     PoolRollout,
@@ -203,15 +203,13 @@ def rollout_pass(
         )
     # A pool whose Deployment was never created because it runs nothing (kube/children.py,
     # deferred_create) has nothing to roll out, prove healthy or restore.
+    named = [(p, deployment_name(endpoint, p.pool.name)) for p in plan.usable_pools]
     pools = [
         PoolRollout(
-            pool=p.pool.name,
-            deployment=deployments.get(f"{name}-{p.pool.name}"),
-            replica_sets=replica_sets,
-            pods=pods,
+            pool=p.pool.name, deployment=deployments.get(dep), replica_sets=replica_sets, pods=pods
         )
-        for p in plan.usable_pools
-        if p.replicas > 0 or f"{name}-{p.pool.name}" in deployments
+        for p, dep in named
+        if p.replicas > 0 or dep in deployments
     ]
     return decide_rollout(
         revision=revision,
