@@ -93,8 +93,9 @@ class HealthMonitor:
 
     async def _run_probe(self) -> HealthReport:
         tokens_before = self._engine_tokens()
+        started = self._clock()
         try:
-            await asyncio.wait_for(self._probe(), self._timeout)
+            await _within(self._probe(), self._timeout)
         except TimeoutError:
             generated = _increase(tokens_before, self._engine_tokens())
             if generated:
@@ -120,7 +121,11 @@ class HealthMonitor:
             report = HealthReport(ok=True, status="ready", detail="one-token generation ok")
         if not report.ok:
             log.warning("readiness check failed: %s", report.detail)
-        self._last_result = (self._clock(), report)
+        ended = self._clock()
+        if ended - started > self._timeout + 1:  # the event loop was held up meanwhile
+            took = ended - started
+            log.warning("readiness check took %.1fs (generation timeout %gs)", took, self._timeout)
+        self._last_result = (ended, report)
         return report
 
     async def readiness(self) -> HealthReport:
@@ -154,6 +159,31 @@ class HealthMonitor:
             status="wedged",
             detail=f"no successful generation for {age:.0f}s (budget {self._budget:g}s)",
         )
+
+
+async def _within(probe: Awaitable[None], timeout: float) -> None:
+    """Await `probe` for at most `timeout` seconds (TimeoutError after that).
+
+    Unlike `asyncio.wait_for`, a timed-out probe is cancelled without waiting for its clean-up
+    (the middleware's probe disconnects from vLLM and gives the handler a moment to abort): the
+    readiness answer comes at the timeout, whatever the abandoned generation still does."""
+    task = asyncio.ensure_future(probe)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_quiet)
+        raise TimeoutError
+    task.result()
+
+
+def _quiet(task: asyncio.Future[None]) -> None:
+    """An abandoned probe's end: read its outcome so asyncio does not log it as lost."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.debug("an abandoned readiness generation ended with %r", exc)
 
 
 def _increase(before: float | None, after: float | None) -> float:

