@@ -97,10 +97,15 @@ def families(engine: Server) -> dict[str, Any]:
     return {f.name: f for f in text_string_to_metric_families(text)}
 
 
+def one_sample(metrics: dict[str, Any], name: str) -> float:
+    """The value of a one-sample family of a scrape (:func:`families`)."""
+    (sample,) = metrics[name].samples
+    return float(sample.value)
+
+
 def gauge(engine: Server, name: str) -> float:
     """The value of a one-sample gauge such as ``vllm:num_requests_waiting``."""
-    (sample,) = families(engine)[name].samples
-    return float(sample.value)
+    return one_sample(families(engine), name)
 
 
 class Background:
