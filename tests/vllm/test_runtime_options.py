@@ -164,6 +164,19 @@ def unload(engine: RealEngine, load: list[Background]) -> None:
         time.sleep(0.2)
 
 
+def holds(engine: RealEngine, load: list[Background]) -> tuple[int, float, float]:
+    """The load's requests without their response yet, then the engine's running and waiting
+    requests. The load is counted first: a request the engine has just finished may still
+    count as in flight, never the other way round."""
+    in_flight = sum(request.ended is None for request in load)
+    metrics = families(engine)
+    return (
+        in_flight,
+        one_sample(metrics, "vllm:num_requests_running"),
+        one_sample(metrics, "vllm:num_requests_waiting"),
+    )
+
+
 def settle(engine: RealEngine, load: list[Background]) -> float:
     """Seconds until the engine holds nothing but the load still in flight.
 
@@ -172,16 +185,10 @@ def settle(engine: RealEngine, load: list[Background]) -> float:
     started = time.monotonic()
     trace = []
     while True:
-        # Read before the gauges: a load request the engine has just finished may still count
-        # as in flight here, never the other way round.
-        in_flight = sum(request.ended is None for request in load)
-        metrics = families(engine)
-        held = one_sample(metrics, "vllm:num_requests_running") + one_sample(
-            metrics, "vllm:num_requests_waiting"
-        )
+        in_flight, running, waiting = holds(engine, load)
         elapsed = time.monotonic() - started
-        trace.append((round(elapsed, 2), held, in_flight))
-        if held <= in_flight:
+        trace.append((round(elapsed, 2), running + waiting, in_flight))
+        if running + waiting <= in_flight:
             return elapsed
         assert elapsed < 10, (
             "a timed-out readiness generation stayed in the engine (seconds, requests in the "
@@ -253,20 +260,7 @@ def test_readiness_idle_and_under_load(options_engine: RealEngine, load: list[Ba
     while busy_seen is None or len(polls) < busy_seen + 3:
         assert time.monotonic() < deadline, polls
         status, report, seconds = ready(engine)
-        # Read before the gauges: a load request the engine has just finished may still count
-        # as in flight here, never the other way round.
-        in_flight = sum(request.ended is None for request in load)
-        metrics = families(engine)
-        polls.append(
-            Poll(
-                status,
-                report,
-                seconds,
-                in_flight,
-                running=one_sample(metrics, "vllm:num_requests_running"),
-                waiting=one_sample(metrics, "vllm:num_requests_waiting"),
-            )
-        )
+        polls.append(Poll(status, report, seconds, *holds(engine, load)))
         if busy_seen is None and report["detail"].startswith("busy:"):
             busy_seen = len(polls)
         time.sleep(0.5)
