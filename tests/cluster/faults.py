@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,23 +104,40 @@ def audit_signatures(audit_log: Path, *, namespace: str, offset: int) -> list[Si
 
 @dataclass(frozen=True)
 class Position:
-    """Kill after the `occurrence`-th (1-based) write with this signature."""
+    """Kill after the `occurrence`-th (1-based) write with this signature; with a `step`, after
+    the `in_step`-th one counted from that step's start instead (the harness arms the kill
+    when the step begins). How many writes a step makes varies a little from run to run (a
+    pass may observe a transient or not), so a count over the whole run drifts by the later
+    steps; counted from its own step, a write keeps its place."""
 
     signature: Signature
     occurrence: int
     index: int  # its place in the reference run's sequence (1-based), for the record
+    step: str = ""
+    in_step: int = 0
 
     def __str__(self) -> str:
-        return f"#{self.index} {self.signature} (occurrence {self.occurrence})"
+        where = f", {self.in_step} in step {self.step}" if self.step else ""
+        return f"#{self.index} {self.signature} (occurrence {self.occurrence}{where})"
+
+    def armed(self) -> Position:
+        """The position the proxy counts to once armed at its step's start."""
+        return replace(self, occurrence=self.in_step) if self.step else self
 
 
-def positions(reference: list[Signature]) -> list[Position]:
-    """Every write of the reference run as a kill position."""
+def positions(
+    reference: list[Signature], step_of: Callable[[int], str] | None = None
+) -> list[Position]:
+    """Every write of the reference run as a kill position; with `step_of` (1-based index →
+    the step it was made in), each also counted within its step."""
     seen: Counter[Signature] = Counter()
+    in_step: Counter[tuple[str, Signature]] = Counter()
     out = []
     for index, sig in enumerate(reference, start=1):
         seen[sig] += 1
-        out.append(Position(sig, seen[sig], index))
+        step = step_of(index) if step_of else ""
+        in_step[step, sig] += 1
+        out.append(Position(sig, seen[sig], index, step, in_step[step, sig] if step else 0))
     return out
 
 

@@ -6,7 +6,9 @@ middle of a pass, a node deleted under a replica, a child removed while the oper
 The operator reaches the API server through `faults.KillingProxy`, which counts its writes and
 kills it (SIGKILL) when the answer to the chosen write arrives, before passing it on. The kill
 positions come from the API server's audit log of the fault-free run, as "the n-th occurrence
-of (verb, resource, subresource, name)".
+of (verb, resource, subresource, name) in step S", counted from the step's start (the kill is
+armed when the step begins): how many writes a step makes varies a little between runs, and a
+count over the whole run would drift by the earlier steps' differences.
 
 MAGISTRAL_FAULT_POSITIONS picks the positions: `ci` (default, inside the CI budget: the status
 write recording the rollback step's decision; `ci2` adds the rollout step's first Event),
@@ -341,10 +343,13 @@ class Harness:
 
                 restarter = threading.Thread(target=restart, daemon=True)
                 restarter.start()
-                proxy.arm(target, kill)
+                # A position counted within its step is armed when that step begins.
+                proxy.arm(None if target is not None and target.step else target, kill)
                 try:
                     for step, action in self.steps(namespace):
                         run.step_starts[step] = len(proxy.writes())
+                        if target is not None and target.step == step:
+                            proxy.arm(target.armed(), kill)
                         obj = action()
                         if target is not None and restarted.is_set():
                             restarter.join(timeout=90)
@@ -446,7 +451,7 @@ def test_killed_after_a_write_the_operator_reaches_the_reference_end_state(
     audited = audit_signatures(cluster.audit_log, namespace=reference.namespace, offset=offset)
     # The proxy saw exactly the writes the API server logged (the kill positions are exact).
     assert Counter(audited) == Counter(reference.writes), (audited, reference.writes)
-    all_positions = positions(audited)
+    all_positions = positions(audited, reference.step_of)
     report: dict[str, Any] = {
         "reference": {
             "seconds": round(reference.seconds, 1),

@@ -4,12 +4,14 @@ the audit log see them, kill positions, owed Events, the normalised child conten
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from tests.cluster.faults import (
+    KillingProxy,
     Position,
     Signature,
     StepState,
@@ -60,6 +62,44 @@ def test_positions_count_occurrences_of_each_signature() -> None:
         select(found, "create events/fault.*@4")
     assert str(found[2]) == "#3 patch magistralendpoints/status/fault (occurrence 2)"
     assert isinstance(found[0], Position)
+
+
+def test_positions_in_a_step_are_counted_from_its_start_and_armed_there() -> None:
+    """CI's kill position, the rollback step's first status write, was the 21st status write
+    of the reference; a run whose earlier steps wrote one status less never reached a 21st
+    before its end, and the kill never fired. Counted from its step, it is the 1st."""
+    status = Signature("patch", "magistralendpoints", "status", "fault")
+    event = Signature("create", "events", "", "fault.*")
+    steps = {1: "create", 2: "create", 3: "create", 4: "rollback", 5: "rollback", 6: "rollback"}
+    found = positions([status, event, status, status, event, status], steps.__getitem__)
+    assert [(p.step, p.occurrence, p.in_step) for p in found] == [
+        ("create", 1, 1),
+        ("create", 1, 1),
+        ("create", 2, 2),
+        ("rollback", 3, 1),
+        ("rollback", 2, 1),
+        ("rollback", 4, 2),
+    ]
+    assert str(found[3]) == (
+        "#4 patch magistralendpoints/status/fault (occurrence 3, 1 in step rollback)"
+    )
+    assert found[3].armed().occurrence == 1
+    assert positions([status])[0].armed().occurrence == 1  # no step: counted over the run
+
+    # The proxy, armed at the step's start, kills at the step's first status write, whatever
+    # the steps before it wrote.
+    proxy = KillingProxy("https://127.0.0.1:1", Path("/nonexistent"), namespace=NS)
+    kills: list[int] = []
+    for _ in range(5):  # the earlier steps: more status writes than the reference made
+        proxy._count(status)
+    proxy.arm(found[3].armed(), lambda: kills.append(len(kills)))
+    proxy._count(event)
+    assert not kills
+    proxy._count(status)
+    assert kills == [0]
+    assert proxy.fired.is_set()
+    proxy._count(status)
+    assert kills == [0]  # once
 
 
 def test_owed_events_are_the_keys_a_status_patch_records() -> None:
