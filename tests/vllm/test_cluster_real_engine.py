@@ -64,6 +64,14 @@ SERVED = "magistral-small"
 PROMPT = "You are a tiny test model. Answer briefly."
 SHUTDOWN_TIMEOUT = 10
 """The real engine's shutdown timeout (the pod's config: 60 s)."""
+CONTEXT = 16384
+"""The engine's max_model_len here (the real-engine tests' usual 4096 raised): room for a long
+stream that must still run when the rollout's SIGTERM comes."""
+LONG_STREAM_TOKENS = 15000
+"""The long stream of (d). From the spec change to SIGTERM the rollout takes 20-30 s (the new
+pod Ready, healthySeconds, the old pod's 10 s preStop); the engine on CPU generates 100-250
+tokens/s for one sequence, so 3,000 tokens once ended 7 s before SIGTERM (stop 22's CI). At
+that speed 15,000 take 60 s or more."""
 FAST_SIMS = ["--itl-ms", "2", "--ttft-ms", "5"]
 
 
@@ -75,7 +83,7 @@ def manifest(namespace: str, *, temperature: float) -> dict[str, Any]:
         "spec": {
             "model": {"repo": "mistralai/Magistral-Small-2506", "servedModelName": SERVED},
             "runtime": {
-                "maxModelLen": 4096,
+                "maxModelLen": CONTEXT,
                 "maxNumSeqs": 2,
                 "env": [{"name": SIM_READINESS_ENV, "value": SIM_READINESS_SUPERVISOR}],
             },
@@ -168,7 +176,10 @@ def supervisor(
         sim_args=FAST_SIMS,
         log_dir=tmp_path_factory.mktemp("engines"),
         real_engine=lambda pod: True,  # the first pod; later ones while it runs get simulators
-        real_engine_overrides={"shutdown_timeout_seconds": SHUTDOWN_TIMEOUT},
+        real_engine_overrides={
+            "shutdown_timeout_seconds": SHUTDOWN_TIMEOUT,
+            "max_model_len": CONTEXT,
+        },
         engine_install=EngineInstall(env=engine_env, model=tiny_model),
         stop_grace_seconds=15,
     ) as sup:
@@ -384,7 +395,7 @@ def test_an_endpoint_served_by_the_real_engine(
 
     # (d) A rollout replaces the engine's pod while a long stream runs on it.
     old_revision = endpoint_state(api, namespace)["rollout"]["currentRevision"]
-    long = Stream(engine, max_tokens=3000).start()
+    long = Stream(engine, max_tokens=LONG_STREAM_TOKENS).start()
     wait_for("the long stream's first tokens", lambda: len(long.events) >= 5, timeout=60)
     applied = time.monotonic()
     apply_manifest(cluster.kubeconfig, manifest(namespace, temperature=0.5))
@@ -422,7 +433,11 @@ def test_an_endpoint_served_by_the_real_engine(
         cut = False
     assert long.closed_at is not None
     assert exit_.sigterm_at is not None
-    assert long.closed_at > exit_.sigterm_at  # it was in flight when the drain began
+    # It was in flight when the drain began.
+    assert long.closed_at > exit_.sigterm_at, (
+        f"the long stream ended {exit_.sigterm_at - long.closed_at:.1f} s before SIGTERM, "
+        f"{len(payloads)} events, {long.closed_at - applied:.1f} s after the spec change"
+    )
     assert exit_.pod == engine.pod
     assert not exit_.sigkilled, exit_  # it exited by itself, before the grace period ended
     assert exit_.returncode is not None
