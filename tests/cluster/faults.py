@@ -107,7 +107,7 @@ class Position:
     """Kill after the `occurrence`-th (1-based) write with this signature; with a `step`, after
     the `in_step`-th one counted from that step's start instead (the harness arms the kill
     when the step begins). How many writes a step makes varies a little from run to run (a
-    pass may observe a transient or not), so a count over the whole run drifts by the later
+    pass may observe a transient or not), so a count over the whole run drifts by the earlier
     steps; counted from its own step, a write keeps its place."""
 
     signature: Signature

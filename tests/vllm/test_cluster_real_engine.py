@@ -364,7 +364,10 @@ def test_an_endpoint_served_by_the_real_engine(
     assert answer["usage"]["prompt_tokens"] == same["usage"]["prompt_tokens"]
 
     # (c) The operator reads the engine's queue: 2 running (maxNumSeqs) and 2 waiting.
-    load = [Stream(engine, max_tokens=600).start() for _ in range(4)]
+    # Long enough to hold the queue until the operator has read it (a scrape and a pass, 3 s
+    # each, may lag 6 s; at 250 tokens/s 600 tokens held it for only 2.4 s): they are stopped
+    # once status.autoscaler shows it, and the engine aborts them.
+    load = [Stream(engine, max_tokens=LONG_STREAM_TOKENS).start() for _ in range(4)]
     try:
         queued = wait_for(
             "two requests waiting on the engine",
