@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -46,6 +47,21 @@ def endpoint_passes(
         ),
         0.0,
     )
+
+
+LOG_STAMP = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\] ")
+"""The time stamp that starts each line of the operator's log (its milliseconds may read 403)."""
+
+
+def refused_requests(log: str) -> list[str]:
+    """The lines of an operator log that report a request the API server refused (403,
+    Forbidden: kopf and the client log a refused list, watch or write so), time stamps left
+    out of the search."""
+    return [
+        line
+        for line in log.splitlines()
+        if re.search(r"\b403\b|[Ff]orbidden", LOG_STAMP.sub("", line))
+    ]
 
 
 class OperatorProcess:
