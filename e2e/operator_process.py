@@ -78,7 +78,10 @@ class OperatorProcess:
         namespaces: tuple[str, ...] = (),
         extra_args: tuple[str, ...] = (),
         extra_env: dict[str, str] | None = None,
+        metrics: bool = False,
     ) -> None:
+        """``metrics``: serve the operator's /metrics on a free loopback port, chosen anew at
+        each start (``metrics_port``; ``passes`` reads it)."""
         self.kubeconfig = kubeconfig
         self.extra_args = extra_args
         self.extra_env = dict(extra_env or {})
@@ -91,6 +94,15 @@ class OperatorProcess:
         self.namespaces = namespaces
         self.process: subprocess.Popen[bytes] | None = None
         self.health_port = 0
+        self.metrics = metrics
+        self.metrics_port = 0
+
+    def passes(self, namespace: str, name: str) -> float | None:
+        """The passes this process completed of one endpoint (None: no /metrics answer, or
+        started without ``metrics``): the proof that it ran while a test waited."""
+        if not self.metrics_port:
+            return None
+        return endpoint_passes(self.metrics_port, namespace, name)
 
     def start(self, *, timeout: float = 60.0) -> None:
         """Start and wait for kopf's liveness endpoint to answer."""
@@ -107,6 +119,9 @@ class OperatorProcess:
         ]
         for ns in self.namespaces:
             argv += ["--namespace", ns]
+        if self.metrics:
+            self.metrics_port = free_port()
+            argv += ["--metrics-port", str(self.metrics_port)]
         argv += list(self.extra_args)
         env = {
             **os.environ,

@@ -144,6 +144,7 @@ def operator(
     proc = OperatorProcess(
         kubeconfig=sa_kubeconfig,
         log_file=tmp_path_factory.mktemp("operator") / "operator.log",
+        metrics=True,  # tests that wait for nothing to happen count its passes meanwhile
     )
     proc.start()
     yield proc
@@ -161,7 +162,7 @@ def swapped_operator(
     own = OperatorProcess(
         kubeconfig=cluster.kubeconfig_for_service_account(OPERATOR_NAMESPACE, SERVICE_ACCOUNT),
         log_file=tmp_path / "operator.log",
-        **settings,
+        **{"metrics": True, **settings},
     )
     try:
         own.start()
@@ -216,6 +217,24 @@ def wait_for(
             return last
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def passes_completed(
+    operator: OperatorProcess, namespace: str, name: str, *, count: int = 3, timeout: float = 90
+) -> float:
+    """Wait until `operator` (started with ``metrics``) has completed `count` more passes of the
+    endpoint than when called: the proof that it ran while a test waits for nothing to change."""
+    start = operator.passes(namespace, name)
+    assert start is not None, "the operator serves no /metrics (OperatorProcess(metrics=True))"
+
+    def done() -> float | None:
+        now = operator.passes(namespace, name)
+        return now if now is not None and now - start >= count else None
+
+    result: float = wait_for(
+        f"{count} passes of {namespace}/{name}", done, timeout=timeout, interval=0.25
+    )
+    return result
 
 
 def endpoint_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:

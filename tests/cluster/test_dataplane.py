@@ -33,6 +33,7 @@ from .conftest import (
     condition,
     endpoint_manifest,
     get_endpoint,
+    passes_completed,
     swapped_operator,
     wait_for,
 )
@@ -230,7 +231,7 @@ def test_a_backlog_is_served_by_new_replicas_then_the_fleet_scales_back(
     # A restart resumes from status.autoscaler: no collapse to minReplicas and back.
     operator.kill()
     operator.start()
-    time.sleep(3 * operator.resync_seconds)  # several passes of the new process
+    passes_completed(operator, namespace, name)  # several passes of the new process
     assert replicas(api, namespace, name) == 3
     assert not events(api, namespace, name, "ScaledDown")
     answers = burst.join(timeout=240)
@@ -349,8 +350,7 @@ def test_a_silent_router_is_reported_never_read_as_no_demand_and_recovers(
             )
 
         wait_for("a pass under the new spec", judged, timeout=60)
-        passes_before = operator.resync_seconds
-        time.sleep(3 * passes_before)  # several more passes, each a failed read
+        passes_completed(operator, namespace, name)  # several more, each a failed read
         assert judged()
         assert replicas(api, namespace, name) == 2
         deployment = client.AppsV1Api(api).read_namespaced_deployment(

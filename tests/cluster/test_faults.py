@@ -41,7 +41,7 @@ from e2e.cluster.kubeapi import ApiError
 from e2e.cluster.nodepools import delete_node, wait_ready
 from e2e.cluster.stages import SIM_FAIL_ENV
 from e2e.install import OPERATOR_NAMESPACE, SERVICE_ACCOUNT
-from e2e.operator_process import OperatorProcess, endpoint_passes, free_port
+from e2e.operator_process import OperatorProcess
 
 from .audit import log_size
 from .conftest import (
@@ -141,7 +141,6 @@ class Harness:
         sa = cluster.kubeconfig_for_service_account(OPERATOR_NAMESPACE, SERVICE_ACCOUNT)
         self.token = _token(sa)
         self.ca_file = Path(cluster._require_state().ca_file)
-        self.metrics_ports: dict[int, int] = {}  # id(OperatorProcess) -> its /metrics port
 
     # -- namespace and operator ------------------------------------------------------------
     @contextmanager
@@ -165,14 +164,12 @@ class Harness:
             token=self.token,
             user=f"system:serviceaccount:{OPERATOR_NAMESPACE}:{SERVICE_ACCOUNT}",
         )
-        port = free_port()
         proc = OperatorProcess(
             kubeconfig=kubeconfig,
             log_file=self.tmp_path / f"{label}.log",
             resync_seconds=RESYNC,
-            extra_args=("--metrics-port", str(port)),
+            metrics=True,
         )
-        self.metrics_ports[id(proc)] = port
         proc.start()
         try:
             yield proc
@@ -198,13 +195,12 @@ class Harness:
         once the operator's caches are filled, so the proxy cannot see passes.) With `gone`
         (the endpoint was deleted: no pass runs any more), the proof is that the operator
         dropped the endpoint's series, which it does when its cache sees the deletion."""
-        port = self.metrics_ports[id(proc)]
         seen: dict[str, float] = {}
 
         def quiet() -> bool:
             last = proxy.last_write_at()
             alive = proc.process is not None and proc.process.poll() is None
-            count = endpoint_passes(port, proxy.namespace, NAME)
+            count = proc.passes(proxy.namespace, NAME)
             if not alive or count is None:
                 return False
             if gone:

@@ -26,7 +26,7 @@ from e2e.install import CHART, kubectl, tool
 from e2e.operator_process import OperatorProcess
 from magistral_operator.api.labels import MANAGER
 
-from .conftest import ready_status, wait_for
+from .conftest import passes_completed, ready_status, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ENDPOINT_DIR = ROOT / "examples" / "gitops" / "endpoint"
@@ -103,7 +103,21 @@ def synced(
     """The example endpoint synced by "Argo CD" into a test namespace and Ready."""
     argocd_apply(admin_kubeconfig, endpoint_manifests(), namespace=namespace)
     wait_for("the endpoint to be Ready", ready_status(api, namespace, NAME, 1), timeout=90)
-    time.sleep(2 * operator.resync_seconds)  # let the last status write land
+    # Ready is not the last write: the second router pod turns Ready, the PDBs' controller
+    # counts it, the rollout turns Healthy after healthySeconds. Settled: nothing of the
+    # endpoint's changed while the operator completed 3 passes.
+    state: dict[str, Any] = {}
+
+    def settled() -> bool:
+        now = versions(admin_kubeconfig, namespace)
+        if now != state.get("versions"):
+            state["versions"] = now
+            state["passes"] = operator.passes(namespace, NAME)
+            return False
+        passes = operator.passes(namespace, NAME)
+        return passes is not None and passes - state["passes"] >= 3
+
+    wait_for("the endpoint and its children to settle", settled, timeout=180, interval=1.0)
     return namespace
 
 
@@ -142,8 +156,14 @@ def test_chart_manifests_reapplied_change_nothing(admin_kubeconfig: Path) -> Non
                 out[ref] = get_json(admin_kubeconfig, *args)["metadata"]["resourceVersion"]
             return out
 
-        time.sleep(1)  # the Deployment controller's first status write
-        before = snapshot()
+        # Settled first: the Deployment and ReplicaSet controllers' status writes come in a
+        # chain, later when the controller manager is busy with other tests' namespaces.
+        def stable() -> dict[str, str] | None:
+            first = snapshot()
+            time.sleep(2)
+            return first if snapshot() == first else None
+
+        before = wait_for("the chart's objects to settle", stable, timeout=60)
         out = argocd_apply(admin_kubeconfig, rendered)
         assert "serverside-applied" in out
         time.sleep(1)
@@ -197,7 +217,7 @@ def test_reapplying_the_same_endpoint_changes_nothing(
     assert len(before) == 13, before
     out = argocd_apply(admin_kubeconfig, endpoint_manifests(), namespace=synced)
     assert "serverside-applied" in out
-    time.sleep(3 * operator.resync_seconds)  # several operator passes
+    passes_completed(operator, synced, NAME)  # it ran, and found nothing to write
     assert versions(admin_kubeconfig, synced) == before
 
 

@@ -58,7 +58,7 @@ def test_refused_child_degrades_within_a_resync_backs_off_and_recovers(
     cond = wait_for(
         "Degraded ChildRefused",
         _degraded(api, namespace, "lb", "ChildRefused"),
-        timeout=operator.resync_seconds + 15,
+        timeout=operator.resync_seconds + 45,
     )
     assert "Service/lb" in cond["message"], cond
     assert "exceeded quota" in cond["message"], cond
@@ -94,7 +94,7 @@ def test_refused_child_degrades_within_a_resync_backs_off_and_recovers(
         )
         return bool(cond and cond["reason"] != "ChildRefused" and services.items)
 
-    wait_for("the endpoint to recover", recovered, timeout=operator.resync_seconds + 15)
+    wait_for("the endpoint to recover", recovered, timeout=operator.resync_seconds + 45)
 
 
 def test_text_outside_the_bmp_reaches_the_pod_unchanged(
@@ -145,7 +145,7 @@ def test_missing_prompt_configmap_holds_pods_until_it_exists(
     cond = wait_for(
         "Degraded ReferenceNotFound",
         _degraded(api, namespace, "later", "ReferenceNotFound"),
-        timeout=operator.resync_seconds + 15,
+        timeout=operator.resync_seconds + 45,
     )
     assert "spec.inference.systemPrompt.configMapRef" in cond["message"], cond
     assert not _has_pods(api, namespace, "later")

@@ -22,6 +22,7 @@ from .conftest import (
     condition,
     endpoint_manifest,
     get_endpoint,
+    passes_completed,
     ready_status,
     wait_for,
 )
@@ -109,7 +110,7 @@ def test_example_endpoint_becomes_ready_on_reserved_gpus(
     # Events follow the status write that records the transition: wait for it, then a few
     # more passes, and there must be exactly one.
     wait_for("a ReplicasReady event", lambda: "ReplicasReady" in reasons(), timeout=30)
-    time.sleep(2 * operator.resync_seconds)
+    passes_completed(operator, namespace, "magistral-small", count=2)
     assert reasons().count("ReplicasReady") == 1, reasons()  # one Event per transition
 
 
@@ -211,7 +212,7 @@ def test_reapplying_the_same_endpoint_writes_nothing(
     offset = log_size(cluster.audit_log)
 
     apply_manifest(admin_kubeconfig, manifest)
-    time.sleep(4 * operator.resync_seconds)  # several periodic reconciles
+    passes_completed(operator, namespace, "idem", count=4)  # several passes, none writes
 
     operator_writes = writes(
         cluster.audit_log, user=OPERATOR_USER, namespace=namespace, offset=offset
