@@ -192,12 +192,13 @@ def test_waiting_queue_builds_beyond_max_num_seqs(sim_factory: SimFactory) -> No
     """max_num_seqs=2 and 6 slow requests: /metrics shows 2 running and 4 waiting."""
     sim = sim_factory(max_num_seqs=2, itl_ms=20.0)
     results: list[int] = []
+    tokens = 100  # 2 s each: all six must be in before the first two end (0.8 s was little)
 
     def one() -> None:
         status, _ = post(
             sim,
             "/v1/chat/completions",
-            {"messages": MESSAGES, "max_tokens": 40, "ignore_eos": True},
+            {"messages": MESSAGES, "max_tokens": tokens, "ignore_eos": True},
         )
         results.append(status)
 
@@ -218,7 +219,7 @@ def test_waiting_queue_builds_beyond_max_num_seqs(sim_factory: SimFactory) -> No
     samples = metrics(sim.url)
     assert value(samples, "vllm:request_success_total", finished_reason="length") == 6
     assert value(samples, "vllm:request_queue_time_seconds_count") == 6
-    assert value(samples, "vllm:generation_tokens_total") == 6 * 40
+    assert value(samples, "vllm:generation_tokens_total") == 6 * tokens
     assert value(samples, "vllm:num_requests_running") == 0
     assert value(samples, "vllm:num_requests_waiting") == 0
 

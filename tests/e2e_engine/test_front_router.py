@@ -33,6 +33,9 @@ JSON = {"Content-Type": "application/json"}
 CHAT = {"model": "magistral-test", "messages": [{"role": "user", "content": "hello"}]}
 SLOW = {"itl_ms": 20.0, "output_tokens_min": 100, "output_tokens_max": 100}
 """A simulated replica whose answers take about 2 s (100 tokens, 20 ms apart)."""
+LONGER = {**SLOW, "output_tokens_min": 300, "output_tokens_max": 300}
+"""About 6 s an answer: for tests that must see a request still running after a chain of
+polls and signals (2 s is little on a loaded 2-core runner)."""
 
 
 def free_port() -> int:
@@ -322,7 +325,7 @@ def test_streaming_passes_through_as_it_comes(stack: Stack, sim_factory: SimFact
 
 
 def test_admission_per_worker_keeps_the_rest_queued(stack: Stack, sim_factory: SimFactory) -> None:
-    sim = sim_factory(**SLOW)
+    sim = sim_factory(**LONGER)
     stack.start_router(sim.url)
     stack.start_front("--max-num-seqs", "2", "--router-replicas", "1")
     stack.wait_demand("the worker", lambda d: d["workers"] == 1 and d["capacity"] == 2)
@@ -421,7 +424,7 @@ def test_client_disconnect_frees_the_slot_and_the_engine(
 def test_sigterm_lets_in_flight_finish_and_answers_held_at_the_deadline(
     stack: Stack, sim_factory: SimFactory
 ) -> None:
-    sim = sim_factory(**SLOW)
+    sim = sim_factory(**LONGER)
     stack.start_router(sim.url)
     stack.start_front("--max-num-seqs", "1", "--router-replicas", "1", "--drain-seconds", "30")
     stack.wait_demand("the worker", lambda d: d["workers"] == 1)
@@ -450,7 +453,7 @@ def test_pod_shutdown_router_gone_answers_queued_at_once(
     """SIGTERM to both containers, as in a terminating pod: vllm-router stops listening at
     once but finishes what it has; the front's queued request can no longer be sent, so it
     gets its 503 then, not at the (10-minute) drain deadline."""
-    sim = sim_factory(**SLOW)
+    sim = sim_factory(**LONGER)
     stack.start_router(sim.url)
     stack.start_front("--max-num-seqs", "1", "--router-replicas", "1", "--drain-seconds", "600")
     stack.wait_demand("the worker", lambda d: d["workers"] == 1)

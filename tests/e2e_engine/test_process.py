@@ -82,8 +82,8 @@ def test_port_opens_only_after_the_startup_delay(processes: list[SimProcess]) ->
 def test_sigterm_drains_in_flight_requests(processes: list[SimProcess]) -> None:
     """Running and queued requests all finish; the port closes; the process exits 0."""
     proc = SimProcess(
-        "--port", "0", "--itl-ms", "10", "--shutdown-timeout", "60", "--max-num-seqs", "2", *FAST
-    )
+        "--port", "0", "--itl-ms", "50", "--shutdown-timeout", "60", "--max-num-seqs", "2", *FAST
+    )  # 5 s a request: the third still queued when the signal comes, whatever the load
     processes.append(proc)
     url = proc.wait_listening()
     outputs: list[list[str]] = [[] for _ in range(3)]

@@ -233,8 +233,8 @@ def test_the_prober_plays_the_kubelets_thresholds(server: ThreadingHTTPServer) -
     # Unready, then 2 successes to turn ready, then 3 failures to turn unready again.
     Scripted.statuses = [503, 503, 200, 200, 503, 503, 503, 200]
     probe = ReadinessProbe(
-        path="/ready", period_s=0.1, timeout_s=1, failure_threshold=3, success_threshold=2
-    )
+        path="/ready", period_s=0.3, timeout_s=1, failure_threshold=3, success_threshold=2
+    )  # each state lasts 0.6-0.9 s: sampled every 20 ms, a stalled thread still sees it
     port = server.server_address[1]
     prober = ReadinessProber(base_url=f"http://127.0.0.1:{port}", probe=probe, name="t").start()
     try:
@@ -243,7 +243,9 @@ def test_the_prober_plays_the_kubelets_thresholds(server: ThreadingHTTPServer) -
         while time.monotonic() < deadline and (not states or len(Scripted.statuses) > 0):
             states.append(prober.ready)
             time.sleep(0.02)
-        time.sleep(0.3)
+        settle = time.monotonic() + 5  # the last 200s turn it ready again
+        while not prober.ready and time.monotonic() < settle:
+            time.sleep(0.02)
         states.append(prober.ready)
     finally:
         prober.stop()

@@ -393,7 +393,7 @@ def test_operator_rendered_pods_run_the_runtime_middleware(
             "model": "magistral",
             "messages": [{"role": "user", "content": "Count slowly."}],
             "stream": True,
-            "max_tokens": 1500,
+            "max_tokens": 6000,  # 12 s at 2 ms a token: still running when SIGTERM comes
             "ignore_eos": True,
         }
         conn.request(

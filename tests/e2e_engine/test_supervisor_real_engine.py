@@ -274,7 +274,8 @@ def test_an_ungated_pod_is_labelled_and_waits_for_its_config(
         # The ConfigMap arrives: the engine starts at the next retry.
         objects = render({}, name="rt-late", namespace=ns)
         api.create(f"/api/v1/namespaces/{ns}/configmaps", by_kind(objects, "ConfigMap"))
-        (sim,) = sup.wait_for(lambda s: len(serving(s)) == 1, timeout=30)
+        # The retry's back-off doubles up to 30 s: one more wait of it, whatever came before.
+        (sim,) = sup.wait_for(lambda s: len(serving(s)) == 1, timeout=60)
         (engine_dir(sup, sim) / "ready").touch()
         wait("the pod Ready", lambda: pod_state(api, ns, sim.pod) == (True, None, None))
         api.delete(f"/apis/apps/v1/namespaces/{ns}/deployments/rt-late-reserved-h100")
