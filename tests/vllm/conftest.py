@@ -29,6 +29,7 @@ import pytest
 
 from e2e.real_engine.env import EngineEnv, ensure_env
 from e2e.real_engine.serve import RealEngine, ensure_model
+from e2e.stalls import Heartbeat
 
 _STATS: dict[str, str] = {}
 
@@ -38,6 +39,9 @@ OPTIONS_SAMPLING = {"temperature": 0.0, "top_p": 1e-6, "max_tokens": 24}
 """Sampling defaults with visible effects: greedy; top_p so small that only the most likely
 token is left (sampling at any temperature is then greedy); answers cut at 24 tokens."""
 OPTIONS_MAX_NUM_SEQS = 2
+OPTIONS_MAX_MODEL_LEN = 16_384
+"""Room for the readiness test's long load requests (the real-engine tests' usual 4096 raised;
+the tiny model has 131,072 positions and the 1 GiB KV cache 524,288 tokens)."""
 OPTIONS_SHUTDOWN_TIMEOUT = 6
 
 
@@ -71,6 +75,7 @@ def _options_config(workdir: Path) -> dict[str, Any]:
         "system_prompt": {"mode": "custom", "path": str(prompt)},
         "sampling": OPTIONS_SAMPLING,
         "max_num_seqs": OPTIONS_MAX_NUM_SEQS,
+        "max_model_len": OPTIONS_MAX_MODEL_LEN,
         "shutdown_timeout_seconds": OPTIONS_SHUTDOWN_TIMEOUT,
     }
 
@@ -168,5 +173,14 @@ def engine(engines: Engines) -> RealEngine:
 
 @pytest.fixture
 def options_engine(engines: Engines) -> RealEngine:
-    """Custom system prompt, OPTIONS_SAMPLING, max_num_seqs 2, shutdown timeout 6 s."""
+    """Custom system prompt, OPTIONS_SAMPLING, max_num_seqs 2, max_model_len 16384, shutdown
+    timeout 6 s."""
     return engines.get("options")
+
+
+@pytest.fixture
+def heartbeat() -> Iterator[Heartbeat]:
+    """This process's stalls while the test runs (e2e/stalls.py): subtract them from what the
+    test times."""
+    with Heartbeat() as beat:
+        yield beat

@@ -1,0 +1,94 @@
+"""How long this process was not scheduled: the test machine's stalls, measured.
+
+On the 2-core test machine a busy CPU engine can keep every other process off the CPU for
+seconds: a Python loop sleeping 50 ms once woke 29.4 s late while three streams ran
+(docs/real-engine.md, "Stalls"). A test that times an answer measures the stall with it. A
+`Heartbeat` thread sleeps in short steps and records each wake-up that came late; a test
+subtracts the stall that overlapped what it timed (`stalled`), so that a bound on the answer
+is a bound on the software, not on the machine's scheduler.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+
+STEP_SECONDS = 0.05
+"""How long the heartbeat sleeps between looks at the clock."""
+LATE_SECONDS = 0.25
+"""A wake-up this much later than asked for counts as a stall (the whole gap is recorded)."""
+
+Gap = tuple[float, float]
+"""(start, end) on the monotonic clock: the heartbeat slept from start and woke at end."""
+
+
+def overlap(gaps: Iterable[Gap], since: float, until: float) -> float:
+    """Seconds of `gaps` that fall inside [since, until]."""
+    total = 0.0
+    for start, end in gaps:
+        total += max(0.0, min(end, until) - max(start, since))
+    return total
+
+
+class Heartbeat:
+    """A daemon thread recording the gaps in which it was not woken on time.
+
+    Use as a context manager (or `start` and `stop`); `stalled(since, until)` is the stall
+    inside a span timed with `time.monotonic()`."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        step: float = STEP_SECONDS,
+        late: float = LATE_SECONDS,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._step = step
+        self._late = late
+        self._gaps: list[Gap] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def __enter__(self) -> Heartbeat:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def gaps(self) -> list[Gap]:
+        with self._lock:
+            return list(self._gaps)
+
+    def stalled(self, since: float, until: float) -> float:
+        """Seconds in [since, until] in which this process was not scheduled."""
+        return overlap(self.gaps, since, until)
+
+    def _run(self) -> None:
+        before = self._clock()
+        while not self._stop.is_set():
+            self._sleep(self._step)
+            now = self._clock()
+            if now - before > self._step + self._late:
+                with self._lock:
+                    self._gaps.append((before, now))
+            before = now
