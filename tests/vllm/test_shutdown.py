@@ -20,6 +20,7 @@ import json
 import time
 
 from e2e.real_engine.serve import SERVED_MODEL_NAME, RealEngine
+from e2e.stalls import Heartbeat
 from magistral_runtime.cutoff import cutoff_after
 from tests.vllm.client import Background, call
 from tests.vllm.conftest import OPTIONS_SHUTDOWN_TIMEOUT, Engines, record
@@ -52,7 +53,7 @@ def stream(engine: RealEngine, max_tokens: int) -> Background:
     return Background(engine, "/v1/chat/completions", body).start()
 
 
-def test_draining_on_the_real_engine(engines: Engines) -> None:
+def test_draining_on_the_real_engine(engines: Engines, heartbeat: Heartbeat) -> None:
     engine = engines.take("options")
     try:
         host, port = engine.url.removeprefix("http://").split(":")
@@ -95,10 +96,15 @@ def test_draining_on_the_real_engine(engines: Engines) -> None:
         assert finishes[-1] == "length"
         assert not [c for c in short.payloads[:-1] if "error" in c]
         assert short.ended is not None
-        # In flight at SIGTERM, finished by the drain before the cutoff.
-        assert sent < short.ended < sent + cutoff_after(OPTIONS_SHUTDOWN_TIMEOUT), (
+        # In flight at SIGTERM, finished by the drain before the cutoff (seen by this process:
+        # not counting its stalls, e2e/stalls.py).
+        short_stall = heartbeat.stalled(sent, short.ended)
+        assert sent < short.ended, (
+            f"the short stream ended {sent - short.ended:.2f} s before SIGTERM"
+        )
+        assert short.ended - short_stall < sent + cutoff_after(OPTIONS_SHUTDOWN_TIMEOUT), (
             f"short stream of {len(short.payloads)} events at {rate:.0f} tokens/s ended "
-            f"{short.ended - sent:.2f} s after SIGTERM"
+            f"{short.ended - sent:.2f} s after SIGTERM ({short_stall:.2f} s of it stalled)"
         )
 
         long.join(30)
@@ -109,7 +115,9 @@ def test_draining_on_the_real_engine(engines: Engines) -> None:
         assert error["error"]["code"] == 503
         assert long.ended is not None
         cut = long.ended - sent
-        assert cutoff_after(OPTIONS_SHUTDOWN_TIMEOUT) - 0.5 < cut < OPTIONS_SHUTDOWN_TIMEOUT
+        stall = heartbeat.stalled(sent, long.ended)
+        assert cutoff_after(OPTIONS_SHUTDOWN_TIMEOUT) - 0.5 < cut, cut
+        assert cut - stall < OPTIONS_SHUTDOWN_TIMEOUT, (cut, stall)
 
         racing.join(30)
         outcome = raced(racing)
