@@ -237,6 +237,40 @@ def passes_completed(
     return result
 
 
+def settle(
+    operator: OperatorProcess,
+    namespace: str,
+    name: str,
+    snapshot: Callable[[], Any],
+    *,
+    passes: int = 3,
+    timeout: float = 180,
+) -> Any:
+    """The snapshot once it has stayed the same while `operator` (started with ``metrics``)
+    completed `passes` passes of the endpoint: settled, and proven so by the operator running.
+
+    Ready is not an endpoint's last write (the rollout turns Healthy after healthySeconds,
+    the autoscaler's first reads land, a PDB counts its pods), so a test that then checks
+    that nothing changes first waits for this."""
+    assert operator.metrics_port, "the operator serves no /metrics (OperatorProcess(metrics=True))"
+    state: dict[str, Any] = {"snapshot": object(), "passes": None}
+
+    def check() -> tuple[Any] | None:
+        now = snapshot()
+        count = operator.passes(namespace, name)
+        if now != state["snapshot"] or state["passes"] is None:
+            state.update(snapshot=now, passes=count)
+            return None
+        if count is None or count - state["passes"] < passes:
+            return None
+        return (now,)
+
+    result: tuple[Any] = wait_for(
+        f"{namespace}/{name} to settle over {passes} passes", check, timeout=timeout, interval=1.0
+    )
+    return result[0]
+
+
 def endpoint_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
     """The example endpoint, renamed, with spec overrides merged at the top level."""
     example = Path(__file__).resolve().parents[2] / "examples" / "magistral-small.yaml"

@@ -26,7 +26,7 @@ from e2e.install import CHART, kubectl, tool
 from e2e.operator_process import OperatorProcess
 from magistral_operator.api.labels import MANAGER
 
-from .conftest import passes_completed, ready_status, wait_for
+from .conftest import passes_completed, ready_status, settle, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ENDPOINT_DIR = ROOT / "examples" / "gitops" / "endpoint"
@@ -104,20 +104,8 @@ def synced(
     argocd_apply(admin_kubeconfig, endpoint_manifests(), namespace=namespace)
     wait_for("the endpoint to be Ready", ready_status(api, namespace, NAME, 1), timeout=90)
     # Ready is not the last write: the second router pod turns Ready, the PDBs' controller
-    # counts it, the rollout turns Healthy after healthySeconds. Settled: nothing of the
-    # endpoint's changed while the operator completed 3 passes.
-    state: dict[str, Any] = {}
-
-    def settled() -> bool:
-        now = versions(admin_kubeconfig, namespace)
-        if now != state.get("versions"):
-            state["versions"] = now
-            state["passes"] = operator.passes(namespace, NAME)
-            return False
-        passes = operator.passes(namespace, NAME)
-        return passes is not None and passes - state["passes"] >= 3
-
-    wait_for("the endpoint and its children to settle", settled, timeout=180, interval=1.0)
+    # counts it, the rollout turns Healthy after healthySeconds.
+    settle(operator, namespace, NAME, lambda: versions(admin_kubeconfig, namespace))
     return namespace
 
 

@@ -3,7 +3,6 @@ restarts. The operator runs under the chart's ServiceAccount and RBAC, not as ad
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from .conftest import (
     get_endpoint,
     passes_completed,
     ready_status,
+    settle,
     wait_for,
 )
 
@@ -179,22 +179,6 @@ def test_deleting_the_endpoint_collects_every_child(
     )
 
 
-def settled(api: client.ApiClient, namespace: str, name: str, *, quiet: float) -> str:
-    """The endpoint's resourceVersion once it has stayed the same for `quiet` seconds."""
-    state = {"version": "", "since": time.monotonic()}
-
-    def check() -> str | None:
-        version = str(get_endpoint(api, namespace, name)["metadata"]["resourceVersion"])
-        now = time.monotonic()
-        if version != state["version"]:
-            state.update(version=version, since=now)
-            return None
-        return version if now - float(state["since"]) >= quiet else None
-
-    result: str = wait_for(f"{name} to settle", check, timeout=240)
-    return result
-
-
 def test_reapplying_the_same_endpoint_writes_nothing(
     api: client.ApiClient,
     admin_kubeconfig: Path,
@@ -205,10 +189,14 @@ def test_reapplying_the_same_endpoint_writes_nothing(
     manifest = endpoint_manifest("idem", namespace)
     apply_manifest(admin_kubeconfig, manifest)
     wait_for("the endpoint to be Ready", ready_status(api, namespace, "idem", 1), timeout=90)
-    # Settled: Ready is not the last write (the rollout turns Healthy once the replica has
-    # stayed Ready for healthySeconds, the autoscaler's first reads land): wait until the
-    # endpoint has not changed for several periodic passes.
-    version_before = settled(api, namespace, "idem", quiet=4 * operator.resync_seconds)
+    version_before = settle(
+        operator,
+        namespace,
+        "idem",
+        lambda: get_endpoint(api, namespace, "idem")["metadata"]["resourceVersion"],
+        passes=4,
+        timeout=240,
+    )
     offset = log_size(cluster.audit_log)
 
     apply_manifest(admin_kubeconfig, manifest)
