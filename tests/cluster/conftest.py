@@ -245,6 +245,7 @@ def settle(
     *,
     passes: int = 3,
     timeout: float = 180,
+    interval: float = 1.0,
 ) -> Any:
     """The snapshot once it has stayed the same while `operator` (started with ``metrics``)
     completed `passes` passes of the endpoint: settled, and proven so by the operator running.
@@ -266,7 +267,7 @@ def settle(
         return (now,)
 
     result: tuple[Any] = wait_for(
-        f"{namespace}/{name} to settle over {passes} passes", check, timeout=timeout, interval=1.0
+        f"{namespace}/{name} to settle over {passes} passes", check, timeout=timeout, interval=interval
     )
     return result[0]
 
