@@ -267,7 +267,10 @@ def settle(
         return (now,)
 
     result: tuple[Any] = wait_for(
-        f"{namespace}/{name} to settle over {passes} passes", check, timeout=timeout, interval=interval
+        f"{namespace}/{name} to settle over {passes} passes",
+        check,
+        timeout=timeout,
+        interval=interval,
     )
     return result[0]
 
