@@ -2,10 +2,10 @@
 
 On the 2-core test machine a busy CPU engine can keep every other process off the CPU for
 seconds: a Python loop sleeping 50 ms once woke 29.4 s late while three streams ran
-(docs/real-engine.md, "Stalls"). A test that times an answer measures the stall with it. A
-`Heartbeat` thread sleeps in short steps and records each wake-up that came late; a test
-subtracts the stall that overlapped what it timed (`stalled`), so that a bound on the answer
-is a bound on the software, not on the machine's scheduler.
+(docs/real-engine.md, "Stalls of the test machine"). A test that times an answer measures
+the stall with it. A `Heartbeat` thread sleeps in short steps and records each wake-up that
+came late; a test subtracts the stall that overlapped what it timed (`stalled`), so that a
+bound on the answer is a bound on the software, not on the machine's scheduler.
 """
 
 from __future__ import annotations

@@ -130,6 +130,15 @@ def ready(engine: RealEngine) -> tuple[int, dict[str, Any], float]:
     return resp.status, resp.json(), resp.seconds
 
 
+def ready_under_load(
+    engine: RealEngine, heartbeat: Heartbeat
+) -> tuple[int, dict[str, Any], float, float]:
+    """`ready`, and how much of its time this process stalled (e2e/stalls.py)."""
+    asked = time.monotonic()
+    status, report, seconds = ready(engine)
+    return status, report, seconds, heartbeat.stalled(asked, asked + seconds)
+
+
 @pytest.fixture
 def load(options_engine: RealEngine) -> Iterator[list[Background]]:
     started: list[Background] = []
@@ -268,11 +277,7 @@ def test_readiness_idle_and_under_load(
     )
 
     saturate(engine, load, stream=True, count=OPTIONS_MAX_NUM_SEQS + 1)
-    answers = []
-    for _ in range(3):
-        asked = time.monotonic()
-        status, report, seconds = ready(engine)
-        answers.append((status, report, seconds, heartbeat.stalled(asked, asked + seconds)))
+    answers = [ready_under_load(engine, heartbeat) for _ in range(3)]
     assert [(s, r["status"]) for s, r, _, _ in answers] == [(200, "serving")] * 3, answers
     stalled = sum(stall for *_, stall in answers)
     record(
@@ -298,9 +303,7 @@ def test_readiness_idle_and_under_load(
     while busy_seen is None or len(polls) < busy_seen + 3:
         now = time.monotonic()
         assert now - begun - heartbeat.stalled(begun, now) < 40, polls
-        asked = time.monotonic()
-        status, report, seconds = ready(engine)
-        stalled = heartbeat.stalled(asked, asked + seconds)
+        status, report, seconds, stalled = ready_under_load(engine, heartbeat)
         polls.append(Poll(status, report, seconds, stalled, *holds(engine, load)))
         if busy_seen is None and report["detail"].startswith("busy:"):
             busy_seen = len(polls)
