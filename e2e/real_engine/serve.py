@@ -224,9 +224,13 @@ class RealEngine:
         api_key: str | None = API_KEY,
         port: int | None = None,
         name: str = "vllm",
+        extra_env: Mapping[str, str] | None = None,
         **config_overrides: Any,
     ) -> None:
+        """``extra_env``: set in the engine's environment after :func:`engine_environ`'s
+        (for example a vLLM setting a test needs, such as ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``)."""
         self.env = env
+        self.extra_env = dict(extra_env or {})
         self.workdir = workdir
         self.api_key = api_key
         self.port = port or free_ports(1)[0]
@@ -256,7 +260,7 @@ class RealEngine:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(dump_runtime_config(self.config))
-        environ = engine_environ(self.env, api_key=self.api_key)
+        environ = {**engine_environ(self.env, api_key=self.api_key), **self.extra_env}
         self.started_at = time.monotonic()
         self.process.start(environ, die_with_parent=True)
         assert self.pid is not None

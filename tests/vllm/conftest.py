@@ -43,6 +43,11 @@ OPTIONS_MAX_MODEL_LEN = 16_384
 """Room for the readiness test's long load requests (the real-engine tests' usual 4096 raised;
 the tiny model has 131,072 positions and the 1 GiB KV cache 524,288 tokens)."""
 OPTIONS_SHUTDOWN_TIMEOUT = 6
+OPTIONS_KEEP_ALIVE = 120
+"""The options engine's ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE`` (vLLM's default: 5 s). The drain test
+sends a request on a connection kept alive from before the SIGTERM; with 5 s, a stall of the
+test machine (docs/real-engine.md, "Stalls of the test machine") between that connection's
+last answer and the request let vLLM close it as idle (CI, stop 24: BrokenPipeError)."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -84,6 +89,10 @@ CONFIGS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "default": _default_config,
     "options": _options_config,
 }
+ENVIRONMENTS: dict[str, dict[str, str]] = {
+    "options": {"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": str(OPTIONS_KEEP_ALIVE)},
+}
+"""What each engine gets in its environment beyond ``engine_environ``'s."""
 
 
 class Engines:
@@ -117,7 +126,13 @@ class Engines:
 
     def _start(self, name: str) -> RealEngine:
         workdir = self._tmp.mktemp(f"real-engine-{name}")
-        real = RealEngine(self._env, workdir, model=self._model, **CONFIGS[name](workdir))
+        real = RealEngine(
+            self._env,
+            workdir,
+            model=self._model,
+            extra_env=ENVIRONMENTS.get(name),
+            **CONFIGS[name](workdir),
+        )
         real.start()
         try:
             seconds = real.wait_ready()
@@ -173,8 +188,8 @@ def engine(engines: Engines) -> RealEngine:
 
 @pytest.fixture
 def options_engine(engines: Engines) -> RealEngine:
-    """Custom system prompt, OPTIONS_SAMPLING, max_num_seqs 2, max_model_len 16384, shutdown
-    timeout 6 s."""
+    """Custom system prompt, OPTIONS_SAMPLING, max_num_seqs 2, max_model_len 16384, keep-alive
+    120 s, shutdown timeout 6 s."""
     return engines.get("options")
 
 

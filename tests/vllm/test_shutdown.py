@@ -42,6 +42,15 @@ def tokens_per_second(running: Background, seconds: float = 1.0) -> float:
     return (len(running.events) - first) / (time.monotonic() - started)
 
 
+def kept_answer(connection: http.client.HTTPConnection, headers: dict[str, str]) -> float:
+    """A request on ``connection`` (opened by the first), answered 200; when it ended."""
+    connection.request("GET", "/v1/models", headers=headers)
+    answer = connection.getresponse()
+    answer.read()
+    assert answer.status == 200
+    return time.monotonic()
+
+
 def stream(engine: RealEngine, max_tokens: int) -> Background:
     body = {
         "model": SERVED_MODEL_NAME,
@@ -59,12 +68,10 @@ def test_draining_on_the_real_engine(engines: Engines, heartbeat: Heartbeat) -> 
         host, port = engine.url.removeprefix("http://").split(":")
         auth = {"Content-Type": "application/json", "Authorization": f"Bearer {engine.api_key}"}
         chat = json.dumps({"model": SERVED_MODEL_NAME, "messages": HI})
-        # A client's connection, kept alive from before the SIGTERM.
+        # A client's connection, kept alive from before the SIGTERM (the options engine's
+        # keep-alive is OPTIONS_KEEP_ALIVE, so a stall of this machine does not close it).
         kept = http.client.HTTPConnection(host, int(port), timeout=30)
-        kept.request("GET", "/v1/models", headers=auth)
-        first = kept.getresponse()
-        first.read()
-        assert first.status == 200
+        kept_answer(kept, auth)
 
         long = stream(engine, 4000)  # minutes: outlives the shutdown timeout
         long.wait_for_events(2)
@@ -74,12 +81,21 @@ def test_draining_on_the_real_engine(engines: Engines, heartbeat: Heartbeat) -> 
         short = stream(engine, max(20, round(rate * SHORT_SECONDS)))
         short.wait_for_events(2)
         racing = stream(engine, 30)
+        last_answer = kept_answer(kept, auth)
         time.sleep(0.05)
         sent = engine.terminate()
 
         time.sleep(0.3)
-        kept.request("POST", "/v1/chat/completions", chat, auth)
-        refused = kept.getresponse()
+        try:
+            kept.request("POST", "/v1/chat/completions", chat, auth)
+            refused = kept.getresponse()
+        except OSError as error:
+            raise AssertionError(
+                f"the kept-alive connection failed {time.monotonic() - sent:.2f} s after "
+                f"SIGTERM, {time.monotonic() - last_answer:.2f} s after its last answer "
+                f"({heartbeat.stalled(last_answer, time.monotonic()):.2f} s of it stalled): "
+                f"{error!r}"
+            ) from error
         body = json.loads(refused.read())
         assert refused.status == 503
         assert refused.getheader("Retry-After") == "1"
