@@ -42,7 +42,10 @@ OPTIONS_MAX_NUM_SEQS = 2
 OPTIONS_MAX_MODEL_LEN = 16_384
 """Room for the readiness test's long load requests (the real-engine tests' usual 4096 raised;
 the tiny model has 131,072 positions and the 1 GiB KV cache 524,288 tokens)."""
-OPTIONS_SHUTDOWN_TIMEOUT = 6
+OPTIONS_SHUTDOWN_TIMEOUT = 14
+"""The drain test's cutoff is then 12 s after SIGTERM: room for a short stream sized to end
+6 s after it, and for the test's requests after the signal, with stalls of the machine of
+several seconds (it was 6 s, with a 1.5 s short stream and a 4 s cutoff)."""
 OPTIONS_KEEP_ALIVE = 120
 """The options engine's ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE`` (vLLM's default: 5 s). The drain test
 sends a request on a connection kept alive from before the SIGTERM; with 5 s, a stall of the
@@ -189,7 +192,7 @@ def engine(engines: Engines) -> RealEngine:
 @pytest.fixture
 def options_engine(engines: Engines) -> RealEngine:
     """Custom system prompt, OPTIONS_SAMPLING, max_num_seqs 2, max_model_len 16384, keep-alive
-    120 s, shutdown timeout 6 s."""
+    120 s, shutdown timeout 14 s."""
     return engines.get("options")
 
 
