@@ -393,7 +393,9 @@ def test_operator_rendered_pods_run_the_runtime_middleware(
             "model": "magistral",
             "messages": [{"role": "user", "content": "Count slowly."}],
             "stream": True,
-            "max_tokens": 6000,  # 12 s at 2 ms a token: still running when SIGTERM comes
+            # 24 s at 2 ms a token: still running when SIGTERM comes, even after a stall of
+            # the machine; done well within the 60 s drain.
+            "max_tokens": 12000,
             "ignore_eos": True,
         }
         conn.request(

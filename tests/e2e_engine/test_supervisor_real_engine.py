@@ -243,7 +243,7 @@ def test_one_pod_on_the_engine_with_the_kubelets_readiness(
         assert exit_.returncode == 0
         assert not exit_.sigkilled
         assert exit_.drain_seconds is not None
-        assert exit_.drain_seconds < 5
+        assert exit_.drain_seconds < 15  # the stand-in drains in 0.5 s; room for a stall
         assert exit_.grace_left_seconds is not None
         assert exit_.grace_left_seconds > 60
         assert not pid_alive(main)
