@@ -23,11 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 
 from e2e.operator_process import OperatorProcess
 
 from .conftest import (
+    GROUP,
+    PLURAL,
+    VERSION,
     apply_manifest,
     condition,
     endpoint_manifest,
@@ -146,8 +149,10 @@ def fillers(api: client.ApiClient, namespace: str) -> Iterator[Fillers]:
 
 
 class Watch:
-    """Samples, every 0.2 s: Ready engine pods (all revisions), the rollout phase, and the
-    Progressing and Degraded conditions."""
+    """Ready engine pods (all revisions), sampled every 0.2 s; and every version of the
+    endpoint's rollout phase and its Progressing and Degraded conditions, from a Kubernetes
+    watch: a transient condition is seen even when this process stalls (the API server sends
+    each change; a 0.2 s sampler could miss one shown for less than a stall)."""
 
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
         self.api, self.namespace = api, namespace
@@ -158,14 +163,21 @@ class Watch:
         self.degraded: list[tuple[str, str, str]] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.watcher = threading.Thread(target=self._watch, daemon=True)
+        self.errors: list[BaseException] = []
 
     def __enter__(self) -> Watch:
+        # The first version is read before the watch starts from it, before the test acts.
+        self._record(get_endpoint(self.api, self.namespace, NAME))
         self.thread.start()
+        self.watcher.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self.stop.set()
         self.thread.join(timeout=10)
+        self.watcher.join(timeout=10)
+        assert not self.errors, self.errors
 
     def _run(self) -> None:
         selector = f"magistral.dev/endpoint={NAME},app.kubernetes.io/component=inference"
@@ -182,15 +194,39 @@ class Watch:
                     )
                 )
             )
-            obj = get_endpoint(self.api, self.namespace, NAME)
-            self.phases.add(((obj.get("status") or {}).get("rollout") or {}).get("phase", ""))
-            for type_, seen in (("Progressing", self.progressing), ("Degraded", self.degraded)):
-                cond = condition(obj, type_)
-                if cond:
-                    entry = (cond["status"], cond["reason"], cond.get("message", ""))
-                    if not seen or seen[-1] != entry:
-                        seen.append(entry)
             self.stop.wait(0.2)
+
+    def _watch(self) -> None:
+        custom = client.CustomObjectsApi(self.api)
+        version = self._version
+        try:
+            while not self.stop.is_set():
+                stream = watch.Watch().stream(
+                    custom.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    PLURAL,
+                    field_selector=f"metadata.name={NAME}",
+                    resource_version=version,
+                    timeout_seconds=2,  # to look at self.stop
+                )
+                for event in stream:
+                    obj = event["object"]
+                    version = obj["metadata"]["resourceVersion"]
+                    self._record(obj)
+        except BaseException as exc:  # shown by __exit__: the test must not pass without it
+            self.errors.append(exc)
+
+    def _record(self, obj: dict[str, Any]) -> None:
+        self._version = obj["metadata"]["resourceVersion"]
+        self.phases.add(((obj.get("status") or {}).get("rollout") or {}).get("phase", ""))
+        for type_, seen in (("Progressing", self.progressing), ("Degraded", self.degraded)):
+            cond = condition(obj, type_)
+            if cond:
+                entry = (cond["status"], cond["reason"], cond.get("message", ""))
+                if not seen or seen[-1] != entry:
+                    seen.append(entry)
 
 
 def pods_by(api: client.ApiClient, namespace: str) -> dict[tuple[str, str], int]:
