@@ -33,7 +33,9 @@ def endpoint_passes(
     """The passes the operator completed, from its /metrics on `port` (`--metrics-port`): of
     one endpoint when `namespace` and `name` are given, else of all (None: no answer)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        # Generous: a busy operator (a pass, a restart) or a stall of the machine is slow to
+        # answer, and a miss would read as "no passes".
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
             text = resp.read().decode()
     except OSError:
         return None

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
+from typing import Any, NamedTuple
 
 STEP_SECONDS = 0.05
 """How long the heartbeat sleeps between looks at the clock."""
@@ -92,3 +93,50 @@ class Heartbeat:
                 with self._lock:
                     self._gaps.append((before, now))
             before = now
+
+
+_PROCESS: list[Heartbeat] = []
+_PROCESS_LOCK = threading.Lock()
+
+
+def process_heartbeat() -> Heartbeat:
+    """One heartbeat for the whole process, started on first use (waits share it)."""
+    with _PROCESS_LOCK:
+        if not _PROCESS:
+            _PROCESS.append(Heartbeat().start())
+        return _PROCESS[0]
+
+
+class Waited(NamedTuple):
+    """How a `poll` ended."""
+
+    value: Any
+    """The check's last result: truthy when it was met."""
+    seconds: float
+    """From the first check to the last."""
+    stalled: float
+    """Of those seconds, how long the process was not scheduled."""
+
+
+def poll(
+    check: Callable[[], Any],
+    *,
+    timeout: float,
+    interval: float,
+    stalls: Callable[[float, float], float],
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Waited:
+    """Call `check` every `interval` seconds until it returns something truthy, or until
+    `timeout` seconds have passed not counting `stalls(since, until)` (a `Heartbeat`'s
+    `stalled`): a stall of the machine does not use up a wait's time. The check always runs
+    once more after the last sleep, so a stall inside that sleep cannot fail a condition that
+    holds by then."""
+    start = clock()
+    while True:
+        value = check()
+        now = clock()
+        stalled = stalls(start, now)
+        if value or now - start - stalled >= timeout:
+            return Waited(value, now - start, stalled)
+        sleep(interval)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from e2e.install import (
 )
 from e2e.operator_process import DEFAULT_CONFIG, OperatorProcess
 from e2e.router_readiness import RouterReadiness
+from e2e.stalls import poll, process_heartbeat
 
 GROUP, VERSION, PLURAL = "magistral.dev", "v1alpha1", "magistralendpoints"
 
@@ -208,15 +208,15 @@ def namespace(
 def wait_for(
     what: str, check: Callable[[], Any], *, timeout: float = 60.0, interval: float = 0.5
 ) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout`
+    seconds, not counting the seconds in which this process stalled (e2e/stalls.py)."""
+    waited = poll(check, timeout=timeout, interval=interval, stalls=process_heartbeat().stalled)
+    if waited.value:
+        return waited.value
+    pytest.fail(
+        f"timed out after {timeout}s waiting for {what} ({waited.seconds:.1f} s in all, "
+        f"{waited.stalled:.1f} s of it stalled; last: {waited.value!r})"
+    )
 
 
 def passes_completed(
@@ -224,8 +224,13 @@ def passes_completed(
 ) -> float:
     """Wait until `operator` (started with ``metrics``) has completed `count` more passes of the
     endpoint than when called: the proof that it ran while a test waits for nothing to change."""
-    start = operator.passes(namespace, name)
-    assert start is not None, "the operator serves no /metrics (OperatorProcess(metrics=True))"
+    assert operator.metrics_port, "the operator serves no /metrics (OperatorProcess(metrics=True))"
+    # The first read may come while the operator is busy (just started, a pass running).
+    (start,) = wait_for(
+        f"the operator's /metrics (passes of {namespace}/{name})",
+        lambda: None if (n := operator.passes(namespace, name)) is None else (n,),
+        timeout=60,
+    )
 
     def done() -> float | None:
         now = operator.passes(namespace, name)

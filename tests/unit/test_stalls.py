@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from e2e.stalls import Heartbeat, overlap
+from e2e.stalls import Heartbeat, Waited, overlap, poll
 
 
 @pytest.mark.parametrize(
@@ -64,3 +64,79 @@ def test_a_late_wake_up_is_recorded_as_a_gap_and_a_punctual_one_is_not() -> None
     assert beat.stalled(102.1, 102.5) == pytest.approx(0.05 + 0.05)
     fake.release.set()
     beat.stop()
+
+
+class Clock:
+    """A clock that moves by each sleep, and by a stall planted before a given check: one the
+    heartbeat records (`stall_before_check`), or a delay it does not (`late_before_check`: a
+    stall under its threshold, or one of another process)."""
+
+    def __init__(
+        self,
+        stall_before_check: dict[int, float] | None = None,
+        late_before_check: dict[int, float] | None = None,
+    ) -> None:
+        self.now = 0.0
+        self.checks = 0
+        self.gaps: list[tuple[float, float]] = []
+        self._stalls = stall_before_check or {}
+        self._late = late_before_check or {}
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds + self._late.get(self.checks + 1, 0.0)
+        stall = self._stalls.get(self.checks + 1, 0.0)
+        if stall:
+            self.gaps.append((self.now, self.now + stall))
+            self.now += stall
+
+    def stalled(self, since: float, until: float) -> float:
+        return overlap(self.gaps, since, until)
+
+
+def polled(clock: Clock, met_at: float | None, timeout: float = 10.0) -> Waited:
+    def check() -> str | None:
+        clock.checks += 1
+        return "met" if met_at is not None and clock.now >= met_at else None
+
+    return poll(
+        check,
+        timeout=timeout,
+        interval=1.0,
+        stalls=clock.stalled,
+        clock=lambda: clock.now,
+        sleep=clock.sleep,
+    )
+
+
+def test_poll_returns_the_check_once_met() -> None:
+    clock = Clock()
+    waited = polled(clock, met_at=3.0)
+    assert waited == Waited("met", 3.0, 0.0)
+    assert clock.checks == 4
+
+
+def test_poll_gives_up_after_the_timeout_when_nothing_stalls() -> None:
+    clock = Clock()
+    waited = polled(clock, met_at=None)
+    assert waited == Waited(None, 10.0, 0.0)
+    assert clock.checks == 11
+
+
+def test_a_stall_does_not_use_up_the_timeout() -> None:
+    # 20 s stalled before the 3rd check: 10 s of waiting are still left after it.
+    clock = Clock({3: 20.0})
+    waited = polled(clock, met_at=28.0)
+    assert waited.value == "met"
+    assert waited.stalled == 20.0
+    assert waited.seconds == 28.0
+    clock = Clock({3: 20.0})
+    assert polled(clock, met_at=None) == Waited(None, 30.0, 20.0)
+
+
+def test_the_check_runs_once_more_after_the_last_sleep() -> None:
+    # The last sleep ran 5 s late (not counted as a stall) past the deadline, and the condition
+    # came true meanwhile: the check after that sleep sees it.
+    clock = Clock(late_before_check={10: 5.0})
+    waited = polled(clock, met_at=12.0, timeout=8.5)
+    assert waited == Waited("met", 14.0, 0.0)
+    assert clock.checks == 10
