@@ -19,6 +19,8 @@ class Write:
     subresource: str
     name: str
     code: int
+    received: datetime
+    """When the API server received it (its own clock)."""
 
     def __str__(self) -> str:
         sub = f"/{self.subresource}" if self.subresource else ""
@@ -46,6 +48,7 @@ def writes(audit_log: Path, *, user: str, namespace: str, offset: int = 0) -> li
                     subresource=ref.get("subresource", ""),
                     name=ref.get("name", ""),
                     code=int(event.get("responseStatus", {}).get("code", 0)),
+                    received=datetime.fromisoformat(event["requestReceivedTimestamp"]),
                 )
             )
     return out
