@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -140,3 +141,20 @@ def poll(
         if value or now - start - stalled >= timeout:
             return Waited(value, now - start, stalled)
         sleep(interval)
+
+
+def run_delay(pid: int, tid: int | None = None, *, proc: Path = Path("/proc")) -> float | None:
+    """Seconds thread `tid` of process `pid` (its main thread by default) has spent runnable
+    but waiting for a CPU, from the kernel's schedstat (its second field, in nanoseconds).
+
+    Another process's stall, measured: the engine's API server answers from one event loop in
+    its main thread, and on the 2-core test machine the engine's own compute threads can keep
+    that thread waiting for a CPU while this process runs. The growth of this counter across an
+    answer is time the answer spent off the CPU, not in the software. None when the thread is
+    gone or the kernel does not keep the counter."""
+    thread = pid if tid is None else tid
+    try:
+        fields = (proc / str(pid) / "task" / str(thread) / "schedstat").read_text().split()
+        return int(fields[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None

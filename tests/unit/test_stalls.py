@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
-from e2e.stalls import Heartbeat, Waited, overlap, poll
+from e2e.stalls import Heartbeat, Waited, overlap, poll, run_delay
 
 
 @pytest.mark.parametrize(
@@ -140,3 +143,36 @@ def test_the_check_runs_once_more_after_the_last_sleep() -> None:
     waited = polled(clock, met_at=12.0, timeout=8.5)
     assert waited == Waited("met", 14.0, 0.0)
     assert clock.checks == 10
+
+
+def schedstat(proc: Path, pid: int, tid: int, text: str) -> None:
+    path = proc / str(pid) / "task" / str(tid) / "schedstat"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_run_delay_reads_the_second_schedstat_field_in_seconds(tmp_path: Path) -> None:
+    # on-CPU ns, run-queue wait ns, time slices: the wait is the second field.
+    schedstat(tmp_path, 40, 40, "9000000000 2500000000 17\n")
+    schedstat(tmp_path, 40, 41, "1 750000000 3\n")
+    assert run_delay(40, proc=tmp_path) == pytest.approx(2.5)
+    assert run_delay(40, 41, proc=tmp_path) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("text", ["", "123", "123 abc 4"])
+def test_run_delay_is_none_for_a_counter_it_cannot_read(tmp_path: Path, text: str) -> None:
+    schedstat(tmp_path, 40, 40, text)
+    assert run_delay(40, proc=tmp_path) is None
+    assert run_delay(41, proc=tmp_path) is None  # no such process
+
+
+def test_run_delay_of_this_process_is_readable_and_never_goes_back() -> None:
+    """This machine's kernel keeps the counter: it is readable and never goes back."""
+    first = run_delay(os.getpid())
+    assert first is not None
+    deadline = time.monotonic() + 0.2
+    while time.monotonic() < deadline:
+        pass
+    second = run_delay(os.getpid())
+    assert second is not None
+    assert second >= first
