@@ -192,7 +192,9 @@ def test_waiting_queue_builds_beyond_max_num_seqs(sim_factory: SimFactory) -> No
     """max_num_seqs=2 and 6 slow requests: /metrics shows 2 running and 4 waiting."""
     sim = sim_factory(max_num_seqs=2, itl_ms=20.0)
     results: list[int] = []
-    tokens = 100  # 2 s each: all six must be in before the first two end (0.8 s was little)
+    # 5 s each: all six must be in before the first two end (0.8 s was little, and 2 s leaves
+    # little room for a stall of this process, which runs the simulator too)
+    tokens = 250
 
     def one() -> None:
         status, _ = post(

@@ -296,7 +296,7 @@ def test_hold_timeout_answers_503_with_retry_after(stack: Stack) -> None:
 
 
 def test_streaming_passes_through_as_it_comes(stack: Stack, sim_factory: SimFactory) -> None:
-    sim = sim_factory(**SLOW)
+    sim = sim_factory(**LONGER)  # still running after a stall between two reads
     stack.start_router(sim.url)
     stack.start_front()
     stack.wait_demand("the worker", lambda d: d["workers"] == 1)
