@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -32,6 +33,17 @@ def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None, check: bool 
     if check and done.returncode != 0:
         raise RuntimeError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout
+
+
+def table_row(header: str, row: str) -> dict[str, str]:
+    """A row of a kubectl table by column header. Each value starts where its header does; an
+    empty value is blank space, so splitting the row on spaces would shift the rest."""
+    starts = [match.start() for match in re.finditer(r"\S+", header)]
+    ends = [*starts[1:], None]
+    return {
+        header[start:end].strip(): row[start:end].strip()
+        for start, end in zip(starts, ends, strict=True)
+    }
 
 
 def install_crds(kubeconfig: Path) -> None:

@@ -28,6 +28,7 @@ from e2e.install import (
     install_crds,
     install_operator_rbac,
     kubectl,
+    table_row,
 )
 from e2e.operator_process import DEFAULT_CONFIG, OperatorProcess
 from e2e.router_readiness import RouterReadiness
@@ -287,6 +288,15 @@ def endpoint_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
     body["metadata"] = {"name": name, "namespace": namespace}
     body["spec"].update(spec)
     return body
+
+
+def printed_columns(kubeconfig: Path, namespace: str, name: str) -> dict[str, str]:
+    """What `kubectl get mep NAME -o wide` prints for the endpoint, by column header (the
+    CRD's printer columns, read by the real kubectl: a wrong jsonPath prints nothing)."""
+    header, row = kubectl(kubeconfig, "-n", namespace, "get", "mep", name, "-o", "wide").split(
+        "\n"
+    )[:2]
+    return table_row(header, row)
 
 
 def get_endpoint(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from .conftest import (
     endpoint_manifest,
     get_endpoint,
     healthy_rollout,
+    printed_columns,
     ready_pods_by,
     rollout_state,
     wait_for,
@@ -110,6 +111,8 @@ def test_failed_revision_rolls_back_and_a_fixed_one_rolls_out(
         state = wait_for("revision B to be rolled back", rolled_back, timeout=180)
         revision_b = state["currentRevision"]
         assert revision_b != revision_a
+        printed = printed_columns(admin_kubeconfig, namespace, NAME)
+        assert (printed["ROLLOUT"], printed["REVISION"]) == ("RolledBack", revision_b), printed
         assert state["failedRevision"] == revision_b
         assert state["lastHealthyRevision"] == revision_a
 
@@ -170,6 +173,12 @@ def test_failed_revision_rolls_back_and_a_fixed_one_rolls_out(
 
     obj = wait_for("the pods of C alone, not Degraded", settled, timeout=120)
     assert obj["status"]["currentRevision"] == revision_c
+    printed = printed_columns(admin_kubeconfig, namespace, NAME)
+    assert (printed["ROLLOUT"], printed["REVISION"], printed["HEALTH"]) == (
+        "Healthy",
+        revision_c,
+        "AsExpected",
+    ), printed
     wait_for(
         "a RolloutSucceeded Event for C",
         lambda: reasons(api, namespace).count("RolloutSucceeded") >= 2,

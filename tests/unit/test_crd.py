@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -86,3 +87,32 @@ def test_names_columns_and_subresources() -> None:
         assert wanted in columns
     assert schema()["required"] == ["spec"]
     assert "auth" in schema()["properties"]["spec"]["required"]
+
+
+def test_every_printer_column_reads_a_field_the_schema_has() -> None:
+    """A column whose path names no field prints empty forever: each path is walked through the
+    generated schema (a filter such as `[?(@.type=="Ready")]` selects list items)."""
+    crd = yaml.safe_load((ROOT / CRD_FILE).read_text())
+    version = crd["spec"]["versions"][0]
+    root = version["schema"]["openAPIV3Schema"]
+    for column in version["additionalPrinterColumns"]:
+        path = column["jsonPath"]
+        if path.startswith(".metadata."):
+            continue
+        node = root
+        for part in re.sub(r"\[\?\(.*?\)\]", "[]", path).lstrip(".").split("."):
+            name, _, selector = part.partition("[")
+            assert name in node.get("properties", {}), (column["name"], path, name)
+            node = node["properties"][name]
+            if selector:
+                assert node["type"] == "array", (column["name"], path)
+                node = node["items"]
+
+
+def test_the_rollout_columns() -> None:
+    crd = yaml.safe_load((ROOT / CRD_FILE).read_text())
+    columns = {c["name"]: c for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert columns["Rollout"]["jsonPath"] == ".status.rollout.phase"
+    assert "priority" not in columns["Rollout"]  # in the default view
+    assert columns["Revision"]["jsonPath"] == ".status.rollout.currentRevision"
+    assert columns["Revision"]["priority"] == 1  # -o wide

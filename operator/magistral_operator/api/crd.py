@@ -71,6 +71,19 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "priority": 1,
     },
     {
+        "name": "Rollout",
+        "type": "string",
+        "jsonPath": ".status.rollout.phase",
+        "description": "The revision rollout: Canary, Progressing, Healthy, RolledBack or Failed.",
+    },
+    {
+        "name": "Revision",
+        "type": "string",
+        "jsonPath": ".status.rollout.currentRevision",
+        "description": "The revision the spec renders now.",
+        "priority": 1,
+    },
+    {
         "name": "Health",
         "type": "string",
         "jsonPath": '.status.conditions[?(@.type=="Degraded")].reason',
