@@ -158,3 +158,15 @@ def run_delay(pid: int, tid: int | None = None, *, proc: Path = Path("/proc")) -
         return int(fields[1]) / 1e9
     except (OSError, IndexError, ValueError):
         return None
+
+
+def run_delay_meter(pid: int, *, proc: Path = Path("/proc")) -> Callable[[], float]:
+    """Started now: each call gives how much `run_delay(pid)` has grown since (0.0 when either
+    read fails, e.g. once the process has exited)."""
+    before = run_delay(pid, proc=proc)
+
+    def waited() -> float:
+        after = run_delay(pid, proc=proc)
+        return after - before if after is not None and before is not None else 0.0
+
+    return waited

@@ -13,7 +13,6 @@ crash-loop (e2e/cluster/stages.py).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from pathlib import Path
@@ -33,7 +32,6 @@ WAIT_SECONDS = 240
 def _endpoint(name: str, **spec: Any) -> dict[str, Any]:
     """The demo's example endpoint, renamed, with `spec` merged in at its top level."""
     body: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
-    body = copy.deepcopy(body)
     body["metadata"] = {"name": name, "namespace": NAMESPACE}
     for key, value in spec.items():
         if isinstance(value, dict) and isinstance(body["spec"].get(key), dict):

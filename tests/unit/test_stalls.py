@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.stalls import Heartbeat, Waited, overlap, poll, run_delay
+from e2e.stalls import Heartbeat, Waited, overlap, poll, run_delay, run_delay_meter
 
 
 @pytest.mark.parametrize(
@@ -176,3 +176,12 @@ def test_run_delay_of_this_process_is_readable_and_never_goes_back() -> None:
     second = run_delay(os.getpid())
     assert second is not None
     assert second >= first
+
+
+def test_run_delay_meter_gives_the_growth_since_it_started(tmp_path: Path) -> None:
+    schedstat(tmp_path, 40, 40, "1 2500000000 1\n")
+    waited = run_delay_meter(40, proc=tmp_path)
+    schedstat(tmp_path, 40, 40, "1 3750000000 2\n")
+    assert waited() == pytest.approx(1.25)
+    (tmp_path / "40" / "task" / "40" / "schedstat").unlink()  # the process has exited
+    assert waited() == 0.0

@@ -19,7 +19,7 @@ from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
 from e2e.real_engine.serve import SERVED_MODEL_NAME, RealEngine
-from e2e.stalls import Heartbeat, run_delay
+from e2e.stalls import Heartbeat, run_delay_meter
 from tests.vllm.client import Background, call, families, gauge, one_sample
 from tests.vllm.conftest import (
     OPTIONS_MAX_NUM_SEQS,
@@ -152,12 +152,12 @@ class Answer(NamedTuple):
 def ready_under_load(engine: RealEngine, heartbeat: Heartbeat) -> Answer:
     """`ready`, and how much of its time either side spent off the CPU."""
     assert engine.pid is not None
-    waited = run_delay(engine.pid)
+    server_waited = run_delay_meter(engine.pid)
     asked = time.monotonic()
     status, report, seconds = ready(engine)
-    after = run_delay(engine.pid)
-    server_waited = after - waited if after is not None and waited is not None else 0.0
-    return Answer(status, report, seconds, heartbeat.stalled(asked, asked + seconds), server_waited)
+    return Answer(
+        status, report, seconds, heartbeat.stalled(asked, asked + seconds), server_waited()
+    )
 
 
 @pytest.fixture
@@ -304,7 +304,12 @@ def test_readiness_idle_and_under_load(
     record(
         "readiness, saturated by streams",
         f"{max(a.net for a in answers) * 1000:.0f} ms at most (output counts as progress)"
-        + (f", net of {stalled:.1f} s in which the machine stalled" if stalled else ""),
+        + (
+            f", net of {stalled:.1f} s in which this process or the engine's event loop waited "
+            f"for a CPU"
+            if stalled
+            else ""
+        ),
     )
     unload(engine, load, heartbeat)
 

@@ -20,7 +20,7 @@ import json
 import time
 
 from e2e.real_engine.serve import SERVED_MODEL_NAME, RealEngine
-from e2e.stalls import Heartbeat, run_delay
+from e2e.stalls import Heartbeat, run_delay_meter
 from magistral_runtime.cutoff import cutoff_after
 from tests.vllm.client import Background, call
 from tests.vllm.conftest import OPTIONS_SHUTDOWN_TIMEOUT, Engines, record
@@ -88,8 +88,7 @@ def test_draining_on_the_real_engine(engines: Engines, heartbeat: Heartbeat) -> 
         last_answer = kept_answer(kept, auth)
         time.sleep(0.05)
         assert engine.pid is not None
-        server = engine.pid
-        server_waited_before = run_delay(server)
+        server_waited = run_delay_meter(engine.pid)
         sent = engine.terminate()
 
         time.sleep(0.3)
@@ -141,20 +140,15 @@ def test_draining_on_the_real_engine(engines: Engines, heartbeat: Heartbeat) -> 
         assert long.ended is not None
         cut = long.ended - sent
         # The cut comes from the engine's event loop: not counting this process's stalls nor
-        # the time that loop waited for a CPU (e2e.stalls.run_delay; 0 once the process is
+        # the time that loop waited for a CPU (e2e.stalls.run_delay_meter; 0 once the process is
         # gone), whichever is larger (they may overlap).
-        server_waited_after = run_delay(server)
-        server_waited = (
-            server_waited_after - server_waited_before
-            if server_waited_after is not None and server_waited_before is not None
-            else 0.0
-        )
-        stall = max(heartbeat.stalled(sent, long.ended), server_waited)
+        server_stall = server_waited()
+        stall = max(heartbeat.stalled(sent, long.ended), server_stall)
         assert cutoff_after(OPTIONS_SHUTDOWN_TIMEOUT) - 0.5 < cut, cut
         assert cut - stall < OPTIONS_SHUTDOWN_TIMEOUT, (
             cut,
             heartbeat.stalled(sent, long.ended),
-            server_waited,
+            server_stall,
         )
 
         racing.join(30)
